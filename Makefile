@@ -45,9 +45,9 @@ CXX     ?= c++
 OPT     ?= -O2 -g
 WARN    := -Wall -Wextra -Werror -Wshadow -Wundef -Wstrict-prototypes \
 	-Wmissing-prototypes -Wwrite-strings -Wformat=2 -Wpointer-arith -Wcast-align \
-	-Wno-missing-field-initializers
+	-Wno-missing-field-initializers -Wno-format-truncation
 CFLAGS_ALL   := -std=c11 $(OPT) $(WARN) $(SANFLAGS) -pthread -fPIC -D_GNU_SOURCE \
-	-DSHMET_VERSION_STRING='"$(VERSION)"' -Iinclude -Ilibshm -Icollector $(CFLAGS)
+	-DSHMET_VERSION_STRING='"$(VERSION)"' -Iinclude -Ilibshm -Icollector -Itests/support $(CFLAGS)
 LDFLAGS_ALL  := $(SANFLAGS) -pthread $(LDFLAGS)
 
 COLLECTOR_LIBS := -lurcu-cds -lurcu-bp -lmicrohttpd -ljansson -lz -lm

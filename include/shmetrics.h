@@ -1,0 +1,1018 @@
+/* shmetrics.h — header-only Prometheus metrics writer for pre-forking servers.
+ *
+ * Counters, gauges, histograms and summaries (with labels) live in a shared
+ * memory segment; each process writes only its own region, lock-free, and the
+ * collector daemon (shmetricsd) aggregates and serves them.
+ *
+ *   #define SHMETRICS_IMPLEMENTATION   // in exactly ONE .c file
+ *   #include "shmetrics.h"
+ *
+ *   shmet_family *reqs;
+ *   const char *labels[] = {"method", "route", "status"};
+ *   shmet_counter_register(&reqs, "http_requests_total", "HTTP requests.", 3, labels);
+ *   shmet_counter ok = shmet_counter_labels(reqs, "GET", "/", "200");   // before fork()
+ *   ... fork() ...
+ *   shmet_counter_inc(ok);                                 // in any worker, any thread
+ *
+ * Options (compile time): none.  Environment: SHMETRICS_SEGMENT names the
+ * segment (default /dev/shm/shmetrics); shmet_init() with options overrides.
+ *
+ * Contract:
+ *  - Registration and label lookup return an error code (0 or negative; see
+ *    shmet_strerror, shmet_last_error) and never abort the host program.  On
+ *    failure they still hand out a usable "fallback" handle whose writes are
+ *    dropped and counted in the segment.
+ *  - Hot path (inc/add/set/observe through a handle): no syscall, no lock, no
+ *    allocation; relaxed atomics on cells that only this process writes.
+ *  - fork(): handles made before fork keep working in the child, which claims
+ *    a region of its own (pthread_atfork).  Threads share their process's
+ *    region; every call here is thread-safe.
+ *  - ABI: handles are plain values holding offsets; the segment layout is
+ *    versioned (shmetrics_layout.h) and a mismatch is refused, never guessed.
+ */
+#ifndef SHMETRICS_H
+#define SHMETRICS_H
+
+#include "shmetrics_layout.h"
+#include "shmetrics_segment.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define SHMET__UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define SHMET__UNLIKELY(x) (x)
+#endif
+
+typedef struct shmet_family shmet_family;
+
+/* Handles: offsets into the process's region, valid in fork children too.
+ * off == 0 is the fallback handle (writes dropped and counted). */
+typedef struct { uint32_t off; } shmet_counter;
+typedef struct { uint32_t off; uint32_t mode; } shmet_gauge;
+typedef struct { uint32_t off; uint32_t nbuckets; const double *bounds; } shmet_histogram;
+typedef struct { uint32_t off; } shmet_summary;
+typedef struct { uint64_t start_ns; } shmet_timer;
+
+struct shmet_options {
+	const char *path;        /* NULL: $SHMETRICS_SEGMENT, then /dev/shm/shmetrics */
+	uint32_t regions;        /* capacity if this process creates the segment */
+	uint64_t region_size;
+	unsigned mode;           /* 0600 by default; 0660 shares with the group */
+	bool no_create;          /* attach only; fail when the segment is absent */
+};
+
+struct shmet_family_spec {
+	enum shmet_type type;
+	const char *name;               /* counters get "_total" appended when missing */
+	const char *help;
+	size_t nlabels;
+	const char *const *label_names;
+	enum shmet_gauge_mode gauge_mode;  /* gauges only */
+	size_t nbuckets;                /* histograms: 0 means the default buckets */
+	const double *buckets;          /* strictly increasing upper bounds; +Inf implied */
+};
+
+/* Attach (creating the segment when absent) and claim this process's region.
+ * Called implicitly by the first registration with NULL options; calling it
+ * again after success returns 0. */
+int shmet_init(const struct shmet_options *options);
+/* The reason for this thread's last failed call, or "". */
+const char *shmet_last_error(void);
+/* Index of this process's region, or -1. */
+int shmet_region_index(void);
+
+int shmet_register(const struct shmet_family_spec *spec, shmet_family **out);
+int shmet_counter_register(shmet_family **out, const char *name, const char *help, size_t nlabels,
+			   const char *const *label_names);
+int shmet_gauge_register(shmet_family **out, const char *name, const char *help,
+			 enum shmet_gauge_mode mode, size_t nlabels, const char *const *label_names);
+int shmet_histogram_register(shmet_family **out, const char *name, const char *help,
+			     const double *buckets, size_t nbuckets, size_t nlabels,
+			     const char *const *label_names);
+int shmet_summary_register(shmet_family **out, const char *name, const char *help, size_t nlabels,
+			   const char *const *label_names);
+
+/* Series lookup by label values (an array of family's nlabels strings; NULL
+ * for a family without labels).  Lock-free when the series exists. */
+int shmet_series_lookup(shmet_family *f, const char *const *values, uint32_t *off);
+shmet_counter shmet_counter_get(shmet_family *f, const char *const *values);
+shmet_gauge shmet_gauge_get(shmet_family *f, const char *const *values);
+shmet_histogram shmet_histogram_get(shmet_family *f, const char *const *values);
+shmet_summary shmet_summary_get(shmet_family *f, const char *const *values);
+/* The same with the label values as arguments, exactly nlabels of them. */
+shmet_counter shmet_counter_labels(shmet_family *f, ...);
+shmet_gauge shmet_gauge_labels(shmet_family *f, ...);
+shmet_histogram shmet_histogram_labels(shmet_family *f, ...);
+shmet_summary shmet_summary_labels(shmet_family *f, ...);
+
+/* Unlabelled shortcuts: register and return the one series. */
+shmet_counter shmet_counter_new(const char *name, const char *help);
+shmet_gauge shmet_gauge_new(const char *name, const char *help, enum shmet_gauge_mode mode);
+
+/* Called by the hot path for a dropped write (fallback handle, NaN, negative
+ * counter add): counts it in the segment. */
+void shmet__drop(void);
+
+/* The hot path reads one process-global pointer: this process's region. */
+extern unsigned char *shmet__base;
+
+static inline uint64_t *shmet__cell(uint32_t off)
+{
+	/* relaxed: the base changes only before any handle exists (init) and in
+	 * a fork child's atfork handler, when the child has a single thread. */
+	return (uint64_t *)(void *)(__atomic_load_n(&shmet__base, __ATOMIC_RELAXED) + off);
+}
+
+static inline void shmet__add_double(uint64_t *cell, double v)
+{
+	/* relaxed CAS loop: only this process writes the cell; readers need the
+	 * value, not an order relative to other cells. */
+	uint64_t old = __atomic_load_n(cell, __ATOMIC_RELAXED);
+	while (!__atomic_compare_exchange_n(cell, &old, shmet__bits(shmet__double(old) + v), 1,
+					    __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+	}
+}
+
+static inline void shmet_counter_inc(shmet_counter c)
+{
+	if (SHMET__UNLIKELY(c.off == 0)) {
+		shmet__drop();
+		return;
+	}
+	/* relaxed: a counter needs atomicity, not ordering. */
+	__atomic_fetch_add(shmet__cell(c.off), 1, __ATOMIC_RELAXED);
+}
+
+static inline void shmet_counter_add_u64(shmet_counter c, uint64_t n)
+{
+	if (SHMET__UNLIKELY(c.off == 0)) {
+		shmet__drop();
+		return;
+	}
+	__atomic_fetch_add(shmet__cell(c.off), n, __ATOMIC_RELAXED);
+}
+
+/* Negative and NaN increments are refused (dropped and counted). */
+static inline void shmet_counter_add(shmet_counter c, double v)
+{
+	if (SHMET__UNLIKELY(c.off == 0 || !(v >= 0))) {
+		shmet__drop();
+		return;
+	}
+	if (v < 9007199254740992.0 && v == (double)(uint64_t)v)
+		__atomic_fetch_add(shmet__cell(c.off), (uint64_t)v, __ATOMIC_RELAXED);
+	else
+		shmet__add_double(shmet__cell(c.off) + 1, v);
+}
+
+static inline void shmet_gauge_set(shmet_gauge g, double v)
+{
+	if (SHMET__UNLIKELY(g.off == 0)) {
+		shmet__drop();
+		return;
+	}
+	uint64_t *cell = shmet__cell(g.off);
+	/* relaxed: a gauge is one value; the time stamp beside it (most-recent
+	 * mode) may be seen a moment apart from it, which only shifts which
+	 * process "wins" by that moment. */
+	__atomic_store_n(cell, shmet__bits(v), __ATOMIC_RELAXED);
+	if (g.mode == SHMET_GAUGE_MOSTRECENT)
+		__atomic_store_n(cell + 1, shmet__now_ns(CLOCK_REALTIME), __ATOMIC_RELAXED);
+}
+
+static inline void shmet_gauge_add(shmet_gauge g, double v)
+{
+	if (SHMET__UNLIKELY(g.off == 0)) {
+		shmet__drop();
+		return;
+	}
+	uint64_t *cell = shmet__cell(g.off);
+	shmet__add_double(cell, v);
+	if (g.mode == SHMET_GAUGE_MOSTRECENT)
+		__atomic_store_n(cell + 1, shmet__now_ns(CLOCK_REALTIME), __ATOMIC_RELAXED);
+}
+
+static inline void shmet_gauge_inc(shmet_gauge g) { shmet_gauge_add(g, 1.0); }
+static inline void shmet_gauge_dec(shmet_gauge g) { shmet_gauge_add(g, -1.0); }
+
+/* Seconds since the Unix epoch, as Prometheus' *_timestamp_seconds gauges. */
+static inline void shmet_gauge_set_to_current_time(shmet_gauge g)
+{
+	shmet_gauge_set(g, (double)shmet__now_ns(CLOCK_REALTIME) / 1e9);
+}
+
+static inline void shmet_histogram_observe(shmet_histogram h, double v)
+{
+	if (SHMET__UNLIKELY(h.off == 0 || v != v)) {
+		shmet__drop();
+		return;
+	}
+	uint32_t i;
+	if (h.nbuckets <= 16) {
+		for (i = 0; i < h.nbuckets && v > h.bounds[i]; i++) {
+		}
+	} else { /* first bound >= v */
+		uint32_t lo = 0, hi = h.nbuckets;
+		while (lo < hi) {
+			uint32_t mid = lo + (hi - lo) / 2;
+			if (v > h.bounds[mid])
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		i = lo;
+	}
+	uint64_t *cells = shmet__cell(h.off);
+	__atomic_fetch_add(&cells[i], 1, __ATOMIC_RELAXED);
+	shmet__add_double(&cells[h.nbuckets + 1], v);
+}
+
+static inline void shmet_summary_observe(shmet_summary s, double v)
+{
+	if (SHMET__UNLIKELY(s.off == 0 || v != v)) {
+		shmet__drop();
+		return;
+	}
+	uint64_t *cells = shmet__cell(s.off);
+	__atomic_fetch_add(&cells[0], 1, __ATOMIC_RELAXED);
+	shmet__add_double(&cells[1], v);
+}
+
+/* Durations on the monotonic clock (vDSO: no syscall). */
+static inline shmet_timer shmet_timer_start(void)
+{
+	shmet_timer t = {shmet__now_ns(CLOCK_MONOTONIC)};
+	return t;
+}
+
+static inline double shmet_timer_seconds(shmet_timer t)
+{
+	return (double)(shmet__now_ns(CLOCK_MONOTONIC) - t.start_ns) / 1e9;
+}
+
+static inline void shmet_histogram_observe_duration(shmet_histogram h, shmet_timer t)
+{
+	shmet_histogram_observe(h, shmet_timer_seconds(t));
+}
+
+static inline void shmet_summary_observe_duration(shmet_summary s, shmet_timer t)
+{
+	shmet_summary_observe(s, shmet_timer_seconds(t));
+}
+
+/* Bucket helpers: fill out[0..count) and return 0, or a negative code. */
+static inline int shmet_buckets_linear(double *out, size_t count, double start, double width)
+{
+	if (count == 0 || count > SHMET_MAX_BUCKETS || !(width > 0) || !isfinite(start))
+		return SHMET_E_BUCKETS;
+	for (size_t i = 0; i < count; i++)
+		out[i] = start + width * (double)i;
+	return isfinite(out[count - 1]) ? SHMET_OK : SHMET_E_BUCKETS;
+}
+
+static inline int shmet_buckets_exponential(double *out, size_t count, double start, double factor)
+{
+	if (count == 0 || count > SHMET_MAX_BUCKETS || !(start > 0) || !(factor > 1) || !isfinite(start))
+		return SHMET_E_BUCKETS;
+	for (size_t i = 0; i < count; i++)
+		out[i] = i ? out[i - 1] * factor : start;
+	return isfinite(out[count - 1]) ? SHMET_OK : SHMET_E_BUCKETS;
+}
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SHMETRICS_H */
+
+/* ===================================================================== */
+#if defined(SHMETRICS_IMPLEMENTATION) && !defined(SHMETRICS_IMPLEMENTATION_DONE)
+#define SHMETRICS_IMPLEMENTATION_DONE
+
+#include <limits.h>
+#include <pthread.h>
+#include <stdlib.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+unsigned char *shmet__base;
+
+struct shmet_family {
+	struct shmet_family *next;
+	uint32_t id;
+	uint32_t rec_off; /* its FAMILY record in this process's region */
+	enum shmet_type type;
+	enum shmet_gauge_mode mode;
+	uint32_t nlabels;
+	uint32_t nbuckets;
+	double *bounds;
+	char *name;
+	char *help;
+	char **label_names;
+};
+
+/* One series, found by (family, label values) without a lock: nodes are
+ * immutable once published and never freed. */
+struct shmet__node {
+	struct shmet__node *next;
+	uint64_t hash;
+	const shmet_family *fam;
+	uint32_t off;
+	uint32_t nvalues;
+	char *values[SHMET_MAX_LABELS];
+	size_t lens[SHMET_MAX_LABELS];
+};
+
+static struct {
+	pthread_mutex_t mu; /* registration, series creation, init, fork */
+	int initialized;
+	int atfork_done;
+	struct shmet_seg_map map;
+	int region; /* -1: none */
+	uint64_t region_size;
+	uint64_t dir_end;  /* this process's copy of rg_dir_end */
+	uint64_t cell_low; /* this process's copy of rg_cell_low */
+	uint64_t series;
+	shmet_family *families;
+	uint32_t next_family_id;
+	struct shmet__node **table;
+	size_t table_mask;
+	void *sink; /* private memory that absorbs writes when a child got no region */
+	char path[4096];
+} shmet__st = {PTHREAD_MUTEX_INITIALIZER, 0, 0, {-1, 0, 0, NULL, 0, NULL}, -1, 0, 0, 0, 0, NULL, 0, NULL, 0,
+	       NULL, {0}};
+
+static __thread char shmet__errmsg[SHMET_ERRBUF];
+
+const char *shmet_last_error(void) { return shmet__errmsg; }
+
+static int shmet__err(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int shmet__err(int code, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(shmet__errmsg, sizeof shmet__errmsg, fmt, ap);
+	va_end(ap);
+	return code;
+}
+
+int shmet_region_index(void) { return __atomic_load_n(&shmet__st.region, __ATOMIC_RELAXED); }
+
+void shmet__drop(void)
+{
+	/* relaxed: a statistic; the collector reads it whenever it scans. */
+	if (__atomic_load_n(&shmet__st.region, __ATOMIC_RELAXED) >= 0)
+		__atomic_fetch_add(&((struct shmet_region_header *)(void *)shmet__base)->rg_dropped, 1,
+				   __ATOMIC_RELAXED);
+	else if (shmet__st.map.hdr)
+		__atomic_fetch_add(&shmet__st.map.hdr->sh_dropped_orphan, 1, __ATOMIC_RELAXED);
+}
+
+static void shmet__use_region(uint32_t idx)
+{
+	unsigned char *rg = shmet_seg_region(&shmet__st.map, idx);
+	__atomic_store_n(&shmet__base, rg, __ATOMIC_RELAXED);
+	__atomic_store_n(&shmet__st.region, (int)idx, __ATOMIC_RELAXED);
+}
+
+/* Give a region-less process somewhere harmless to write through handles
+ * that it inherited. */
+static void shmet__use_sink(void)
+{
+	if (!shmet__st.sink) {
+		void *p = mmap(NULL, shmet__st.region_size, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		shmet__st.sink = p == MAP_FAILED ? NULL : p;
+	}
+	__atomic_store_n(&shmet__base, (unsigned char *)shmet__st.sink, __ATOMIC_RELAXED);
+	__atomic_store_n(&shmet__st.region, -1, __ATOMIC_RELAXED);
+}
+
+static int shmet__claim_locked(uint32_t parent)
+{
+	char why[SHMET_ERRBUF];
+	uint32_t idx = 0;
+	int rc = shmet_seg_claim(&shmet__st.map, shmet__st.map.fd, parent, &idx, why);
+	if (rc != SHMET_OK)
+		return shmet__err(rc, "%s: %s", shmet__st.path, why);
+	shmet__use_region(idx);
+	shmet__st.dir_end = sizeof(struct shmet_region_header);
+	shmet__st.cell_low = shmet__st.region_size;
+	shmet__st.series = 0;
+	return SHMET_OK;
+}
+
+static void shmet__atfork_prepare(void) { pthread_mutex_lock(&shmet__st.mu); }
+static void shmet__atfork_parent(void) { pthread_mutex_unlock(&shmet__st.mu); }
+
+/* The child gets a region of its own with the parent's directory, so every
+ * handle (an offset) means the same series, and zeroed values. */
+static void shmet__atfork_child(void)
+{
+	if (!shmet__st.map.base) {
+		pthread_mutex_unlock(&shmet__st.mu);
+		return;
+	}
+	/* A fresh open file description: the inherited one carries the parent's
+	 * liveness lock, which this child must not keep alive. */
+	char proc[64];
+	snprintf(proc, sizeof proc, "/proc/self/fd/%d", shmet__st.map.fd);
+	int fd = open(proc, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		fd = open(shmet__st.path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+	close(shmet__st.map.fd);
+	shmet__st.map.fd = fd;
+	int parent = shmet__st.region;
+	unsigned char *from = parent >= 0 ? shmet_seg_region(&shmet__st.map, (uint32_t)parent) : NULL;
+	uint64_t dir_end = shmet__st.dir_end, cell_low = shmet__st.cell_low, series = shmet__st.series;
+	if (fd < 0 || shmet__claim_locked(parent >= 0 ? (uint32_t)parent : SHMET_NO_PARENT) != SHMET_OK) {
+		shmet__use_sink();
+		pthread_mutex_unlock(&shmet__st.mu);
+		return;
+	}
+	if (from) {
+		struct shmet_region_header *rg = (struct shmet_region_header *)(void *)shmet__base;
+		size_t hdr = sizeof *rg;
+		memcpy(shmet__base + hdr, from + hdr, dir_end - hdr);
+		shmet__st.dir_end = dir_end;
+		shmet__st.cell_low = cell_low;
+		shmet__st.series = series;
+		__atomic_store_n(&rg->rg_cell_low, cell_low, __ATOMIC_RELAXED);
+		__atomic_store_n(&rg->rg_series, series, __ATOMIC_RELAXED);
+		/* release: the copied records before the end that exposes them */
+		__atomic_store_n(&rg->rg_dir_end, dir_end, __ATOMIC_RELEASE);
+	}
+	pthread_mutex_unlock(&shmet__st.mu);
+}
+
+static int shmet__init_locked(const struct shmet_options *o)
+{
+	if (shmet__st.initialized)
+		return shmet__st.region >= 0 ? SHMET_OK
+					      : shmet__claim_locked(SHMET_NO_PARENT); /* retry: room may have freed */
+	const char *path = o && o->path ? o->path : shmet_default_path();
+	if (strlen(path) >= sizeof shmet__st.path)
+		return shmet__err(SHMET_E_TOO_LONG, "segment path too long");
+	struct shmet_seg_config cfg;
+	memset(&cfg, 0, sizeof cfg);
+	if (o) {
+		cfg.regions = o->regions;
+		cfg.region_size = o->region_size;
+		cfg.mode = o->mode;
+	}
+	char why[SHMET_ERRBUF];
+	int rc = shmet_seg_attach(path, &cfg, o && o->no_create ? 0 : SHMET_ATTACH_CREATE, &shmet__st.map, why);
+	if (rc != SHMET_OK)
+		return shmet__err(rc, "%s", why);
+	strcpy(shmet__st.path, path);
+	shmet__st.region_size = shmet__st.map.hdr->sh_region_size;
+	/* Enough buckets for every series a region can hold, at ~64 bytes each. */
+	size_t want = (size_t)(shmet__st.region_size / 64), n = 64;
+	while (n < want && n < ((size_t)1 << 20))
+		n <<= 1;
+	shmet__st.table = (struct shmet__node **)calloc(n, sizeof *shmet__st.table);
+	if (!shmet__st.table) {
+		shmet_seg_detach(&shmet__st.map);
+		return shmet__err(SHMET_E_SYS, "out of memory");
+	}
+	shmet__st.table_mask = n - 1;
+	if (!shmet__st.atfork_done) {
+		if (pthread_atfork(shmet__atfork_prepare, shmet__atfork_parent, shmet__atfork_child) != 0) {
+			free(shmet__st.table);
+			shmet__st.table = NULL;
+			shmet_seg_detach(&shmet__st.map);
+			return shmet__err(SHMET_E_SYS, "pthread_atfork failed");
+		}
+		shmet__st.atfork_done = 1;
+	}
+	shmet__st.initialized = 1;
+	return shmet__claim_locked(SHMET_NO_PARENT);
+}
+
+int shmet_init(const struct shmet_options *o)
+{
+	pthread_mutex_lock(&shmet__st.mu);
+	int rc = shmet__init_locked(o);
+	pthread_mutex_unlock(&shmet__st.mu);
+	return rc;
+}
+
+/* Reserve a directory record of size bytes and, when cells > 0, cells below
+ * the cell watermark.  Nothing is published until shmet__publish. */
+static unsigned char *shmet__reserve(size_t size, uint32_t cells, uint32_t *cell_off)
+{
+	uint64_t need = shmet_align8(size) + cells;
+	if (shmet__st.region < 0)
+		return NULL;
+	if (shmet__st.cell_low < shmet__st.dir_end || shmet__st.cell_low - shmet__st.dir_end < need)
+		return NULL;
+	if (cells) {
+		shmet__st.cell_low -= cells;
+		*cell_off = (uint32_t)shmet__st.cell_low;
+	}
+	return shmet__base + shmet__st.dir_end;
+}
+
+static void shmet__publish(size_t size, int is_series)
+{
+	struct shmet_region_header *rg = (struct shmet_region_header *)(void *)shmet__base;
+	shmet__st.dir_end += shmet_align8(size);
+	if (is_series)
+		__atomic_store_n(&rg->rg_series, ++shmet__st.series, __ATOMIC_RELAXED);
+	__atomic_store_n(&rg->rg_cell_low, shmet__st.cell_low, __ATOMIC_RELAXED);
+	/* release: the record's bytes (and the cell watermark) before the end
+	 * that makes them visible to the collector's acquire load. */
+	__atomic_store_n(&rg->rg_dir_end, shmet__st.dir_end, __ATOMIC_RELEASE);
+}
+
+static unsigned char *shmet__put_str(unsigned char *p, const char *s, size_t n, int with_len)
+{
+	if (with_len) {
+		uint16_t l = (uint16_t)n;
+		memcpy(p, &l, 2);
+		p += 2;
+	}
+	memcpy(p, s, n);
+	return p + n;
+}
+
+/* The names a family's samples use, for clash checks between families. */
+static int shmet__names_overlap(const char *a, enum shmet_type ta, const char *b, enum shmet_type tb)
+{
+	static const char *const sfx[5][5] = {
+		{NULL},
+		{"", NULL},                                   /* counter: name ends in _total */
+		{"", NULL},                                   /* gauge */
+		{"", "_bucket", "_sum", "_count", NULL},      /* histogram */
+		{"", "_sum", "_count", NULL},                 /* summary */
+	};
+	char na[SHMET_MAX_NAME_LEN + 16], nb[SHMET_MAX_NAME_LEN + 16];
+	for (int i = 0; sfx[ta][i]; i++) {
+		snprintf(na, sizeof na, "%s%s", a, sfx[ta][i]);
+		for (int j = 0; sfx[tb][j]; j++) {
+			snprintf(nb, sizeof nb, "%s%s", b, sfx[tb][j]);
+			if (strcmp(na, nb) == 0)
+				return 1;
+		}
+	}
+	/* OpenMetrics names a counter's family without _total. */
+	size_t la = strlen(a), lb = strlen(b);
+	if (ta == SHMET_COUNTER && la > 6 && strlen(b) == la - 6 && strncmp(a, b, la - 6) == 0)
+		return 1;
+	if (tb == SHMET_COUNTER && lb > 6 && strlen(a) == lb - 6 && strncmp(a, b, lb - 6) == 0)
+		return 1;
+	return 0;
+}
+
+static const double shmet__default_buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+						0.5,   1,    2.5,   5,    10};
+
+static int shmet__same_spec(const shmet_family *f, const struct shmet_family_spec *s, const double *b,
+			    size_t nb)
+{
+	if (f->type != s->type || f->nlabels != s->nlabels || f->nbuckets != nb ||
+	    (s->type == SHMET_GAUGE && f->mode != s->gauge_mode))
+		return 0;
+	for (size_t i = 0; i < s->nlabels; i++)
+		if (strcmp(f->label_names[i], s->label_names[i]) != 0)
+			return 0;
+	for (size_t i = 0; i < nb; i++)
+		if (f->bounds[i] != b[i])
+			return 0;
+	return 1;
+}
+
+/* strdup is POSIX, not C11: keep the header usable under -std=c11. */
+static char *shmet__strdup(const char *s)
+{
+	size_t n = strlen(s) + 1;
+	char *d = (char *)malloc(n);
+	return d ? (char *)memcpy(d, s, n) : NULL;
+}
+
+static void shmet__free_family(shmet_family *f)
+{
+	if (!f)
+		return;
+	if (f->label_names)
+		for (uint32_t i = 0; i < f->nlabels; i++)
+			free(f->label_names[i]);
+	free(f->label_names);
+	free(f->bounds);
+	free(f->name);
+	free(f->help);
+	free(f);
+}
+
+static int shmet__validate_spec(const struct shmet_family_spec *s, char *name, const double **bounds,
+				size_t *nb)
+{
+	if (!s || !s->name || s->type < SHMET_COUNTER || s->type > SHMET_SUMMARY)
+		return shmet__err(SHMET_E_INVALID_ARG, "missing name or unknown metric type");
+	size_t n = strlen(s->name);
+	if (n > SHMET_MAX_NAME_LEN - 6)
+		return shmet__err(SHMET_E_TOO_LONG, "metric name longer than %u bytes", SHMET_MAX_NAME_LEN - 6);
+	memcpy(name, s->name, n + 1);
+	int valid = shmet_valid_metric_name(name, n);
+	if (s->type == SHMET_COUNTER && !(n > 6 && strcmp(name + n - 6, "_total") == 0))
+		memcpy(name + n, "_total", 7), n += 6;
+	if (!valid || strcmp(name, "_total") == 0)
+		return shmet__err(SHMET_E_INVALID_NAME, "metric name \"%s\" does not match [a-zA-Z_:][a-zA-Z0-9_:]*",
+				  s->name);
+	if (s->type != SHMET_COUNTER && n >= 6 && strcmp(name + n - 6, "_total") == 0)
+		return shmet__err(SHMET_E_INVALID_NAME, "\"%s\": only counters may end in _total", name);
+	const char *help = s->help ? s->help : "";
+	if (strlen(help) > SHMET_MAX_HELP_LEN)
+		return shmet__err(SHMET_E_TOO_LONG, "help of \"%s\" longer than %u bytes", name, SHMET_MAX_HELP_LEN);
+	if (!shmet_valid_utf8(help, strlen(help)))
+		return shmet__err(SHMET_E_INVALID_UTF8, "help of \"%s\" is not valid UTF-8", name);
+	if (s->nlabels > SHMET_MAX_LABELS || (s->nlabels && !s->label_names))
+		return shmet__err(SHMET_E_INVALID_ARG, "\"%s\": at most %u label names", name, SHMET_MAX_LABELS);
+	for (size_t i = 0; i < s->nlabels; i++) {
+		const char *l = s->label_names[i];
+		if (!l || !shmet_valid_label_name(l, strlen(l)))
+			return shmet__err(l && l[0] == '_' && l[1] == '_' ? SHMET_E_RESERVED_LABEL : SHMET_E_INVALID_LABEL,
+					  "\"%s\": label name \"%s\" is invalid (must match [a-zA-Z_][a-zA-Z0-9_]*, not start with __)",
+					  name, l ? l : "(null)");
+		if (strcmp(l, "le") == 0 || strcmp(l, "quantile") == 0)
+			return shmet__err(SHMET_E_RESERVED_LABEL,
+					  "\"%s\": label \"%s\" is reserved for histogram buckets and summary quantiles",
+					  name, l);
+		if (s->type == SHMET_GAUGE && s->gauge_mode == SHMET_GAUGE_PER_WORKER && strcmp(l, "worker") == 0)
+			return shmet__err(SHMET_E_RESERVED_LABEL, "\"%s\": label \"worker\" is added by per-worker mode",
+					  name);
+		for (size_t j = 0; j < i; j++)
+			if (strcmp(l, s->label_names[j]) == 0)
+				return shmet__err(SHMET_E_DUPLICATE_LABEL, "\"%s\": label name \"%s\" appears twice", name, l);
+	}
+	if (s->type == SHMET_GAUGE && (unsigned)s->gauge_mode > SHMET_GAUGE_PER_WORKER)
+		return shmet__err(SHMET_E_INVALID_ARG, "\"%s\": unknown gauge mode", name);
+	*bounds = NULL;
+	*nb = 0;
+	if (s->type == SHMET_HISTOGRAM) {
+		*bounds = s->nbuckets ? s->buckets : shmet__default_buckets;
+		*nb = s->nbuckets ? s->nbuckets : sizeof shmet__default_buckets / sizeof(double);
+		if (!*bounds)
+			return shmet__err(SHMET_E_BUCKETS, "\"%s\": no bucket array", name);
+		if (*nb && isinf((*bounds)[*nb - 1]) && (*bounds)[*nb - 1] > 0)
+			(*nb)--; /* +Inf is implied */
+		if (*nb > SHMET_MAX_BUCKETS)
+			return shmet__err(SHMET_E_BUCKETS, "\"%s\": more than %u buckets", name, SHMET_MAX_BUCKETS);
+		for (size_t i = 0; i < *nb; i++)
+			if (!isfinite((*bounds)[i]) || (i && !((*bounds)[i] > (*bounds)[i - 1])))
+				return shmet__err(SHMET_E_BUCKETS, "\"%s\": bucket bounds must be finite and strictly increasing",
+						  name);
+	}
+	return SHMET_OK;
+}
+
+static int shmet__register_locked(const struct shmet_family_spec *s, shmet_family **out)
+{
+	char name[SHMET_MAX_NAME_LEN + 8];
+	const double *bounds = NULL;
+	size_t nb = 0;
+	int rc = shmet__validate_spec(s, name, &bounds, &nb);
+	if (rc != SHMET_OK)
+		return rc;
+	for (shmet_family *f = shmet__st.families; f; f = f->next) {
+		if (strcmp(f->name, name) == 0) {
+			if (shmet__same_spec(f, s, bounds, nb)) {
+				*out = f;
+				return SHMET_OK;
+			}
+			return shmet__err(SHMET_E_TYPE_CLASH, "\"%s\" is already registered with another type, labels or buckets",
+					  name);
+		}
+		if (shmet__names_overlap(f->name, f->type, name, s->type))
+			return shmet__err(SHMET_E_TYPE_CLASH, "\"%s\" clashes with the samples of family \"%s\"", name, f->name);
+	}
+	rc = shmet__init_locked(NULL);
+	if (rc != SHMET_OK)
+		return rc;
+	const char *help = s->help ? s->help : "";
+	size_t nlen = strlen(name), hlen = strlen(help);
+	size_t size = sizeof(struct shmet_rec_family) + nb * 8 + nlen + hlen;
+	for (size_t i = 0; i < s->nlabels; i++)
+		size += 2 + strlen(s->label_names[i]);
+	shmet_family *f = (shmet_family *)calloc(1, sizeof *f);
+	if (!f || !(f->name = shmet__strdup(name)) || !(f->help = shmet__strdup(help)) ||
+	    !(f->label_names = (char **)calloc(s->nlabels + 1, sizeof(char *))) ||
+	    !(f->bounds = (double *)calloc(nb + 1, sizeof(double)))) {
+		shmet__free_family(f);
+		return shmet__err(SHMET_E_SYS, "out of memory");
+	}
+	f->nlabels = (uint32_t)s->nlabels;
+	for (size_t i = 0; i < s->nlabels; i++)
+		if (!(f->label_names[i] = shmet__strdup(s->label_names[i]))) {
+			shmet__free_family(f);
+			return shmet__err(SHMET_E_SYS, "out of memory");
+		}
+	if (nb)
+		memcpy(f->bounds, bounds, nb * sizeof(double));
+	f->type = s->type;
+	f->mode = s->type == SHMET_GAUGE ? s->gauge_mode : SHMET_GAUGE_SUM;
+	f->nbuckets = (uint32_t)nb;
+	unsigned char *rec = shmet__reserve(size, 0, NULL);
+	if (!rec) {
+		shmet__free_family(f);
+		return shmet__err(SHMET_E_REGION_FULL, "no room for family \"%s\" in region %d (%llu bytes)", name,
+				  shmet__st.region, (unsigned long long)shmet__st.region_size);
+	}
+	struct shmet_rec_family fr;
+	memset(&fr, 0, sizeof fr);
+	fr.fam_rec.rec_size = (uint32_t)shmet_align8(size);
+	fr.fam_rec.rec_kind = SHMET_REC_FAMILY;
+	fr.fam_type = (uint8_t)f->type;
+	fr.fam_gauge_mode = (uint8_t)f->mode;
+	fr.fam_nlabels = (uint16_t)f->nlabels;
+	fr.fam_nbuckets = f->nbuckets;
+	fr.fam_name_len = (uint16_t)nlen;
+	fr.fam_help_len = (uint16_t)hlen;
+	memcpy(rec, &fr, sizeof fr);
+	unsigned char *p = rec + sizeof fr;
+	memcpy(p, f->bounds, nb * 8);
+	p += nb * 8;
+	p = shmet__put_str(p, name, nlen, 0);
+	p = shmet__put_str(p, help, hlen, 0);
+	for (size_t i = 0; i < s->nlabels; i++)
+		p = shmet__put_str(p, s->label_names[i], strlen(s->label_names[i]), 1);
+	f->rec_off = (uint32_t)(rec - shmet__base);
+	shmet__publish(size, 0);
+	f->id = ++shmet__st.next_family_id;
+	f->next = shmet__st.families;
+	shmet__st.families = f;
+	*out = f;
+	return SHMET_OK;
+}
+
+int shmet_register(const struct shmet_family_spec *spec, shmet_family **out)
+{
+	if (!out)
+		return shmet__err(SHMET_E_INVALID_ARG, "no place for the family");
+	*out = NULL;
+	pthread_mutex_lock(&shmet__st.mu);
+	int rc = shmet__register_locked(spec, out);
+	pthread_mutex_unlock(&shmet__st.mu);
+	return rc;
+}
+
+int shmet_counter_register(shmet_family **out, const char *name, const char *help, size_t nlabels,
+			   const char *const *label_names)
+{
+	struct shmet_family_spec s;
+	memset(&s, 0, sizeof s);
+	s.type = SHMET_COUNTER, s.name = name, s.help = help, s.nlabels = nlabels, s.label_names = label_names;
+	return shmet_register(&s, out);
+}
+
+int shmet_gauge_register(shmet_family **out, const char *name, const char *help, enum shmet_gauge_mode mode,
+			 size_t nlabels, const char *const *label_names)
+{
+	struct shmet_family_spec s;
+	memset(&s, 0, sizeof s);
+	s.type = SHMET_GAUGE, s.name = name, s.help = help, s.nlabels = nlabels, s.label_names = label_names;
+	s.gauge_mode = mode;
+	return shmet_register(&s, out);
+}
+
+int shmet_histogram_register(shmet_family **out, const char *name, const char *help, const double *buckets,
+			     size_t nbuckets, size_t nlabels, const char *const *label_names)
+{
+	struct shmet_family_spec s;
+	memset(&s, 0, sizeof s);
+	s.type = SHMET_HISTOGRAM, s.name = name, s.help = help, s.nlabels = nlabels, s.label_names = label_names;
+	s.buckets = buckets, s.nbuckets = nbuckets;
+	return shmet_register(&s, out);
+}
+
+int shmet_summary_register(shmet_family **out, const char *name, const char *help, size_t nlabels,
+			   const char *const *label_names)
+{
+	struct shmet_family_spec s;
+	memset(&s, 0, sizeof s);
+	s.type = SHMET_SUMMARY, s.name = name, s.help = help, s.nlabels = nlabels, s.label_names = label_names;
+	return shmet_register(&s, out);
+}
+
+static uint64_t shmet__hash(uint32_t fam_id, const char *const *values, size_t *lens, uint32_t n)
+{
+	uint64_t h = 0xcbf29ce484222325ull ^ fam_id;
+	for (uint32_t i = 0; i < n; i++) {
+		const unsigned char *s = (const unsigned char *)values[i];
+		size_t k = 0;
+		for (; s[k]; k++)
+			h = (h ^ s[k]) * 0x100000001b3ull;
+		lens[i] = k;
+		h = (h ^ 0xff) * 0x100000001b3ull; /* separator: ("ab","c") != ("a","bc") */
+	}
+	return h;
+}
+
+static struct shmet__node *shmet__find(const shmet_family *f, uint64_t h, const char *const *values,
+				       const size_t *lens)
+{
+	/* acquire: pairs with the release that published the node, so its
+	 * fields are complete. */
+	struct shmet__node *n = __atomic_load_n(&shmet__st.table[h & shmet__st.table_mask], __ATOMIC_ACQUIRE);
+	for (; n; n = __atomic_load_n(&n->next, __ATOMIC_ACQUIRE)) {
+		if (n->hash != h || n->fam != f)
+			continue;
+		uint32_t i = 0;
+		while (i < n->nvalues && n->lens[i] == lens[i] && memcmp(n->values[i], values[i], lens[i]) == 0)
+			i++;
+		if (i == n->nvalues)
+			return n;
+	}
+	return NULL;
+}
+
+static int shmet__create_series_locked(shmet_family *f, uint64_t h, const char *const *values,
+				       const size_t *lens, uint32_t *off)
+{
+	struct shmet__node *n = shmet__find(f, h, values, lens);
+	if (n) {
+		*off = n->off;
+		return SHMET_OK;
+	}
+	size_t size = sizeof(struct shmet_rec_series);
+	for (uint32_t i = 0; i < f->nlabels; i++) {
+		if (lens[i] > SHMET_MAX_VALUE_LEN)
+			return shmet__err(SHMET_E_TOO_LONG, "\"%s\": label value longer than %u bytes", f->name,
+					  SHMET_MAX_VALUE_LEN);
+		if (!shmet_valid_utf8(values[i], lens[i]))
+			return shmet__err(SHMET_E_INVALID_UTF8, "\"%s\": value of label \"%s\" is not valid UTF-8", f->name,
+					  f->label_names[i]);
+		size += 2 + lens[i];
+	}
+	if (shmet__st.region < 0 && shmet__init_locked(NULL) != SHMET_OK)
+		return SHMET_E_SEGMENT_FULL;
+	n = (struct shmet__node *)calloc(1, sizeof *n);
+	if (!n)
+		return shmet__err(SHMET_E_SYS, "out of memory");
+	for (uint32_t i = 0; i < f->nlabels; i++) {
+		n->values[i] = (char *)malloc(lens[i] + 1);
+		if (!n->values[i]) {
+			while (i--)
+				free(n->values[i]);
+			free(n);
+			return shmet__err(SHMET_E_SYS, "out of memory");
+		}
+		memcpy(n->values[i], values[i], lens[i] + 1);
+		n->lens[i] = lens[i];
+	}
+	uint32_t cell_off = 0;
+	unsigned char *rec = shmet__reserve(size, shmet_cell_size(f->type, f->nbuckets), &cell_off);
+	if (!rec) {
+		for (uint32_t i = 0; i < f->nlabels; i++)
+			free(n->values[i]);
+		free(n);
+		return shmet__err(SHMET_E_REGION_FULL, "no room for a series of \"%s\" in region %d (%llu bytes)",
+				  f->name, shmet__st.region, (unsigned long long)shmet__st.region_size);
+	}
+	struct shmet_rec_series sr;
+	memset(&sr, 0, sizeof sr);
+	sr.ser_rec.rec_size = (uint32_t)shmet_align8(size);
+	sr.ser_rec.rec_kind = SHMET_REC_SERIES;
+	sr.ser_family_off = f->rec_off;
+	sr.ser_cell_off = cell_off;
+	sr.ser_nvalues = (uint16_t)f->nlabels;
+	memcpy(rec, &sr, sizeof sr);
+	unsigned char *p = rec + sizeof sr;
+	for (uint32_t i = 0; i < f->nlabels; i++)
+		p = shmet__put_str(p, values[i], lens[i], 1);
+	shmet__publish(size, 1);
+	n->hash = h;
+	n->fam = f;
+	n->off = cell_off;
+	n->nvalues = f->nlabels;
+	struct shmet__node **head = &shmet__st.table[h & shmet__st.table_mask];
+	n->next = *head;
+	/* release: the node's fields before the pointer that publishes it. */
+	__atomic_store_n(head, n, __ATOMIC_RELEASE);
+	*off = cell_off;
+	return SHMET_OK;
+}
+
+int shmet_series_lookup(shmet_family *f, const char *const *values, uint32_t *off)
+{
+	*off = 0;
+	if (!f)
+		return shmet__err(SHMET_E_INVALID_ARG, "no family (its registration failed)");
+	size_t lens[SHMET_MAX_LABELS];
+	for (uint32_t i = 0; i < f->nlabels; i++)
+		if (!values || !values[i])
+			return shmet__err(SHMET_E_LABEL_COUNT, "\"%s\" needs %u label values", f->name, f->nlabels);
+	uint64_t h = shmet__hash(f->id, values, lens, f->nlabels);
+	struct shmet__node *n = shmet__find(f, h, values, lens);
+	if (n) {
+		*off = n->off;
+		return SHMET_OK;
+	}
+	pthread_mutex_lock(&shmet__st.mu);
+	int rc = shmet__create_series_locked(f, h, values, lens, off);
+	pthread_mutex_unlock(&shmet__st.mu);
+	return rc;
+}
+
+static uint32_t shmet__typed_off(shmet_family *f, enum shmet_type t, const char *const *values)
+{
+	uint32_t off = 0;
+	if (f && f->type != t) {
+		shmet__err(SHMET_E_TYPE_CLASH, "\"%s\" is not of the requested type", f->name);
+		return 0;
+	}
+	shmet_series_lookup(f, values, &off);
+	return off;
+}
+
+shmet_counter shmet_counter_get(shmet_family *f, const char *const *values)
+{
+	shmet_counter c = {shmet__typed_off(f, SHMET_COUNTER, values)};
+	return c;
+}
+
+shmet_gauge shmet_gauge_get(shmet_family *f, const char *const *values)
+{
+	shmet_gauge g = {shmet__typed_off(f, SHMET_GAUGE, values), f ? (uint32_t)f->mode : 0u};
+	return g;
+}
+
+shmet_histogram shmet_histogram_get(shmet_family *f, const char *const *values)
+{
+	shmet_histogram h = {shmet__typed_off(f, SHMET_HISTOGRAM, values), 0, NULL};
+	if (h.off) {
+		h.nbuckets = f->nbuckets;
+		h.bounds = f->bounds;
+	}
+	return h;
+}
+
+shmet_summary shmet_summary_get(shmet_family *f, const char *const *values)
+{
+	shmet_summary s = {shmet__typed_off(f, SHMET_SUMMARY, values)};
+	return s;
+}
+
+#define SHMET__COLLECT_VALUES(f, values)                                                            \
+	const char *values[SHMET_MAX_LABELS];                                                        \
+	do {                                                                                         \
+		va_list ap;                                                                          \
+		va_start(ap, f);                                                                     \
+		for (uint32_t i_ = 0; f && i_ < f->nlabels; i_++)                                    \
+			values[i_] = va_arg(ap, const char *);                                       \
+		va_end(ap);                                                                          \
+	} while (0)
+
+shmet_counter shmet_counter_labels(shmet_family *f, ...)
+{
+	SHMET__COLLECT_VALUES(f, values);
+	return shmet_counter_get(f, values);
+}
+
+shmet_gauge shmet_gauge_labels(shmet_family *f, ...)
+{
+	SHMET__COLLECT_VALUES(f, values);
+	return shmet_gauge_get(f, values);
+}
+
+shmet_histogram shmet_histogram_labels(shmet_family *f, ...)
+{
+	SHMET__COLLECT_VALUES(f, values);
+	return shmet_histogram_get(f, values);
+}
+
+shmet_summary shmet_summary_labels(shmet_family *f, ...)
+{
+	SHMET__COLLECT_VALUES(f, values);
+	return shmet_summary_get(f, values);
+}
+
+shmet_counter shmet_counter_new(const char *name, const char *help)
+{
+	shmet_family *f = NULL;
+	shmet_counter_register(&f, name, help, 0, NULL);
+	return shmet_counter_get(f, NULL);
+}
+
+shmet_gauge shmet_gauge_new(const char *name, const char *help, enum shmet_gauge_mode mode)
+{
+	shmet_family *f = NULL;
+	shmet_gauge_register(&f, name, help, mode, 0, NULL);
+	return shmet_gauge_get(f, NULL);
+}
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SHMETRICS_IMPLEMENTATION */

@@ -1,0 +1,369 @@
+/* shmetrics_layout.h — the shared-memory segment, byte by byte.
+ *
+ * This header is the single description of the segment that the header-only
+ * writer (shmetrics.h), libshm, the collector and the dump tool share.  All
+ * integers are native-endian (the segment never leaves the machine); all
+ * offsets are in bytes.  Multi-byte fields are naturally aligned.
+ *
+ *  file offset
+ *  0 ─────────────── segment header (struct shmet_seg_header, one page)
+ *  4096 ──────────── region table: region_count slots of 64 bytes
+ *  regions_off ───── region 0 | region 1 | ... (region_size bytes each, page aligned)
+ *  retired_off ───── retired half 0 | retired half 1 (retired_half_size each)
+ *
+ * SEGMENT HEADER (immutable after the magic is published, except where noted)
+ *  OFF  SIZE FIELD                WRITER                     READER / ORDER
+ *    0    8  sh_magic             creator, LAST, release     openers, acquire
+ *    8    4  sh_version_major     creator                    after magic
+ *   12    4  sh_version_minor     creator                    after magic
+ *   16    4  sh_signature         creator                    after magic
+ *   20    4  sh_region_count      creator                    after magic
+ *   24    8  sh_region_size       creator                    after magic
+ *   32    8  sh_region_table_off  creator                    after magic
+ *   40    8  sh_regions_off       creator                    after magic
+ *   48    8  sh_retired_off       creator                    after magic
+ *   56    8  sh_retired_half_size creator                    after magic
+ *   64    8  sh_total_size        creator                    after magic
+ *   72    8  sh_created_ns        creator (CLOCK_REALTIME)   informational
+ *   80    4  sh_creator_pid       creator                    informational
+ *   84    4  sh_mode              creator (file mode bits)   informational
+ *   88   40  (reserved, zero)
+ *  128    8  sh_claim_failures    any process, relaxed add   collector, relaxed
+ *  136    8  sh_dropped_orphan    any process, relaxed add   collector, relaxed
+ *  144    8  sh_retired_active    folder only, release store collector, acquire
+ *  152  ...  (reserved, zero, to 4096)
+ *
+ *  sh_claim_failures counts processes that found no free region (or no tmpfs
+ *  space) when they claimed; sh_dropped_orphan counts writes dropped by a
+ *  process that has no region.  sh_retired_active is the index (0 or 1) of
+ *  the retired half that holds the current totals of dead workers.
+ *
+ * REGION TABLE SLOT (64 bytes, one cache line, at region_table_off + i*64)
+ *  OFF  SIZE FIELD           WRITER                          READER / ORDER
+ *    0    8  rs_state_gen    claimer CAS FREE->LIVE (acq_rel) everyone, acquire
+ *                            folder  CAS LIVE->FREE (release)
+ *    8    4  rs_pid          claimer after its CAS, relaxed   informational
+ *   12    4  rs_parent       claimer: region index of the parent at fork, or
+ *                            SHMET_NO_PARENT                  informational
+ *   16    8  rs_claimed_ns   claimer, relaxed                 informational
+ *   24   40  (reserved)
+ *  rs_state_gen = generation << 8 | state.  The generation grows by one at each
+ *  claim, so (region, generation) names one owner for ever.
+ *  Liveness: the owner holds an open-file-description write lock
+ *  (F_OFD_SETLK) on the first byte of its slot.  The kernel drops it when the
+ *  owner dies (kill -9 included); closing some other descriptor of the file
+ *  does not drop it (unlike a classic POSIX lock); a fork child closes its
+ *  inherited descriptor so it never keeps its parent's lock alive.  A LIVE
+ *  slot whose byte is not locked belongs to a dead owner.
+ *
+ * REGION (region_size bytes at regions_off + i*region_size); only its owner
+ * writes it.  A region starts with a 64-byte header; the directory grows up
+ * from byte 64, the value cells grow down from region_size.
+ *  OFF  SIZE FIELD           WRITER                          READER / ORDER
+ *    0    8  rg_dir_end      owner, release after a record    readers, acquire
+ *    8    8  rg_cell_low     owner, relaxed, before dir_end   readers, after dir_end
+ *   16    8  rg_dropped      owner threads, relaxed add       readers, relaxed
+ *   24    8  rg_series       owner, relaxed                   informational
+ *   32   32  (reserved)
+ *
+ * DIRECTORY RECORD: an 8-byte header then a body; rec_size covers both and is
+ * a multiple of 8.  Records are written below rg_dir_end first, then
+ * rg_dir_end is advanced with a release store, so a reader that acquires
+ * rg_dir_end sees complete records only.  Records never change once published.
+ *  header:  u32 rec_size | u16 rec_kind | u16 rec_flags(0)
+ *  FAMILY (kind 1), 16-byte fixed part then variable part:
+ *    u8 fam_type | u8 fam_gauge_mode | u16 fam_nlabels | u32 fam_nbuckets |
+ *    u16 fam_name_len | u16 fam_help_len | u32 (zero)
+ *    double bounds[fam_nbuckets] (histogram upper bounds, strictly increasing,
+ *    finite; +Inf is implied), name, help, then per label name: u16 len, bytes.
+ *  SERIES (kind 2), 16-byte fixed part then variable part:
+ *    u32 ser_family_off (offset of an earlier FAMILY record in this region) |
+ *    u32 ser_cell_off | u16 ser_nvalues (== fam_nlabels) | u16 (zero) | u32 (zero)
+ *    per label value: u16 len, bytes (valid UTF-8).
+ *
+ * VALUE CELLS (8-byte aligned, inside [rg_cell_low, region_size)):
+ *  counter:   u64 whole increments (relaxed fetch_add) | double fractional
+ *             part (CAS loop); value = whole + fractional.
+ *  gauge:     double value (relaxed store / CAS add) | u64 set time in ns
+ *             (CLOCK_REALTIME, written in SHMET_GAUGE_MOSTRECENT mode only).
+ *  histogram: u64 count per bucket, non-cumulative, nbuckets + 1 (+Inf last) |
+ *             double sum.  _count is the sum of the buckets.
+ *  summary:   u64 count | double sum.
+ *
+ * RETIRED HALF (retired_half_size bytes at retired_off + h*retired_half_size):
+ *  a header of rh_size bytes (page aligned) then one region-format area that
+ *  holds the totals of folded (dead) workers.
+ *  OFF  SIZE FIELD              meaning
+ *    0    8  rh_folds           regions folded into this half, in total
+ *    8    8  rh_dropped         rg_dropped of every folded region, summed
+ *   16   48  (reserved)
+ *   64  8*N  rh_folded_gen[N]   for region i, the generation whose values this
+ *                               half includes (0: none)
+ *  Only the folder (the process holding the collector lock) writes a half,
+ *  and only the inactive one; it then flips sh_retired_active with a release
+ *  store.  A reader adds a region's cells only when the active half does not
+ *  already include that (region, generation).
+ */
+#ifndef SHMETRICS_LAYOUT_H
+#define SHMETRICS_LAYOUT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SHMET_MAGIC          UINT64_C(0x43495254454d4853) /* "SHMETRIC" little-endian */
+#define SHMET_VERSION_MAJOR  1u
+#define SHMET_VERSION_MINOR  0u
+#define SHMET_CACHELINE      64u
+#define SHMET_PAGE           4096u
+#define SHMET_NO_PARENT      UINT32_C(0xffffffff)
+
+#define SHMET_DEFAULT_PATH         "/dev/shm/shmetrics"
+#define SHMET_ENV_SEGMENT          "SHMETRICS_SEGMENT"
+#define SHMET_DEFAULT_REGIONS      64u
+#define SHMET_DEFAULT_REGION_SIZE  (UINT64_C(1) << 20)
+#define SHMET_MAX_REGIONS          4096u
+#define SHMET_MIN_REGION_SIZE      UINT64_C(8192)
+#define SHMET_MAX_REGION_SIZE      (UINT64_C(1) << 31)
+
+/* Limits a registration must respect; the reader enforces them too. */
+#define SHMET_MAX_NAME_LEN     200u
+#define SHMET_MAX_HELP_LEN     1024u
+#define SHMET_MAX_LABELS       16u
+#define SHMET_MAX_BUCKETS      128u
+#define SHMET_MAX_VALUE_LEN    1024u
+
+enum shmet_type {
+	SHMET_COUNTER = 1,
+	SHMET_GAUGE = 2,
+	SHMET_HISTOGRAM = 3,
+	SHMET_SUMMARY = 4,
+};
+
+/* How the collector combines one gauge series across processes. */
+enum shmet_gauge_mode {
+	SHMET_GAUGE_SUM = 0,        /* live processes summed; dead ones dropped */
+	SHMET_GAUGE_MAX = 1,
+	SHMET_GAUGE_MIN = 2,
+	SHMET_GAUGE_MOSTRECENT = 3, /* last set wins, dead processes included */
+	SHMET_GAUGE_PER_WORKER = 4, /* one series per region: label worker="<i>" */
+};
+
+enum shmet_region_state { SHMET_REGION_FREE = 0, SHMET_REGION_LIVE = 1 };
+
+enum shmet_rec_kind { SHMET_REC_FAMILY = 1, SHMET_REC_SERIES = 2 };
+
+struct shmet_seg_header {
+	uint64_t sh_magic;
+	uint32_t sh_version_major;
+	uint32_t sh_version_minor;
+	uint32_t sh_signature;
+	uint32_t sh_region_count;
+	uint64_t sh_region_size;
+	uint64_t sh_region_table_off;
+	uint64_t sh_regions_off;
+	uint64_t sh_retired_off;
+	uint64_t sh_retired_half_size;
+	uint64_t sh_total_size;
+	uint64_t sh_created_ns;
+	uint32_t sh_creator_pid;
+	uint32_t sh_mode;
+	uint8_t sh_reserved0[40];
+	uint64_t sh_claim_failures;
+	uint64_t sh_dropped_orphan;
+	uint64_t sh_retired_active;
+	uint8_t sh_reserved1[SHMET_PAGE - 152];
+};
+
+struct shmet_region_slot {
+	uint64_t rs_state_gen;
+	uint32_t rs_pid;
+	uint32_t rs_parent;
+	uint64_t rs_claimed_ns;
+	uint8_t rs_reserved[40];
+};
+
+struct shmet_region_header {
+	uint64_t rg_dir_end;
+	uint64_t rg_cell_low;
+	uint64_t rg_dropped;
+	uint64_t rg_series;
+	uint8_t rg_reserved[32];
+};
+
+struct shmet_retired_header {
+	uint64_t rh_folds;
+	uint64_t rh_dropped;
+	uint8_t rh_reserved[48];
+	uint64_t rh_folded_gen[]; /* sh_region_count entries */
+};
+
+struct shmet_rec_header {
+	uint32_t rec_size;
+	uint16_t rec_kind;
+	uint16_t rec_flags;
+};
+
+struct shmet_rec_family {
+	struct shmet_rec_header fam_rec;
+	uint8_t fam_type;
+	uint8_t fam_gauge_mode;
+	uint16_t fam_nlabels;
+	uint32_t fam_nbuckets;
+	uint16_t fam_name_len;
+	uint16_t fam_help_len;
+	uint32_t fam_zero;
+	/* double bounds[fam_nbuckets]; name; help; label names */
+};
+
+struct shmet_rec_series {
+	struct shmet_rec_header ser_rec;
+	uint32_t ser_family_off;
+	uint32_t ser_cell_off;
+	uint16_t ser_nvalues;
+	uint16_t ser_zero16;
+	uint32_t ser_zero32;
+	/* per value: u16 len, bytes */
+};
+
+#define SHMET_LAYOUT_ASSERT(c, m) _Static_assert(c, m)
+#ifdef __cplusplus
+#undef SHMET_LAYOUT_ASSERT
+#define SHMET_LAYOUT_ASSERT(c, m) static_assert(c, m)
+#endif
+SHMET_LAYOUT_ASSERT(sizeof(struct shmet_seg_header) == SHMET_PAGE, "header is one page");
+SHMET_LAYOUT_ASSERT(offsetof(struct shmet_seg_header, sh_claim_failures) == 128, "layout table");
+SHMET_LAYOUT_ASSERT(offsetof(struct shmet_seg_header, sh_retired_active) == 144, "layout table");
+SHMET_LAYOUT_ASSERT(offsetof(struct shmet_seg_header, sh_total_size) == 64, "layout table");
+SHMET_LAYOUT_ASSERT(sizeof(struct shmet_region_slot) == SHMET_CACHELINE, "slot is a cache line");
+SHMET_LAYOUT_ASSERT(sizeof(struct shmet_region_header) == 64, "region header");
+SHMET_LAYOUT_ASSERT(sizeof(struct shmet_retired_header) == 64, "retired header");
+SHMET_LAYOUT_ASSERT(sizeof(struct shmet_rec_family) == 24, "family record fixed part");
+SHMET_LAYOUT_ASSERT(sizeof(struct shmet_rec_series) == 24, "series record fixed part");
+
+/* The signature folds the sizes a build depends on, so two builds that
+ * disagree on the layout refuse to share a file instead of misreading it. */
+#define SHMET_SIGNATURE                                                             \
+	((uint32_t)(SHMET_VERSION_MAJOR << 24) ^ (uint32_t)(SHMET_CACHELINE << 16) ^   \
+	 (uint32_t)(sizeof(struct shmet_region_slot) << 8) ^                            \
+	 (uint32_t)sizeof(struct shmet_region_header) ^                                 \
+	 (uint32_t)(sizeof(struct shmet_rec_family) << 4) ^                             \
+	 (uint32_t)(sizeof(struct shmet_rec_series) << 12) ^ (uint32_t)sizeof(double))
+
+static inline uint64_t shmet_state_gen(uint64_t gen, unsigned state)
+{
+	return gen << 8 | state;
+}
+static inline unsigned shmet_state_of(uint64_t sg) { return (unsigned)(sg & 0xff); }
+static inline uint64_t shmet_gen_of(uint64_t sg) { return sg >> 8; }
+
+/* Bytes of value cells a series of this family needs. */
+static inline uint32_t shmet_cell_size(unsigned type, uint32_t nbuckets)
+{
+	switch (type) {
+	case SHMET_COUNTER:
+	case SHMET_GAUGE:
+	case SHMET_SUMMARY:
+		return 16;
+	case SHMET_HISTOGRAM:
+		return (nbuckets + 2) * 8;
+	default:
+		return 0;
+	}
+}
+
+static inline uint64_t shmet_retired_header_size(uint32_t region_count)
+{
+	uint64_t n = sizeof(struct shmet_retired_header) + 8ull * region_count;
+	return (n + SHMET_PAGE - 1) / SHMET_PAGE * SHMET_PAGE;
+}
+
+static inline uint64_t shmet__bits(double v)
+{
+	uint64_t b;
+	memcpy(&b, &v, sizeof b);
+	return b;
+}
+
+static inline double shmet__double(uint64_t b)
+{
+	double v;
+	memcpy(&v, &b, sizeof v);
+	return v;
+}
+
+static inline uint64_t shmet_align8(uint64_t n) { return (n + 7) & ~(uint64_t)7; }
+
+/* ---- name and text rules shared by writer, reader and collector ---- */
+
+/* Prometheus: [a-zA-Z_:][a-zA-Z0-9_:]* */
+static inline int shmet_valid_metric_name(const char *s, size_t n)
+{
+	if (n == 0 || n > SHMET_MAX_NAME_LEN)
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		int alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c == ':';
+		if (!alpha && !(i > 0 && c >= '0' && c <= '9'))
+			return 0;
+	}
+	return 1;
+}
+
+/* Prometheus: [a-zA-Z_][a-zA-Z0-9_]*; names starting with "__" are reserved. */
+static inline int shmet_valid_label_name(const char *s, size_t n)
+{
+	if (n == 0 || n > SHMET_MAX_NAME_LEN || (n >= 2 && s[0] == '_' && s[1] == '_'))
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		int alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+		if (!alpha && !(i > 0 && c >= '0' && c <= '9'))
+			return 0;
+	}
+	return 1;
+}
+
+/* Strict UTF-8 (RFC 3629): no overlongs, no surrogates, nothing past U+10FFFF. */
+static inline int shmet_valid_utf8(const char *str, size_t n)
+{
+	const unsigned char *s = (const unsigned char *)str;
+	size_t i = 0;
+	while (i < n) {
+		unsigned c = s[i];
+		size_t len;
+		unsigned min;
+		if (c < 0x80) {
+			i++;
+			continue;
+		} else if ((c & 0xe0) == 0xc0) {
+			len = 2, min = 0x80, c &= 0x1f;
+		} else if ((c & 0xf0) == 0xe0) {
+			len = 3, min = 0x800, c &= 0x0f;
+		} else if ((c & 0xf8) == 0xf0) {
+			len = 4, min = 0x10000, c &= 0x07;
+		} else {
+			return 0;
+		}
+		if (n - i < len)
+			return 0;
+		for (size_t k = 1; k < len; k++) {
+			if ((s[i + k] & 0xc0) != 0x80)
+				return 0;
+			c = c << 6 | (s[i + k] & 0x3f);
+		}
+		if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
+			return 0;
+		i += len;
+	}
+	return 1;
+}
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SHMETRICS_LAYOUT_H */

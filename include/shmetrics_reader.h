@@ -1,0 +1,216 @@
+/* shmetrics_reader.h — libshm: open, validate and read a segment; fold dead
+ * workers.  Used by the collector, the dump tool and tests.
+ *
+ * Every byte of a segment is writable by every worker, so nothing read here
+ * is trusted: each offset and length is checked against the area it lies in,
+ * and a bad record is reported (SHMET_E_CORRUPT with a reason) instead of
+ * being followed.  All functions are safe beside live writers.
+ *
+ * Concurrency contract:
+ *   shmet_segment_open / close      any thread
+ *   shmet_dir_* / shmet_read_cells  any thread, concurrently with writers
+ *   shmet_fold_dead, shmet_free_folded
+ *                                   only the holder of the collector lock
+ *                                   (shmet_segment_lock_collector), from one
+ *                                   thread; between the two calls every
+ *                                   reader that may hold pointers into the
+ *                                   folded regions or the previous retired
+ *                                   half must have finished (RCU grace
+ *                                   period in the collector).
+ */
+#ifndef SHMETRICS_READER_H
+#define SHMETRICS_READER_H
+
+#include "shmetrics_layout.h"
+#include "shmetrics_segment.h"
+
+#include <stdbool.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct shmet_segment {
+	struct shmet_seg_map map;
+	/* Geometry validated at open; later reads use these copies, never the
+	 * (writable) header again. */
+	uint32_t regions;
+	uint64_t region_size;
+	uint64_t regions_off;
+	uint64_t table_off;
+	uint64_t retired_off;
+	uint64_t retired_half_size;
+	uint64_t retired_hdr_size;
+	char path[4096];
+};
+
+int shmet_segment_open(const char *path, int flags, const struct shmet_seg_config *cfg,
+		       struct shmet_segment *seg, char *err);
+void shmet_segment_close(struct shmet_segment *seg);
+
+/* Take the collector lock (one folder per segment).  SHMET_E_LOCKED when
+ * another process holds it; *holder_pid says which, when known. */
+int shmet_segment_lock_collector(struct shmet_segment *seg, int *holder_pid);
+
+/* An area in region format: a region, or a retired half's totals. */
+struct shmet_area {
+	const unsigned char *base;
+	uint64_t size;
+	uint64_t dir_end;  /* acquired once per scan */
+	uint64_t cell_low; /* read after dir_end */
+};
+
+struct shmet_region_info {
+	uint32_t index;
+	unsigned state; /* SHMET_REGION_FREE / LIVE */
+	uint64_t generation;
+	bool alive;     /* LIVE and its owner's lock is held */
+	uint32_t pid, parent;
+	uint64_t claimed_ns;
+	uint64_t dir_end, cell_low, dropped, series;
+};
+
+void shmet_region_info(const struct shmet_segment *seg, uint32_t i, struct shmet_region_info *info);
+/* Snapshot a region (or retired half h's totals) for reading.  Fails with
+ * SHMET_E_CORRUPT when its header is out of bounds. */
+int shmet_region_area(const struct shmet_segment *seg, uint32_t i, struct shmet_area *a, char *err);
+unsigned shmet_retired_active(const struct shmet_segment *seg);
+int shmet_retired_area(const struct shmet_segment *seg, unsigned half, struct shmet_area *a, char *err);
+const struct shmet_retired_header *shmet_retired_header(const struct shmet_segment *seg, unsigned half);
+
+struct shmet_family_view {
+	uint32_t off;
+	enum shmet_type type;
+	enum shmet_gauge_mode mode;
+	uint32_t nlabels, nbuckets;
+	const unsigned char *bounds; /* nbuckets doubles, unaligned-safe: read with shmet_bound() */
+	const char *name, *help;
+	uint32_t name_len, help_len;
+	const char *label_names[SHMET_MAX_LABELS];
+	uint32_t label_lens[SHMET_MAX_LABELS];
+};
+
+struct shmet_series_view {
+	uint32_t off;
+	uint32_t family_off;
+	uint32_t cell_off, cell_size;
+	uint32_t nvalues;
+	const char *values[SHMET_MAX_LABELS];
+	uint32_t value_lens[SHMET_MAX_LABELS];
+};
+
+struct shmet_record {
+	enum shmet_rec_kind kind;
+	struct shmet_family_view fam;    /* kind FAMILY, or the family of a SERIES */
+	struct shmet_series_view series; /* kind SERIES */
+};
+
+struct shmet_dir_iter {
+	const struct shmet_area *area;
+	uint64_t pos;
+	bool stopped;
+};
+
+void shmet_dir_begin(struct shmet_dir_iter *it, const struct shmet_area *a);
+/* 1: *rec filled; 0: end of directory; SHMET_E_CORRUPT: this record is bad
+ * (err says why) and was skipped — call again for the next one, unless the
+ * record's size itself was bad, in which case the iteration ends. */
+int shmet_dir_next(struct shmet_dir_iter *it, struct shmet_record *rec, char *err);
+/* Parse the family record at off (for series->family references). */
+int shmet_parse_family(const struct shmet_area *a, uint64_t off, struct shmet_family_view *f, char *err);
+
+static inline double shmet_bound(const struct shmet_family_view *f, uint32_t i)
+{
+	double d;
+	memcpy(&d, f->bounds + 8ull * i, sizeof d);
+	return d;
+}
+
+/* A series' values, read from its cells with relaxed loads. */
+struct shmet_values {
+	uint64_t whole;        /* counter: whole increments; histogram/summary: count */
+	double value;          /* counter: fractional part; gauge: value; hist/summary: sum */
+	uint64_t stamp_ns;     /* gauge (most-recent mode): when it was set */
+	uint64_t buckets[SHMET_MAX_BUCKETS + 1]; /* histogram, non-cumulative */
+};
+
+void shmet_read_cells(const struct shmet_area *a, const struct shmet_family_view *f,
+		      const struct shmet_series_view *s, struct shmet_values *v);
+
+/* Do two family records describe the same family (name, type, mode, label
+ * names, buckets)? */
+bool shmet_family_same(const struct shmet_family_view *a, const struct shmet_family_view *b);
+
+struct shmet_fold_result {
+	uint32_t folded;          /* regions newly added to the retired totals */
+	uint32_t to_free;         /* regions ready for shmet_free_folded */
+	uint32_t skipped;         /* dead regions left for later (retired area full) */
+	uint64_t conflicts;       /* series dropped: same name, other type or buckets */
+	uint64_t corrupt;         /* records skipped as corrupt */
+	uint32_t regions[SHMET_MAX_REGIONS];     /* the to_free regions */
+	uint64_t generations[SHMET_MAX_REGIONS];
+	char err[SHMET_ERRBUF];   /* first problem seen, if any */
+};
+
+/* Fold every dead region's values into the inactive retired half, then make
+ * it active (one release store).  Crash-consistent: a folder killed at any
+ * point neither loses nor double-counts, because a (region, generation)
+ * already in the active half is never added again. */
+int shmet_fold_dead(struct shmet_segment *seg, struct shmet_fold_result *res);
+/* Zero and free the regions shmet_fold_dead listed (after the grace period). */
+void shmet_free_folded(struct shmet_segment *seg, const struct shmet_fold_result *res);
+
+/* ---- aggregation across processes: one rule for collector, dump, tests ---- */
+
+struct shmet_agg {
+	uint64_t whole;  /* counter whole part; histogram/summary count */
+	double value;    /* counter fractional part; gauge value; histogram/summary sum */
+	uint64_t stamp_ns;
+	bool has;        /* a gauge got a value from some process */
+	uint64_t buckets[SHMET_MAX_BUCKETS + 1];
+};
+
+/* Fold one process's values into acc.  live: the process is running (dead
+ * workers' gauges count only in most-recent mode). */
+void shmet_agg_add(struct shmet_agg *acc, enum shmet_type type, enum shmet_gauge_mode mode, uint32_t nbuckets,
+		   const struct shmet_values *v, bool live);
+/* The exposed value of a counter or gauge; the sum of a histogram/summary. */
+double shmet_agg_value(const struct shmet_agg *acc, enum shmet_type type);
+
+struct shmet_snap_series {
+	char **values;   /* nlabels values, then "worker" for per-worker gauges */
+	struct shmet_agg agg;
+};
+
+struct shmet_snap_family {
+	char *name, *help;
+	enum shmet_type type;
+	enum shmet_gauge_mode mode;
+	uint32_t nlabels; /* including "worker" for per-worker gauges */
+	char **label_names;
+	uint32_t nbuckets;
+	double bounds[SHMET_MAX_BUCKETS];
+	size_t nseries;
+	struct shmet_snap_series *series; /* sorted by label values */
+};
+
+struct shmet_snapshot {
+	size_t nfamilies;
+	struct shmet_snap_family *families; /* sorted by name */
+	uint64_t corrupt, conflicts, dropped;
+	char err[SHMET_ERRBUF]; /* first corrupt record seen */
+};
+
+/* Aggregate the whole segment now: every live and not-yet-folded dead
+ * region, plus the active retired half.  Not incremental: for tools and
+ * tests (the collector keeps an index instead). */
+int shmet_snapshot_take(const struct shmet_segment *seg, struct shmet_snapshot *snap);
+void shmet_snapshot_free(struct shmet_snapshot *snap);
+const struct shmet_snap_family *shmet_snapshot_family(const struct shmet_snapshot *snap, const char *name);
+/* values: the family's label values in order (NULL when it has none). */
+const struct shmet_snap_series *shmet_snapshot_series(const struct shmet_snap_family *f, const char *const *values);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SHMETRICS_READER_H */

@@ -1,0 +1,290 @@
+/* libshm: how processes' values combine, and a whole-segment snapshot. */
+#include "shmetrics_reader.h"
+
+#include <stdlib.h>
+
+void shmet_agg_add(struct shmet_agg *acc, enum shmet_type type, enum shmet_gauge_mode mode, uint32_t nbuckets,
+		   const struct shmet_values *v, bool live)
+{
+	switch (type) {
+	case SHMET_COUNTER:
+	case SHMET_SUMMARY:
+		acc->whole += v->whole;
+		acc->value += v->value;
+		acc->has = true;
+		break;
+	case SHMET_HISTOGRAM:
+		for (uint32_t i = 0; i <= nbuckets; i++)
+			acc->buckets[i] += v->buckets[i];
+		acc->whole += v->whole;
+		acc->value += v->value;
+		acc->has = true;
+		break;
+	case SHMET_GAUGE:
+		if (mode == SHMET_GAUGE_MOSTRECENT) {
+			if (!acc->has || v->stamp_ns > acc->stamp_ns) {
+				acc->value = v->value;
+				acc->stamp_ns = v->stamp_ns;
+			}
+			acc->has = true;
+			break;
+		}
+		if (!live)
+			break;
+		if (mode == SHMET_GAUGE_MAX)
+			acc->value = acc->has && !(v->value > acc->value) ? acc->value : v->value;
+		else if (mode == SHMET_GAUGE_MIN)
+			acc->value = acc->has && !(v->value < acc->value) ? acc->value : v->value;
+		else
+			acc->value += v->value;
+		acc->has = true;
+		break;
+	}
+}
+
+double shmet_agg_value(const struct shmet_agg *acc, enum shmet_type type)
+{
+	if (type == SHMET_COUNTER)
+		return (double)acc->whole + acc->value;
+	return acc->value;
+}
+
+/* ---- snapshot ---- */
+
+static char *dupn(const char *s, size_t n)
+{
+	char *d = malloc(n + 1);
+	if (d) {
+		memcpy(d, s, n);
+		d[n] = 0;
+	}
+	return d;
+}
+
+static int cmp_values(char *const *a, char *const *b, uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		int c = strcmp(a[i], b[i]);
+		if (c)
+			return c;
+	}
+	return 0;
+}
+
+static struct shmet_snap_family *find_family(struct shmet_snapshot *s, const char *name, size_t len)
+{
+	for (size_t i = 0; i < s->nfamilies; i++)
+		if (strlen(s->families[i].name) == len && memcmp(s->families[i].name, name, len) == 0)
+			return &s->families[i];
+	return NULL;
+}
+
+static bool same_shape(const struct shmet_snap_family *f, const struct shmet_family_view *v)
+{
+	uint32_t n = f->mode == SHMET_GAUGE_PER_WORKER && f->type == SHMET_GAUGE ? f->nlabels - 1 : f->nlabels;
+	if (f->type != v->type || f->mode != v->mode || n != v->nlabels || f->nbuckets != v->nbuckets)
+		return false;
+	for (uint32_t i = 0; i < n; i++)
+		if (strlen(f->label_names[i]) != v->label_lens[i] || memcmp(f->label_names[i], v->label_names[i], v->label_lens[i]))
+			return false;
+	for (uint32_t i = 0; i < f->nbuckets; i++)
+		if (f->bounds[i] != shmet_bound(v, i))
+			return false;
+	return true;
+}
+
+static struct shmet_snap_family *add_family(struct shmet_snapshot *s, const struct shmet_family_view *v)
+{
+	struct shmet_snap_family *nf = realloc(s->families, (s->nfamilies + 1) * sizeof *nf);
+	if (!nf)
+		return NULL;
+	s->families = nf;
+	struct shmet_snap_family *f = &nf[s->nfamilies];
+	memset(f, 0, sizeof *f);
+	bool per_worker = v->type == SHMET_GAUGE && v->mode == SHMET_GAUGE_PER_WORKER;
+	f->name = dupn(v->name, v->name_len);
+	f->help = dupn(v->help, v->help_len);
+	f->type = v->type;
+	f->mode = v->mode;
+	f->nlabels = v->nlabels + per_worker;
+	f->label_names = calloc(f->nlabels + 1, sizeof(char *));
+	f->nbuckets = v->nbuckets;
+	for (uint32_t i = 0; i < v->nbuckets; i++)
+		f->bounds[i] = shmet_bound(v, i);
+	if (!f->name || !f->help || !f->label_names)
+		goto oom;
+	for (uint32_t i = 0; i < v->nlabels; i++)
+		if (!(f->label_names[i] = dupn(v->label_names[i], v->label_lens[i])))
+			goto oom;
+	if (per_worker && !(f->label_names[v->nlabels] = dupn("worker", 6)))
+		goto oom;
+	s->nfamilies++;
+	return f;
+oom:
+	for (uint32_t i = 0; f->label_names && i < f->nlabels; i++)
+		free(f->label_names[i]);
+	free(f->label_names);
+	free(f->name);
+	free(f->help);
+	return NULL;
+}
+
+static struct shmet_snap_series *get_series(struct shmet_snap_family *f, char **values)
+{
+	for (size_t i = 0; i < f->nseries; i++)
+		if (cmp_values(f->series[i].values, values, f->nlabels) == 0)
+			return &f->series[i];
+	struct shmet_snap_series *ns = realloc(f->series, (f->nseries + 1) * sizeof *ns);
+	if (!ns)
+		return NULL;
+	f->series = ns;
+	struct shmet_snap_series *r = &ns[f->nseries];
+	memset(r, 0, sizeof *r);
+	r->values = calloc(f->nlabels + 1, sizeof(char *));
+	if (!r->values)
+		return NULL;
+	for (uint32_t i = 0; i < f->nlabels; i++)
+		if (!(r->values[i] = strdup(values[i]))) {
+			while (i--)
+				free(r->values[i]);
+			free(r->values);
+			return NULL;
+		}
+	f->nseries++;
+	return r;
+}
+
+static void snap_area(struct shmet_snapshot *s, const struct shmet_area *a, int worker, bool live)
+{
+	struct shmet_dir_iter it;
+	struct shmet_record r;
+	char why[SHMET_ERRBUF];
+	int rc;
+	shmet_dir_begin(&it, a);
+	while ((rc = shmet_dir_next(&it, &r, why)) != 0) {
+		if (rc < 0) {
+			s->corrupt++;
+			if (!s->err[0])
+				snprintf(s->err, sizeof s->err, "%s", why);
+			continue;
+		}
+		if (r.kind != SHMET_REC_SERIES)
+			continue;
+		struct shmet_snap_family *f = find_family(s, r.fam.name, r.fam.name_len);
+		if (f && !same_shape(f, &r.fam)) {
+			s->conflicts++;
+			continue;
+		}
+		if (!f && !(f = add_family(s, &r.fam)))
+			continue;
+		bool per_worker = f->type == SHMET_GAUGE && f->mode == SHMET_GAUGE_PER_WORKER;
+		if (per_worker && !live)
+			continue;
+		char *values[SHMET_MAX_LABELS + 1];
+		char wbuf[16];
+		uint32_t k;
+		for (k = 0; k < r.series.nvalues; k++)
+			if (!(values[k] = dupn(r.series.values[k], r.series.value_lens[k])))
+				break;
+		if (k == r.series.nvalues) {
+			if (per_worker) {
+				snprintf(wbuf, sizeof wbuf, "%d", worker);
+				values[k] = wbuf;
+			}
+			struct shmet_snap_series *ser = get_series(f, values);
+			if (ser) {
+				struct shmet_values v;
+				shmet_read_cells(a, &r.fam, &r.series, &v);
+				shmet_agg_add(&ser->agg, f->type, f->mode, f->nbuckets, &v, live);
+			}
+		}
+		while (k--)
+			free(values[k]);
+	}
+}
+
+static int fam_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct shmet_snap_family *)a)->name, ((const struct shmet_snap_family *)b)->name);
+}
+
+static uint32_t series_sort_n;
+static int ser_cmp(const void *a, const void *b)
+{
+	return cmp_values(((const struct shmet_snap_series *)a)->values, ((const struct shmet_snap_series *)b)->values,
+			  series_sort_n);
+}
+
+int shmet_snapshot_take(const struct shmet_segment *seg, struct shmet_snapshot *s)
+{
+	memset(s, 0, sizeof *s);
+	unsigned active = shmet_retired_active(seg);
+	const struct shmet_retired_header *rh = shmet_retired_header(seg, active);
+	struct shmet_area a;
+	if (shmet_retired_area(seg, active, &a, s->err) != SHMET_OK)
+		s->corrupt++;
+	snap_area(s, &a, -1, false);
+	s->dropped = __atomic_load_n(&rh->rh_dropped, __ATOMIC_RELAXED) +
+		     __atomic_load_n(&seg->map.hdr->sh_dropped_orphan, __ATOMIC_RELAXED);
+	for (uint32_t i = 0; i < seg->regions; i++) {
+		struct shmet_region_info info;
+		shmet_region_info(seg, i, &info);
+		if (info.state != SHMET_REGION_LIVE ||
+		    __atomic_load_n(&rh->rh_folded_gen[i], __ATOMIC_RELAXED) == info.generation)
+			continue;
+		char why[SHMET_ERRBUF];
+		if (shmet_region_area(seg, i, &a, why) != SHMET_OK) {
+			s->corrupt++;
+			if (!s->err[0])
+				snprintf(s->err, sizeof s->err, "region %u: %s", i, why);
+		}
+		s->dropped += info.dropped;
+		snap_area(s, &a, (int)i, info.alive);
+	}
+	qsort(s->families, s->nfamilies, sizeof *s->families, fam_cmp);
+	for (size_t i = 0; i < s->nfamilies; i++) {
+		series_sort_n = s->families[i].nlabels; /* qsort has no context argument in C11 */
+		qsort(s->families[i].series, s->families[i].nseries, sizeof(struct shmet_snap_series), ser_cmp);
+	}
+	return SHMET_OK;
+}
+
+void shmet_snapshot_free(struct shmet_snapshot *s)
+{
+	for (size_t i = 0; i < s->nfamilies; i++) {
+		struct shmet_snap_family *f = &s->families[i];
+		for (size_t j = 0; j < f->nseries; j++) {
+			for (uint32_t k = 0; k < f->nlabels; k++)
+				free(f->series[j].values[k]);
+			free(f->series[j].values);
+		}
+		for (uint32_t k = 0; k < f->nlabels; k++)
+			free(f->label_names[k]);
+		free(f->label_names);
+		free(f->series);
+		free(f->name);
+		free(f->help);
+	}
+	free(s->families);
+	memset(s, 0, sizeof *s);
+}
+
+const struct shmet_snap_family *shmet_snapshot_family(const struct shmet_snapshot *s, const char *name)
+{
+	for (size_t i = 0; i < s->nfamilies; i++)
+		if (strcmp(s->families[i].name, name) == 0)
+			return &s->families[i];
+	return NULL;
+}
+
+const struct shmet_snap_series *shmet_snapshot_series(const struct shmet_snap_family *f, const char *const *values)
+{
+	for (size_t i = 0; f && i < f->nseries; i++) {
+		uint32_t k = 0;
+		while (k < f->nlabels && strcmp(f->series[i].values[k], values[k]) == 0)
+			k++;
+		if (k == f->nlabels)
+			return &f->series[i];
+	}
+	return NULL;
+}

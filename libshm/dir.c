@@ -1,0 +1,205 @@
+/* libshm: walking a directory of records without trusting any of it. */
+#include "shmetrics_reader.h"
+
+#include <math.h>
+
+#define REC_MIN ((uint64_t)sizeof(struct shmet_rec_family))
+
+void shmet_dir_begin(struct shmet_dir_iter *it, const struct shmet_area *a)
+{
+	it->area = a;
+	it->pos = sizeof(struct shmet_region_header);
+	it->stopped = false;
+}
+
+/* A record's header, read once, with its size checked against the area. */
+static int rec_at(const struct shmet_area *a, uint64_t off, struct shmet_rec_header *h, char *err)
+{
+	if (off % 8 || off < sizeof(struct shmet_region_header) || off > a->dir_end || a->dir_end - off < REC_MIN)
+		return shmet__fail(err, SHMET_E_CORRUPT, "record offset %llu outside the directory (end %llu)",
+				   (unsigned long long)off, (unsigned long long)a->dir_end);
+	memcpy(h, a->base + off, sizeof *h);
+	if (h->rec_size < REC_MIN || h->rec_size % 8 || h->rec_size > a->dir_end - off)
+		return shmet__fail(err, SHMET_E_CORRUPT, "record at %llu has size %u past the directory end %llu",
+				   (unsigned long long)off, h->rec_size, (unsigned long long)a->dir_end);
+	return SHMET_OK;
+}
+
+/* Read a u16-prefixed string at *p inside [.., end). */
+static int take_str(const unsigned char **p, const unsigned char *end, const char **s, uint32_t *len)
+{
+	uint16_t l;
+	if (end - *p < 2)
+		return 0;
+	memcpy(&l, *p, 2);
+	*p += 2;
+	if ((uint64_t)(end - *p) < l)
+		return 0;
+	*s = (const char *)*p;
+	*len = l;
+	*p += l;
+	return 1;
+}
+
+int shmet_parse_family(const struct shmet_area *a, uint64_t off, struct shmet_family_view *f, char *err)
+{
+	struct shmet_rec_header h;
+	int rc = rec_at(a, off, &h, err);
+	if (rc != SHMET_OK)
+		return rc;
+	if (h.rec_kind != SHMET_REC_FAMILY)
+		return shmet__fail(err, SHMET_E_CORRUPT, "record at %llu is not a family", (unsigned long long)off);
+	struct shmet_rec_family r;
+	memcpy(&r, a->base + off, sizeof r);
+	const unsigned char *p = a->base + off + sizeof r, *end = a->base + off + h.rec_size;
+	memset(f, 0, sizeof *f);
+	f->off = (uint32_t)off;
+	if (r.fam_type < SHMET_COUNTER || r.fam_type > SHMET_SUMMARY || r.fam_gauge_mode > SHMET_GAUGE_PER_WORKER ||
+	    r.fam_nlabels > SHMET_MAX_LABELS || r.fam_nbuckets > SHMET_MAX_BUCKETS ||
+	    (r.fam_nbuckets && r.fam_type != SHMET_HISTOGRAM))
+		return shmet__fail(err, SHMET_E_CORRUPT, "family at %llu: bad type %u, mode %u, %u labels or %u buckets",
+				   (unsigned long long)off, r.fam_type, r.fam_gauge_mode, r.fam_nlabels, r.fam_nbuckets);
+	f->type = (enum shmet_type)r.fam_type;
+	f->mode = r.fam_type == SHMET_GAUGE ? (enum shmet_gauge_mode)r.fam_gauge_mode : SHMET_GAUGE_SUM;
+	f->nlabels = r.fam_nlabels;
+	f->nbuckets = r.fam_nbuckets;
+	if ((uint64_t)(end - p) < 8ull * r.fam_nbuckets + r.fam_name_len + r.fam_help_len)
+		return shmet__fail(err, SHMET_E_CORRUPT, "family at %llu: fields overrun the record", (unsigned long long)off);
+	f->bounds = p;
+	p += 8ull * r.fam_nbuckets;
+	f->name = (const char *)p;
+	f->name_len = r.fam_name_len;
+	p += r.fam_name_len;
+	f->help = (const char *)p;
+	f->help_len = r.fam_help_len;
+	p += r.fam_help_len;
+	for (uint32_t i = 0; i < f->nlabels; i++)
+		if (!take_str(&p, end, &f->label_names[i], &f->label_lens[i]))
+			return shmet__fail(err, SHMET_E_CORRUPT, "family at %llu: label names overrun the record",
+					   (unsigned long long)off);
+	if (!shmet_valid_metric_name(f->name, f->name_len))
+		return shmet__fail(err, SHMET_E_CORRUPT, "family at %llu: invalid metric name", (unsigned long long)off);
+	if (f->type == SHMET_COUNTER && !(f->name_len > 6 && memcmp(f->name + f->name_len - 6, "_total", 6) == 0))
+		return shmet__fail(err, SHMET_E_CORRUPT, "family at %llu: counter name without _total",
+				   (unsigned long long)off);
+	if (f->help_len > SHMET_MAX_HELP_LEN || !shmet_valid_utf8(f->help, f->help_len))
+		return shmet__fail(err, SHMET_E_CORRUPT, "family %.*s: help is not valid UTF-8", (int)f->name_len, f->name);
+	for (uint32_t i = 0; i < f->nlabels; i++) {
+		if (!shmet_valid_label_name(f->label_names[i], f->label_lens[i]) ||
+		    (f->label_lens[i] == 2 && memcmp(f->label_names[i], "le", 2) == 0) ||
+		    (f->label_lens[i] == 8 && memcmp(f->label_names[i], "quantile", 8) == 0))
+			return shmet__fail(err, SHMET_E_CORRUPT, "family %.*s: invalid label name", (int)f->name_len,
+					   f->name);
+		for (uint32_t j = 0; j < i; j++)
+			if (f->label_lens[i] == f->label_lens[j] &&
+			    memcmp(f->label_names[i], f->label_names[j], f->label_lens[i]) == 0)
+				return shmet__fail(err, SHMET_E_CORRUPT, "family %.*s: duplicate label name",
+						   (int)f->name_len, f->name);
+	}
+	for (uint32_t i = 0; i < f->nbuckets; i++) {
+		double b = shmet_bound(f, i);
+		if (!isfinite(b) || (i && !(b > shmet_bound(f, i - 1))))
+			return shmet__fail(err, SHMET_E_CORRUPT, "family %.*s: bucket bounds not finite and increasing",
+					   (int)f->name_len, f->name);
+	}
+	return SHMET_OK;
+}
+
+static int parse_series(const struct shmet_area *a, uint64_t off, uint32_t rec_size, struct shmet_record *rec,
+			char *err)
+{
+	struct shmet_rec_series r;
+	memcpy(&r, a->base + off, sizeof r);
+	struct shmet_series_view *s = &rec->series;
+	memset(s, 0, sizeof *s);
+	s->off = (uint32_t)off;
+	if (r.ser_family_off >= off)
+		return shmet__fail(err, SHMET_E_CORRUPT, "series at %llu refers forward to %u", (unsigned long long)off,
+				   r.ser_family_off);
+	int rc = shmet_parse_family(a, r.ser_family_off, &rec->fam, err);
+	if (rc != SHMET_OK)
+		return rc;
+	if (r.ser_nvalues != rec->fam.nlabels)
+		return shmet__fail(err, SHMET_E_CORRUPT, "series at %llu of %.*s has %u values for %u labels",
+				   (unsigned long long)off, (int)rec->fam.name_len, rec->fam.name, r.ser_nvalues,
+				   rec->fam.nlabels);
+	s->family_off = r.ser_family_off;
+	s->nvalues = r.ser_nvalues;
+	s->cell_off = r.ser_cell_off;
+	s->cell_size = shmet_cell_size(rec->fam.type, rec->fam.nbuckets);
+	if (s->cell_off % 8 || s->cell_off < a->dir_end || s->cell_off > a->size || a->size - s->cell_off < s->cell_size)
+		return shmet__fail(err, SHMET_E_CORRUPT, "series at %llu of %.*s: cells at %u outside [%llu, %llu)",
+				   (unsigned long long)off, (int)rec->fam.name_len, rec->fam.name, s->cell_off,
+				   (unsigned long long)a->dir_end, (unsigned long long)a->size);
+	const unsigned char *p = a->base + off + sizeof r, *end = a->base + off + rec_size;
+	for (uint32_t i = 0; i < s->nvalues; i++) {
+		if (!take_str(&p, end, &s->values[i], &s->value_lens[i]))
+			return shmet__fail(err, SHMET_E_CORRUPT, "series at %llu: values overrun the record",
+					   (unsigned long long)off);
+		if (s->value_lens[i] > SHMET_MAX_VALUE_LEN || !shmet_valid_utf8(s->values[i], s->value_lens[i]))
+			return shmet__fail(err, SHMET_E_CORRUPT, "series at %llu of %.*s: label value is not valid UTF-8",
+					   (unsigned long long)off, (int)rec->fam.name_len, rec->fam.name);
+	}
+	return SHMET_OK;
+}
+
+int shmet_dir_next(struct shmet_dir_iter *it, struct shmet_record *rec, char *err)
+{
+	const struct shmet_area *a = it->area;
+	if (it->stopped || it->pos >= a->dir_end)
+		return 0;
+	struct shmet_rec_header h;
+	int rc = rec_at(a, it->pos, &h, err);
+	if (rc != SHMET_OK) {
+		it->stopped = true; /* without a trustworthy size there is no next record */
+		return rc;
+	}
+	uint64_t off = it->pos;
+	it->pos += h.rec_size;
+	rec->kind = (enum shmet_rec_kind)h.rec_kind;
+	if (h.rec_kind == SHMET_REC_FAMILY)
+		rc = shmet_parse_family(a, off, &rec->fam, err);
+	else if (h.rec_kind == SHMET_REC_SERIES)
+		rc = parse_series(a, off, h.rec_size, rec, err);
+	else
+		rc = shmet__fail(err, SHMET_E_CORRUPT, "record at %llu has unknown kind %u", (unsigned long long)off,
+				 h.rec_kind);
+	return rc == SHMET_OK ? 1 : rc;
+}
+
+void shmet_read_cells(const struct shmet_area *a, const struct shmet_family_view *f,
+		      const struct shmet_series_view *s, struct shmet_values *v)
+{
+	/* relaxed: each cell is one value; a scrape needs no order between them. */
+	const uint64_t *c = (const uint64_t *)(const void *)(a->base + s->cell_off);
+	v->stamp_ns = 0;
+	switch (f->type) {
+	case SHMET_COUNTER:
+	case SHMET_SUMMARY:
+		v->whole = __atomic_load_n(&c[0], __ATOMIC_RELAXED);
+		v->value = shmet__double(__atomic_load_n(&c[1], __ATOMIC_RELAXED));
+		break;
+	case SHMET_GAUGE:
+		v->whole = 0;
+		v->value = shmet__double(__atomic_load_n(&c[0], __ATOMIC_RELAXED));
+		v->stamp_ns = __atomic_load_n(&c[1], __ATOMIC_RELAXED);
+		break;
+	case SHMET_HISTOGRAM:
+		v->whole = 0;
+		for (uint32_t i = 0; i <= f->nbuckets; i++)
+			v->whole += v->buckets[i] = __atomic_load_n(&c[i], __ATOMIC_RELAXED);
+		v->value = shmet__double(__atomic_load_n(&c[f->nbuckets + 1], __ATOMIC_RELAXED));
+		break;
+	}
+}
+
+bool shmet_family_same(const struct shmet_family_view *a, const struct shmet_family_view *b)
+{
+	if (a->type != b->type || a->mode != b->mode || a->nlabels != b->nlabels || a->nbuckets != b->nbuckets ||
+	    a->name_len != b->name_len || memcmp(a->name, b->name, a->name_len) != 0)
+		return false;
+	for (uint32_t i = 0; i < a->nlabels; i++)
+		if (a->label_lens[i] != b->label_lens[i] || memcmp(a->label_names[i], b->label_names[i], a->label_lens[i]))
+			return false;
+	return a->nbuckets == 0 || memcmp(a->bounds, b->bounds, 8ull * a->nbuckets) == 0;
+}

@@ -1,0 +1,408 @@
+/* libshm: folding dead workers' values into the retired totals.
+ *
+ * The retired area has two halves.  A fold copies the active half into the
+ * inactive one, adds every dead region to the copy, records each added
+ * (region, generation) in the copy's rh_folded_gen, and flips
+ * sh_retired_active with one release store.  Until that store nothing a
+ * reader uses has changed; after it, readers see the new totals and skip the
+ * folded regions.  A folder killed anywhere before the store leaves an
+ * unused inactive half; killed after it, the next fold finds the regions
+ * already recorded in the active half and only frees them.
+ */
+#include "shmetrics_reader.h"
+
+#include <stdlib.h>
+
+/* Open-addressing map from a byte key to an offset, owned by one fold. */
+struct keymap {
+	struct kv {
+		char *key;
+		size_t len;
+		uint32_t val;
+	} *slots;
+	size_t mask, used;
+};
+
+static uint64_t hash_bytes(const char *s, size_t n)
+{
+	uint64_t h = 0xcbf29ce484222325ull;
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
+	return h;
+}
+
+static void keymap_free(struct keymap *m)
+{
+	for (size_t i = 0; m->slots && i <= m->mask; i++)
+		free(m->slots[i].key);
+	free(m->slots);
+	memset(m, 0, sizeof *m);
+}
+
+static struct kv *keymap_find(struct keymap *m, const char *k, size_t n)
+{
+	if (!m->slots)
+		return NULL;
+	for (size_t i = hash_bytes(k, n) & m->mask;; i = (i + 1) & m->mask) {
+		struct kv *s = &m->slots[i];
+		if (!s->key)
+			return NULL;
+		if (s->len == n && memcmp(s->key, k, n) == 0)
+			return s;
+	}
+}
+
+static int keymap_put(struct keymap *m, const char *k, size_t n, uint32_t val)
+{
+	if (!m->slots || (m->used + 1) * 2 > m->mask + 1) {
+		struct keymap g = {NULL, m->slots ? m->mask * 2 + 1 : 255, 0};
+		g.slots = calloc(g.mask + 1, sizeof *g.slots);
+		if (!g.slots)
+			return -1;
+		for (size_t i = 0; m->slots && i <= m->mask; i++) {
+			struct kv *s = &m->slots[i];
+			if (!s->key)
+				continue;
+			size_t j = hash_bytes(s->key, s->len) & g.mask;
+			while (g.slots[j].key)
+				j = (j + 1) & g.mask;
+			g.slots[j] = *s;
+			g.used++;
+		}
+		free(m->slots);
+		*m = g;
+	}
+	size_t i = hash_bytes(k, n) & m->mask;
+	while (m->slots[i].key)
+		i = (i + 1) & m->mask;
+	if (!(m->slots[i].key = malloc(n ? n : 1)))
+		return -1;
+	memcpy(m->slots[i].key, k, n);
+	m->slots[i].len = n;
+	m->slots[i].val = val;
+	m->used++;
+	return 0;
+}
+
+/* "name\xff value\xff value..." — 0xff never occurs in UTF-8. */
+static size_t series_key(const struct shmet_record *r, char *buf, size_t cap)
+{
+	size_t n = 0;
+	if (r->fam.name_len + 1 > cap)
+		return 0;
+	memcpy(buf, r->fam.name, r->fam.name_len);
+	n = r->fam.name_len;
+	buf[n++] = '\xff';
+	for (uint32_t i = 0; i < r->series.nvalues; i++) {
+		if (n + r->series.value_lens[i] + 1 > cap)
+			return 0;
+		memcpy(buf + n, r->series.values[i], r->series.value_lens[i]);
+		n += r->series.value_lens[i];
+		buf[n++] = '\xff';
+	}
+	return n;
+}
+
+#define KEY_CAP (SHMET_MAX_NAME_LEN + SHMET_MAX_LABELS * (SHMET_MAX_VALUE_LEN + 1) + 8)
+
+/* The inactive half while a fold writes it. */
+struct target {
+	unsigned char *base;
+	uint64_t size, dir_end, cell_low;
+	struct keymap families; /* name -> family record offset */
+	struct keymap series;   /* series key -> series record offset */
+};
+
+static bool keeps(const struct shmet_family_view *f)
+{
+	/* Dead workers' gauges are dropped, except where the last value set
+	 * anywhere is the answer. */
+	return f->type != SHMET_GAUGE || f->mode == SHMET_GAUGE_MOSTRECENT;
+}
+
+static uint64_t series_rec_size(const struct shmet_series_view *s)
+{
+	uint64_t n = sizeof(struct shmet_rec_series);
+	for (uint32_t i = 0; i < s->nvalues; i++)
+		n += 2 + s->value_lens[i];
+	return shmet_align8(n);
+}
+
+static unsigned char *append(struct target *t, uint64_t size)
+{
+	if (t->cell_low - t->dir_end < size)
+		return NULL;
+	unsigned char *p = t->base + t->dir_end;
+	t->dir_end += size;
+	return p;
+}
+
+/* Add one dead series into the target; 0 ok, 1 conflict, -1 no room. */
+static int fold_series(struct target *t, const struct shmet_area *src, const struct shmet_record *r, char *key,
+		       size_t klen)
+{
+	struct shmet_area tarea = {t->base, t->size, t->dir_end, t->cell_low};
+	struct kv *fam = keymap_find(&t->families, r->fam.name, r->fam.name_len);
+	uint32_t fam_off;
+	if (fam) {
+		struct shmet_family_view have;
+		if (shmet_parse_family(&tarea, fam->val, &have, NULL) != SHMET_OK || !shmet_family_same(&have, &r->fam))
+			return 1;
+		fam_off = fam->val;
+	} else {
+		struct shmet_rec_header h;
+		memcpy(&h, src->base + r->fam.off, sizeof h);
+		unsigned char *p = append(t, h.rec_size);
+		if (!p)
+			return -1;
+		memcpy(p, src->base + r->fam.off, h.rec_size);
+		fam_off = (uint32_t)(p - t->base);
+		if (keymap_put(&t->families, r->fam.name, r->fam.name_len, fam_off) != 0)
+			return -1;
+	}
+	struct kv *ser = keymap_find(&t->series, key, klen);
+	uint32_t cell_off;
+	if (ser) {
+		struct shmet_rec_series sr;
+		memcpy(&sr, t->base + ser->val, sizeof sr);
+		cell_off = sr.ser_cell_off;
+	} else {
+		uint64_t rs = series_rec_size(&r->series);
+		uint32_t cs = r->series.cell_size;
+		if (t->cell_low - t->dir_end < rs + cs)
+			return -1;
+		t->cell_low -= cs;
+		cell_off = (uint32_t)t->cell_low;
+		memset(t->base + cell_off, 0, cs);
+		unsigned char *p = append(t, rs);
+		struct shmet_rec_series sr;
+		memset(&sr, 0, sizeof sr);
+		sr.ser_rec.rec_size = (uint32_t)rs;
+		sr.ser_rec.rec_kind = SHMET_REC_SERIES;
+		sr.ser_family_off = fam_off;
+		sr.ser_cell_off = cell_off;
+		sr.ser_nvalues = (uint16_t)r->series.nvalues;
+		memset(p, 0, rs);
+		memcpy(p, &sr, sizeof sr);
+		unsigned char *q = p + sizeof sr;
+		for (uint32_t i = 0; i < r->series.nvalues; i++) {
+			uint16_t l = (uint16_t)r->series.value_lens[i];
+			memcpy(q, &l, 2);
+			memcpy(q + 2, r->series.values[i], l);
+			q += 2 + l;
+		}
+		if (keymap_put(&t->series, key, klen, (uint32_t)(p - t->base)) != 0)
+			return -1;
+	}
+	struct shmet_values v;
+	shmet_read_cells(src, &r->fam, &r->series, &v);
+	/* Plain stores: nobody reads the inactive half until the flip. */
+	uint64_t *c = (uint64_t *)(void *)(t->base + cell_off);
+	switch (r->fam.type) {
+	case SHMET_COUNTER:
+	case SHMET_SUMMARY:
+		c[0] += v.whole;
+		c[1] = shmet__bits(shmet__double(c[1]) + v.value);
+		break;
+	case SHMET_GAUGE:
+		if (v.stamp_ns >= c[1]) {
+			c[0] = shmet__bits(v.value);
+			c[1] = v.stamp_ns;
+		}
+		break;
+	case SHMET_HISTOGRAM:
+		for (uint32_t i = 0; i <= r->fam.nbuckets; i++)
+			c[i] += v.buckets[i];
+		c[r->fam.nbuckets + 1] = shmet__bits(shmet__double(c[r->fam.nbuckets + 1]) + v.value);
+		break;
+	}
+	return 0;
+}
+
+/* Bytes a dead region would add to the target (new families and series). */
+static uint64_t room_needed(struct target *t, const struct shmet_area *src, char *key, struct keymap *seen)
+{
+	struct shmet_dir_iter it;
+	struct shmet_record r;
+	uint64_t need = 0;
+	int rc;
+	shmet_dir_begin(&it, src);
+	while ((rc = shmet_dir_next(&it, &r, NULL)) != 0) {
+		if (rc < 0 || r.kind != SHMET_REC_SERIES || !keeps(&r.fam))
+			continue;
+		if (!keymap_find(&t->families, r.fam.name, r.fam.name_len) &&
+		    !keymap_find(seen, r.fam.name, r.fam.name_len)) {
+			struct shmet_rec_header h;
+			memcpy(&h, src->base + r.fam.off, sizeof h);
+			need += h.rec_size;
+			keymap_put(seen, r.fam.name, r.fam.name_len, 0);
+		}
+		size_t klen = series_key(&r, key, KEY_CAP);
+		if (klen && !keymap_find(&t->series, key, klen))
+			need += series_rec_size(&r.series) + r.series.cell_size;
+	}
+	return need;
+}
+
+static int index_target(struct target *t, struct shmet_fold_result *res, char *key)
+{
+	struct shmet_area a = {t->base, t->size, t->dir_end, t->cell_low};
+	struct shmet_dir_iter it;
+	struct shmet_record r;
+	int rc;
+	shmet_dir_begin(&it, &a);
+	while ((rc = shmet_dir_next(&it, &r, NULL)) != 0) {
+		if (rc < 0) {
+			res->corrupt++;
+			continue;
+		}
+		if (r.kind == SHMET_REC_FAMILY) {
+			if (!keymap_find(&t->families, r.fam.name, r.fam.name_len) &&
+			    keymap_put(&t->families, r.fam.name, r.fam.name_len, r.fam.off) != 0)
+				return -1;
+		} else {
+			size_t klen = series_key(&r, key, KEY_CAP);
+			if (klen && keymap_put(&t->series, key, klen, r.series.off) != 0)
+				return -1;
+		}
+	}
+	return 0;
+}
+
+int shmet_fold_dead(struct shmet_segment *seg, struct shmet_fold_result *res)
+{
+	res->folded = res->to_free = res->skipped = 0;
+	res->conflicts = res->corrupt = 0;
+	res->err[0] = 0;
+	if (seg->map.readonly)
+		return shmet__fail(res->err, SHMET_E_INVALID_ARG, "segment opened read-only");
+	unsigned active = shmet_retired_active(seg), inactive = active ^ 1;
+	const struct shmet_retired_header *ra = shmet_retired_header(seg, active);
+	struct shmet_retired_header *ri = (struct shmet_retired_header *)shmet_retired_header(seg, inactive);
+	uint32_t dead[SHMET_MAX_REGIONS];
+	uint64_t dead_gen[SHMET_MAX_REGIONS];
+	uint32_t ndead = 0;
+	for (uint32_t i = 0; i < seg->regions; i++) {
+		struct shmet_region_info info;
+		shmet_region_info(seg, i, &info);
+		if (info.state != SHMET_REGION_LIVE || info.alive)
+			continue;
+		if (__atomic_load_n(&ra->rh_folded_gen[i], __ATOMIC_RELAXED) == info.generation) {
+			res->regions[res->to_free] = i; /* folded by a collector that died before freeing */
+			res->generations[res->to_free++] = info.generation;
+		} else {
+			dead[ndead] = i;
+			dead_gen[ndead++] = info.generation;
+		}
+	}
+	if (ndead == 0)
+		return SHMET_OK;
+
+	struct shmet_area src;
+	if (shmet_retired_area(seg, active, &src, res->err) != SHMET_OK)
+		res->corrupt++; /* an unreadable half reads as empty: start again from zero */
+	struct target t;
+	memset(&t, 0, sizeof t);
+	t.size = src.size;
+	t.dir_end = src.dir_end;
+	t.cell_low = src.cell_low;
+	t.base = (unsigned char *)ri + seg->retired_hdr_size;
+	ri->rh_folds = ra->rh_folds;
+	ri->rh_dropped = ra->rh_dropped;
+	memcpy(ri->rh_folded_gen, ra->rh_folded_gen, 8ull * seg->regions);
+	memcpy(t.base + sizeof(struct shmet_region_header), src.base + sizeof(struct shmet_region_header),
+	       src.dir_end - sizeof(struct shmet_region_header));
+	memcpy(t.base + src.cell_low, src.base + src.cell_low, src.size - src.cell_low);
+	char *key = malloc(KEY_CAP);
+	int rc = SHMET_OK;
+	if (!key || index_target(&t, res, key) != 0) {
+		rc = shmet__fail(res->err, SHMET_E_SYS, "out of memory while folding");
+		goto out;
+	}
+	for (uint32_t k = 0; k < ndead; k++) {
+		uint32_t d = dead[k];
+		struct shmet_area da;
+		char why[SHMET_ERRBUF];
+		if (shmet_region_area(seg, d, &da, why) != SHMET_OK) {
+			res->corrupt++;
+			if (!res->err[0])
+				snprintf(res->err, sizeof res->err, "region %u: %s", d, why);
+		}
+		struct keymap seen = {0};
+		uint64_t need = room_needed(&t, &da, key, &seen);
+		keymap_free(&seen);
+		if (need > t.cell_low - t.dir_end) {
+			res->skipped++;
+			if (!res->err[0])
+				snprintf(res->err, sizeof res->err,
+					 "retired area full: region %u needs %llu more bytes, %llu free", d,
+					 (unsigned long long)need, (unsigned long long)(t.cell_low - t.dir_end));
+			continue;
+		}
+		struct shmet_dir_iter it;
+		struct shmet_record r;
+		int n;
+		shmet_dir_begin(&it, &da);
+		while ((n = shmet_dir_next(&it, &r, why)) != 0) {
+			if (n < 0) {
+				res->corrupt++;
+				if (!res->err[0])
+					snprintf(res->err, sizeof res->err, "region %u: %s", d, why);
+				continue;
+			}
+			if (r.kind != SHMET_REC_SERIES || !keeps(&r.fam))
+				continue;
+			size_t klen = series_key(&r, key, KEY_CAP);
+			int f = klen ? fold_series(&t, &da, &r, key, klen) : 1;
+			if (f == 1)
+				res->conflicts++;
+			if (f < 0) {
+				/* The room was counted beforehand, so only a region changed
+				 * under us gets here: give up without flipping. */
+				rc = shmet__fail(res->err, SHMET_E_REGION_FULL, "retired area full while folding region %u", d);
+				goto out;
+			}
+		}
+		const struct shmet_region_header *rg = (const struct shmet_region_header *)da.base;
+		ri->rh_dropped += __atomic_load_n(&rg->rg_dropped, __ATOMIC_RELAXED);
+		ri->rh_folds++;
+		ri->rh_folded_gen[d] = dead_gen[k];
+		res->regions[res->to_free] = d;
+		res->generations[res->to_free++] = dead_gen[k];
+		res->folded++;
+	}
+	if (res->folded) {
+		struct shmet_region_header *trg = (struct shmet_region_header *)t.base;
+		trg->rg_cell_low = t.cell_low;
+		trg->rg_dir_end = t.dir_end;
+		/* release: the whole inactive half before the flip that makes it
+		 * the one readers use. */
+		__atomic_store_n(&seg->map.hdr->sh_retired_active, (uint64_t)inactive, __ATOMIC_RELEASE);
+	}
+out:
+	free(key);
+	keymap_free(&t.families);
+	keymap_free(&t.series);
+	return rc;
+}
+
+void shmet_free_folded(struct shmet_segment *seg, const struct shmet_fold_result *res)
+{
+	for (uint32_t k = 0; k < res->to_free; k++) {
+		uint32_t i = res->regions[k];
+		if (i >= seg->regions)
+			continue;
+		off_t off = (off_t)(seg->regions_off + (uint64_t)i * seg->region_size);
+		/* Give the pages back to tmpfs; they read as zero afterwards, which
+		 * is how the next owner must find them. */
+		if (fallocate(seg->map.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, (off_t)seg->region_size) != 0)
+			memset(seg->map.base + off, 0, seg->region_size);
+		struct shmet_region_slot *slot = shmet_seg_slot(&seg->map, i);
+		uint64_t expect = shmet_state_gen(res->generations[k], SHMET_REGION_LIVE);
+		__atomic_store_n(&slot->rs_pid, 0, __ATOMIC_RELAXED);
+		/* release: the zeroed pages before the FREE state a claimer acquires. */
+		__atomic_compare_exchange_n(&slot->rs_state_gen, &expect,
+					    shmet_state_gen(res->generations[k], SHMET_REGION_FREE), 0, __ATOMIC_RELEASE,
+					    __ATOMIC_RELAXED);
+	}
+}

@@ -1,0 +1,153 @@
+/* libshm: opening a segment and looking at its regions. */
+#include "shmetrics_reader.h"
+
+#include <stdlib.h>
+
+int shmet_segment_open(const char *path, int flags, const struct shmet_seg_config *cfg,
+		       struct shmet_segment *seg, char *err)
+{
+	memset(seg, 0, sizeof *seg);
+	if (!path)
+		path = shmet_default_path();
+	if (strlen(path) >= sizeof seg->path)
+		return shmet__fail(err, SHMET_E_TOO_LONG, "segment path too long");
+	int rc = shmet_seg_attach(path, cfg, flags, &seg->map, err);
+	if (rc != SHMET_OK)
+		return rc;
+	strcpy(seg->path, path);
+	const struct shmet_seg_header *h = seg->map.hdr;
+	seg->regions = h->sh_region_count;
+	seg->region_size = h->sh_region_size;
+	seg->regions_off = h->sh_regions_off;
+	seg->table_off = h->sh_region_table_off;
+	seg->retired_off = h->sh_retired_off;
+	seg->retired_half_size = h->sh_retired_half_size;
+	seg->retired_hdr_size = shmet_retired_header_size(seg->regions);
+	/* The attach validated these against the file once; re-derive so that a
+	 * header rewritten since cannot move anything out of the mapping. */
+	struct shmet_seg_geometry g;
+	shmet_seg_geometry(seg->regions, seg->region_size, seg->retired_half_size - seg->retired_hdr_size, &g);
+	if (g.total != seg->map.size || g.regions_off != seg->regions_off || g.retired_off != seg->retired_off) {
+		shmet_seg_detach(&seg->map);
+		return shmet__fail(err, SHMET_E_CORRUPT, "%s: header changed while being opened", path);
+	}
+	return SHMET_OK;
+}
+
+void shmet_segment_close(struct shmet_segment *seg)
+{
+	shmet_seg_detach(&seg->map);
+	memset(seg, 0, sizeof *seg);
+	seg->map.fd = -1;
+}
+
+int shmet_segment_lock_collector(struct shmet_segment *seg, int *holder_pid)
+{
+	struct flock fl;
+	memset(&fl, 0, sizeof fl);
+	fl.l_type = F_WRLCK;
+	fl.l_whence = SEEK_SET;
+	fl.l_start = SHMET_COLLECTOR_LOCK_OFF;
+	fl.l_len = 1;
+	if (holder_pid)
+		*holder_pid = 0;
+	if (fcntl(seg->map.fd, F_OFD_SETLK, &fl) == 0)
+		return SHMET_OK;
+	if (errno != EAGAIN && errno != EACCES)
+		return SHMET_E_SYS;
+	/* OFD locks report l_pid as -1; a classic F_GETLK may name the holder. */
+	if (holder_pid) {
+		memset(&fl, 0, sizeof fl);
+		fl.l_type = F_WRLCK;
+		fl.l_whence = SEEK_SET;
+		fl.l_start = SHMET_COLLECTOR_LOCK_OFF;
+		fl.l_len = 1;
+		if (fcntl(seg->map.fd, F_GETLK, &fl) == 0 && fl.l_type != F_UNLCK)
+			*holder_pid = fl.l_pid;
+	}
+	return SHMET_E_LOCKED;
+}
+
+static const struct shmet_region_slot *slot_of(const struct shmet_segment *seg, uint32_t i)
+{
+	return (const struct shmet_region_slot *)(seg->map.base + seg->table_off + (uint64_t)i * SHMET_CACHELINE);
+}
+
+void shmet_region_info(const struct shmet_segment *seg, uint32_t i, struct shmet_region_info *info)
+{
+	memset(info, 0, sizeof *info);
+	info->index = i;
+	if (i >= seg->regions)
+		return;
+	const struct shmet_region_slot *s = slot_of(seg, i);
+	/* acquire: pairs with the claimer's CAS, so the region header it
+	 * initialised is visible. */
+	uint64_t sg = __atomic_load_n(&s->rs_state_gen, __ATOMIC_ACQUIRE);
+	info->state = shmet_state_of(sg);
+	info->generation = shmet_gen_of(sg);
+	info->pid = __atomic_load_n(&s->rs_pid, __ATOMIC_RELAXED);
+	info->parent = __atomic_load_n(&s->rs_parent, __ATOMIC_RELAXED);
+	info->claimed_ns = __atomic_load_n(&s->rs_claimed_ns, __ATOMIC_RELAXED);
+	info->alive = info->state == SHMET_REGION_LIVE &&
+		      shmet_seg_byte_locked(&seg->map, (off_t)(seg->table_off + (uint64_t)i * SHMET_CACHELINE)) == 1;
+	const struct shmet_region_header *rg =
+		(const struct shmet_region_header *)(seg->map.base + seg->regions_off + (uint64_t)i * seg->region_size);
+	info->dir_end = __atomic_load_n(&rg->rg_dir_end, __ATOMIC_ACQUIRE);
+	info->cell_low = __atomic_load_n(&rg->rg_cell_low, __ATOMIC_RELAXED);
+	info->dropped = __atomic_load_n(&rg->rg_dropped, __ATOMIC_RELAXED);
+	info->series = __atomic_load_n(&rg->rg_series, __ATOMIC_RELAXED);
+}
+
+/* Read an area's header once and check it; an empty (never initialised)
+ * area reads as having no records. */
+static int area_from(const unsigned char *base, uint64_t size, struct shmet_area *a, char *err)
+{
+	const struct shmet_region_header *rg = (const struct shmet_region_header *)base;
+	a->base = base;
+	a->size = size;
+	/* acquire: pairs with the owner's release of rg_dir_end, so every record
+	 * below it is complete. */
+	a->dir_end = __atomic_load_n(&rg->rg_dir_end, __ATOMIC_ACQUIRE);
+	a->cell_low = __atomic_load_n(&rg->rg_cell_low, __ATOMIC_RELAXED);
+	if (a->dir_end == 0) {
+		a->dir_end = sizeof *rg;
+		a->cell_low = size;
+		return SHMET_OK;
+	}
+	if (a->dir_end < sizeof *rg || a->dir_end > size || a->dir_end % 8 || a->cell_low > size ||
+	    a->cell_low < a->dir_end || a->cell_low % 8) {
+		uint64_t d = a->dir_end, c = a->cell_low;
+		a->dir_end = sizeof *rg;
+		a->cell_low = size;
+		return shmet__fail(err, SHMET_E_CORRUPT,
+				   "area header out of bounds: dir_end %llu, cell_low %llu, size %llu",
+				   (unsigned long long)d, (unsigned long long)c, (unsigned long long)size);
+	}
+	return SHMET_OK;
+}
+
+int shmet_region_area(const struct shmet_segment *seg, uint32_t i, struct shmet_area *a, char *err)
+{
+	if (i >= seg->regions)
+		return shmet__fail(err, SHMET_E_INVALID_ARG, "no region %u", i);
+	return area_from(seg->map.base + seg->regions_off + (uint64_t)i * seg->region_size, seg->region_size, a, err);
+}
+
+unsigned shmet_retired_active(const struct shmet_segment *seg)
+{
+	/* acquire: pairs with the folder's release flip, so the half it names
+	 * is complete. */
+	return (unsigned)(__atomic_load_n(&seg->map.hdr->sh_retired_active, __ATOMIC_ACQUIRE) & 1);
+}
+
+const struct shmet_retired_header *shmet_retired_header(const struct shmet_segment *seg, unsigned half)
+{
+	return (const struct shmet_retired_header *)(seg->map.base + seg->retired_off +
+						     (uint64_t)(half & 1) * seg->retired_half_size);
+}
+
+int shmet_retired_area(const struct shmet_segment *seg, unsigned half, struct shmet_area *a, char *err)
+{
+	const unsigned char *base = (const unsigned char *)shmet_retired_header(seg, half) + seg->retired_hdr_size;
+	return area_from(base, seg->retired_half_size - seg->retired_hdr_size, a, err);
+}

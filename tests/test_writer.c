@@ -1,0 +1,237 @@
+/* The writer in one process: registration rules and each type's arithmetic. */
+#include "tsupport.h"
+#include "shmetrics.h"
+
+#include <math.h>
+#include <stdio.h>
+
+static const char *seg;
+
+static int setup(void **state)
+{
+	(void)state;
+	seg = tsupport_segment("writer");
+	struct shmet_options o = {seg, 4, 1 << 20, 0, false};
+	return shmet_init(&o);
+}
+
+static void test_writer_metric_names_validated(void **state)
+{
+	(void)state;
+	shmet_family *f;
+	const char *bad[] = {"", "1abc", "a-b", "a b", "é", "x\n"};
+	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+		int rc = shmet_counter_register(&f, bad[i], "h", 0, NULL);
+		if (rc != SHMET_E_INVALID_NAME)
+			fail_msg("name \"%s\": expected %d, got %d (%s)", bad[i], SHMET_E_INVALID_NAME, rc, shmet_last_error());
+		assert_null(f);
+	}
+	assert_int_equal(shmet_gauge_register(&f, "ok:name_1", "h", SHMET_GAUGE_SUM, 0, NULL), SHMET_OK);
+	assert_int_equal(shmet_gauge_register(&f, "gauge_total", "h", SHMET_GAUGE_SUM, 0, NULL), SHMET_E_INVALID_NAME);
+	assert_non_null(strstr(shmet_last_error(), "_total"));
+}
+
+static void test_writer_label_names_validated(void **state)
+{
+	(void)state;
+	shmet_family *f;
+	const char *reserved[] = {"__x"};
+	assert_int_equal(shmet_counter_register(&f, "l1_total", "h", 1, reserved), SHMET_E_RESERVED_LABEL);
+	const char *le[] = {"le"};
+	assert_int_equal(shmet_histogram_register(&f, "l2_seconds", "h", NULL, 0, 1, le), SHMET_E_RESERVED_LABEL);
+	assert_int_equal(shmet_counter_register(&f, "l3_total", "h", 1, le), SHMET_E_RESERVED_LABEL);
+	const char *q[] = {"quantile"};
+	assert_int_equal(shmet_summary_register(&f, "l4_seconds", "h", 1, q), SHMET_E_RESERVED_LABEL);
+	const char *dup[] = {"a", "b", "a"};
+	assert_int_equal(shmet_counter_register(&f, "l5_total", "h", 3, dup), SHMET_E_DUPLICATE_LABEL);
+	const char *inval[] = {"a-b"};
+	assert_int_equal(shmet_counter_register(&f, "l6_total", "h", 1, inval), SHMET_E_INVALID_LABEL);
+	const char *digit[] = {"1a"};
+	assert_int_equal(shmet_counter_register(&f, "l7_total", "h", 1, digit), SHMET_E_INVALID_LABEL);
+	const char *worker[] = {"worker"};
+	assert_int_equal(shmet_gauge_register(&f, "l8", "h", SHMET_GAUGE_PER_WORKER, 1, worker), SHMET_E_RESERVED_LABEL);
+	assert_int_equal(shmet_gauge_register(&f, "l8", "h", SHMET_GAUGE_SUM, 1, worker), SHMET_OK);
+}
+
+static void test_writer_type_clash_refused(void **state)
+{
+	(void)state;
+	shmet_family *a, *b;
+	const char *l[] = {"x"};
+	assert_int_equal(shmet_counter_register(&a, "clash_total", "h", 1, l), SHMET_OK);
+	/* identical registration is idempotent (master and child may both register) */
+	assert_int_equal(shmet_counter_register(&b, "clash_total", "h", 1, l), SHMET_OK);
+	assert_ptr_equal(a, b);
+	assert_int_equal(shmet_counter_register(&b, "clash", "h", 0, NULL), SHMET_E_TYPE_CLASH);
+	assert_int_equal(shmet_gauge_register(&b, "clash", "h", SHMET_GAUGE_SUM, 0, NULL), SHMET_E_TYPE_CLASH);
+	assert_int_equal(shmet_histogram_register(&b, "hclash", "h", NULL, 0, 0, NULL), SHMET_OK);
+	assert_int_equal(shmet_gauge_register(&b, "hclash_count", "h", SHMET_GAUGE_SUM, 0, NULL), SHMET_E_TYPE_CLASH);
+	assert_int_equal(shmet_summary_register(&b, "hclash", "h", 0, NULL), SHMET_E_TYPE_CLASH);
+}
+
+static void test_writer_counter_arithmetic_exact(void **state)
+{
+	(void)state;
+	shmet_family *f;
+	const char *l[] = {"kind"};
+	assert_int_equal(shmet_counter_register(&f, "arith", "Counter arithmetic.", 1, l), SHMET_OK);
+	shmet_counter c = shmet_counter_labels(f, "a");
+	assert_int_not_equal(c.off, 0);
+	for (int i = 0; i < 1000; i++)
+		shmet_counter_inc(c);
+	shmet_counter_add(c, 2.5);
+	shmet_counter_add(c, 0.25);
+	shmet_counter_add(c, 7);
+	shmet_counter_add_u64(c, 3);
+	const char *v[] = {"a", NULL};
+	assert_double_equal_exact(tsupport_value(seg, "arith_total", v), 1012.75);
+	/* refused on the hot path: dropped and counted, never written */
+	struct shmet_segment s;
+	char err[SHMET_ERRBUF];
+	assert_int_equal(shmet_segment_open(seg, SHMET_ATTACH_READONLY, NULL, &s, err), SHMET_OK);
+	struct shmet_region_info before, after;
+	shmet_region_info(&s, (uint32_t)shmet_region_index(), &before);
+	shmet_counter_add(c, -1);
+	shmet_counter_add(c, NAN);
+	shmet_counter_inc((shmet_counter){0});
+	shmet_region_info(&s, (uint32_t)shmet_region_index(), &after);
+	assert_int_equal(after.dropped - before.dropped, 3);
+	assert_true(after.alive);
+	shmet_segment_close(&s);
+	assert_double_equal_exact(tsupport_value(seg, "arith_total", v), 1012.75);
+}
+
+static void test_writer_gauge_special_values_kept(void **state)
+{
+	(void)state;
+	shmet_gauge g = shmet_gauge_new("temperature_celsius", "A gauge.", SHMET_GAUGE_SUM);
+	assert_int_not_equal(g.off, 0);
+	shmet_gauge_set(g, -3.5);
+	assert_double_equal_exact(tsupport_value(seg, "temperature_celsius", NULL), -3.5);
+	shmet_gauge_inc(g);
+	shmet_gauge_add(g, 0.25);
+	shmet_gauge_dec(g);
+	assert_double_equal_exact(tsupport_value(seg, "temperature_celsius", NULL), -3.25);
+	shmet_gauge_set(g, INFINITY);
+	assert_double_equal_exact(tsupport_value(seg, "temperature_celsius", NULL), INFINITY);
+	shmet_gauge_set(g, -INFINITY);
+	assert_double_equal_exact(tsupport_value(seg, "temperature_celsius", NULL), -INFINITY);
+	shmet_gauge_set(g, NAN);
+	assert_true(isnan(tsupport_value(seg, "temperature_celsius", NULL)));
+	shmet_gauge t = shmet_gauge_new("last_run_timestamp_seconds", "When.", SHMET_GAUGE_MOSTRECENT);
+	shmet_gauge_set_to_current_time(t);
+	double now = (double)time(NULL);
+	double got = tsupport_value(seg, "last_run_timestamp_seconds", NULL);
+	assert_true(got > now - 5 && got < now + 5);
+}
+
+static void test_writer_histogram_buckets_and_sum(void **state)
+{
+	(void)state;
+	shmet_family *f;
+	double b[3] = {0.1, 1, 10};
+	const char *l[] = {"op"};
+	assert_int_equal(shmet_histogram_register(&f, "latency_seconds", "Latency.", b, 3, 1, l), SHMET_OK);
+	shmet_histogram h = shmet_histogram_labels(f, "read");
+	double obs[] = {0.05, 0.1, 0.5, 1, 5, 10, 11, 1e9};
+	double sum = 0;
+	for (size_t i = 0; i < sizeof obs / sizeof *obs; i++)
+		shmet_histogram_observe(h, obs[i]), sum += obs[i];
+	shmet_histogram_observe(h, NAN); /* refused */
+	struct shmet_segment s;
+	struct shmet_snapshot snap;
+	char err[SHMET_ERRBUF];
+	assert_int_equal(shmet_segment_open(seg, SHMET_ATTACH_READONLY, NULL, &s, err), SHMET_OK);
+	shmet_snapshot_take(&s, &snap);
+	const struct shmet_snap_family *sf = shmet_snapshot_family(&snap, "latency_seconds");
+	assert_non_null(sf);
+	const char *v[] = {"read"};
+	const struct shmet_snap_series *ss = shmet_snapshot_series(sf, v);
+	assert_non_null(ss);
+	/* le semantics: v <= bound */
+	assert_int_equal(ss->agg.buckets[0], 2);
+	assert_int_equal(ss->agg.buckets[1], 2);
+	assert_int_equal(ss->agg.buckets[2], 2);
+	assert_int_equal(ss->agg.buckets[3], 2);
+	assert_int_equal(ss->agg.whole, 8);
+	assert_double_equal_exact(ss->agg.value, sum);
+	shmet_snapshot_free(&snap);
+	shmet_segment_close(&s);
+	/* default buckets, the helpers, and a timer */
+	double lin[4], ex[4];
+	assert_int_equal(shmet_buckets_linear(lin, 4, 1, 2), SHMET_OK);
+	assert_double_equal_exact(lin[3], 7);
+	assert_int_equal(shmet_buckets_exponential(ex, 4, 1, 10), SHMET_OK);
+	assert_double_equal_exact(ex[3], 1000);
+	assert_int_equal(shmet_buckets_exponential(ex, 4, 0, 10), SHMET_E_BUCKETS);
+	assert_int_equal(shmet_buckets_linear(lin, 0, 1, 2), SHMET_E_BUCKETS);
+	double bad[] = {1, 1};
+	assert_int_equal(shmet_histogram_register(&f, "bad_buckets", "h", bad, 2, 0, NULL), SHMET_E_BUCKETS);
+	assert_int_equal(shmet_histogram_register(&f, "timer_seconds", "h", ex, 4, 0, NULL), SHMET_OK);
+	shmet_histogram th = shmet_histogram_get(f, NULL);
+	shmet_timer t = shmet_timer_start();
+	shmet_histogram_observe_duration(th, t);
+	assert_int_equal(tsupport_count(seg, "timer_seconds", NULL), 1);
+	double d = tsupport_value(seg, "timer_seconds", NULL);
+	assert_true(d >= 0 && d < 1);
+}
+
+static void test_writer_summary_count_and_sum(void **state)
+{
+	(void)state;
+	shmet_family *f;
+	assert_int_equal(shmet_summary_register(&f, "payload_bytes", "Sizes.", 0, NULL), SHMET_OK);
+	shmet_summary s = shmet_summary_get(f, NULL);
+	shmet_summary_observe(s, 100);
+	shmet_summary_observe(s, 0.5);
+	assert_int_equal(tsupport_count(seg, "payload_bytes", NULL), 2);
+	assert_double_equal_exact(tsupport_value(seg, "payload_bytes", NULL), 100.5);
+}
+
+static void test_writer_label_values_utf8(void **state)
+{
+	(void)state;
+	shmet_family *f;
+	const char *l[] = {"v"};
+	assert_int_equal(shmet_counter_register(&f, "utf8_total", "h", 1, l), SHMET_OK);
+	shmet_counter ok = shmet_counter_labels(f, "ü日本 \"q\" \\ \n{},=");
+	assert_int_not_equal(ok.off, 0);
+	shmet_counter_inc(ok);
+	const char *bad[] = {"\xff", "\xc0\xaf", "\xed\xa0\x80", "a\xe2\x82"};
+	for (size_t i = 0; i < 4; i++) {
+		uint32_t off = 1;
+		const char *v[] = {bad[i]};
+		assert_int_equal(shmet_series_lookup(f, v, &off), SHMET_E_INVALID_UTF8);
+		assert_int_equal(off, 0);
+	}
+	shmet_counter same = shmet_counter_labels(f, "ü日本 \"q\" \\ \n{},=");
+	assert_int_equal(same.off, ok.off);
+	/* wrong type of handle for the family */
+	shmet_gauge g = shmet_gauge_get(f, NULL);
+	assert_int_equal(g.off, 0);
+	assert_int_equal(shmet_series_lookup(f, NULL, &ok.off), SHMET_E_LABEL_COUNT);
+}
+
+static void test_writer_counter_name_gets_total(void **state)
+{
+	(void)state;
+	shmet_counter c = shmet_counter_new("jobs_done", "Jobs.");
+	shmet_counter_inc(c);
+	assert_double_equal_exact(tsupport_value(seg, "jobs_done_total", NULL), 1);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_writer_metric_names_validated),
+		cmocka_unit_test(test_writer_label_names_validated),
+		cmocka_unit_test(test_writer_type_clash_refused),
+		cmocka_unit_test(test_writer_counter_arithmetic_exact),
+		cmocka_unit_test(test_writer_gauge_special_values_kept),
+		cmocka_unit_test(test_writer_histogram_buckets_and_sum),
+		cmocka_unit_test(test_writer_summary_count_and_sum),
+		cmocka_unit_test(test_writer_label_values_utf8),
+		cmocka_unit_test(test_writer_counter_name_gets_total),
+	};
+	return cmocka_run_group_tests(tests, setup, NULL);
+}
