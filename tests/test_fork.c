@@ -1,0 +1,231 @@
+/* Real forked processes: handles made in the master, exact totals, kill -9,
+ * region reuse, and concurrent creation of one segment. */
+#include "tsupport.h"
+#include "shmetrics.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#define CHILDREN 8
+#define PER_THREAD 1000000
+
+static const char *seg;
+static shmet_counter counted, noise;
+
+static int setup(void **state)
+{
+	(void)state;
+	seg = tsupport_segment("fork");
+	struct shmet_options o = {seg, 32, 1 << 16, 0, false};
+	if (shmet_init(&o) != SHMET_OK)
+		return -1;
+	shmet_family *f;
+	const char *l[] = {"what"};
+	if (shmet_counter_register(&f, "forked_increments_total", "Increments made by children.", 1, l) != SHMET_OK)
+		return -1;
+	counted = shmet_counter_labels(f, "counted");
+	noise = shmet_counter_labels(f, "noise");
+	return counted.off && noise.off ? 0 : -1;
+}
+
+static void *hammer(void *arg)
+{
+	(void)arg;
+	for (int i = 0; i < PER_THREAD; i++)
+		shmet_counter_inc(counted);
+	return NULL;
+}
+
+static void fold_and_free(void)
+{
+	struct shmet_segment s;
+	char err[SHMET_ERRBUF];
+	assert_int_equal(shmet_segment_open(seg, 0, NULL, &s, err), SHMET_OK);
+	assert_int_equal(shmet_segment_lock_collector(&s, NULL), SHMET_OK);
+	static struct shmet_fold_result res;
+	if (shmet_fold_dead(&s, &res) != SHMET_OK)
+		fail_msg("fold: %s", res.err);
+	shmet_free_folded(&s, &res);
+	shmet_segment_close(&s);
+}
+
+static void test_fork_children_of_master_count_exactly(void **state)
+{
+	(void)state;
+	int master_region = shmet_region_index();
+	assert_true(master_region >= 0);
+	pid_t pids[CHILDREN];
+	for (int c = 0; c < CHILDREN; c++) {
+		pids[c] = fork();
+		assert_true(pids[c] >= 0);
+		if (pids[c] == 0) {
+			if (shmet_region_index() < 0 || shmet_region_index() == master_region)
+				_exit(2);
+			pthread_t t[2];
+			for (int i = 0; i < 2; i++)
+				if (pthread_create(&t[i], NULL, hammer, NULL) != 0)
+					_exit(3);
+			for (int i = 0; i < 2; i++)
+				pthread_join(t[i], NULL);
+			_exit(0);
+		}
+	}
+	for (int c = 0; c < CHILDREN; c++)
+		assert_int_equal(tsupport_wait(pids[c]), 0);
+	const char *v[] = {"counted", NULL};
+	assert_double_equal_exact(tsupport_value(seg, "forked_increments_total", v), 2.0 * CHILDREN * PER_THREAD);
+
+	/* each child wrote its own region, forked from the master's */
+	struct shmet_segment s;
+	char err[SHMET_ERRBUF];
+	assert_int_equal(shmet_segment_open(seg, SHMET_ATTACH_READONLY, NULL, &s, err), SHMET_OK);
+	int children_regions = 0;
+	for (uint32_t i = 0; i < s.regions; i++) {
+		struct shmet_region_info info;
+		shmet_region_info(&s, i, &info);
+		if (info.state != SHMET_REGION_LIVE || (int)i == master_region || info.parent != (uint32_t)master_region)
+			continue;
+		assert_false(info.alive);
+		struct shmet_area a;
+		assert_int_equal(shmet_region_area(&s, i, &a, err), SHMET_OK);
+		struct shmet_dir_iter it;
+		struct shmet_record r;
+		shmet_dir_begin(&it, &a);
+		uint64_t mine = 0;
+		while (shmet_dir_next(&it, &r, err) == 1)
+			if (r.kind == SHMET_REC_SERIES && r.series.value_lens[0] == 7) {
+				struct shmet_values val;
+				shmet_read_cells(&a, &r.fam, &r.series, &val);
+				mine = val.whole;
+			}
+		assert_int_equal(mine, 2 * PER_THREAD);
+		children_regions++;
+	}
+	shmet_segment_close(&s);
+	assert_int_equal(children_regions, CHILDREN);
+
+	/* folding the dead children keeps the total and frees their regions */
+	fold_and_free();
+	assert_double_equal_exact(tsupport_value(seg, "forked_increments_total", v), 2.0 * CHILDREN * PER_THREAD);
+	assert_int_equal(shmet_segment_open(seg, SHMET_ATTACH_READONLY, NULL, &s, err), SHMET_OK);
+	int live = 0;
+	for (uint32_t i = 0; i < s.regions; i++) {
+		struct shmet_region_info info;
+		shmet_region_info(&s, i, &info);
+		live += info.state == SHMET_REGION_LIVE;
+	}
+	shmet_segment_close(&s);
+	assert_int_equal(live, 1); /* the master's */
+}
+
+static void test_fork_sigkill_leaves_dead_region_then_reused(void **state)
+{
+	(void)state;
+	const char *v[] = {"counted", NULL};
+	double before = tsupport_value(seg, "forked_increments_total", v);
+	int ready[2];
+	assert_int_equal(pipe(ready), 0);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		for (int i = 0; i < 12345; i++)
+			shmet_counter_inc(counted);
+		char idx = (char)shmet_region_index();
+		if (write(ready[1], &idx, 1) != 1)
+			_exit(1);
+		for (;;)
+			shmet_counter_inc(noise); /* still writing when the signal lands */
+	}
+	close(ready[1]);
+	char idx;
+	assert_int_equal(read(ready[0], &idx, 1), 1);
+	close(ready[0]);
+	kill(pid, SIGKILL);
+	assert_int_equal(tsupport_wait(pid), 128 + SIGKILL);
+
+	struct shmet_segment s;
+	char err[SHMET_ERRBUF];
+	struct shmet_region_info info;
+	assert_int_equal(shmet_segment_open(seg, SHMET_ATTACH_READONLY, NULL, &s, err), SHMET_OK);
+	shmet_region_info(&s, (uint32_t)idx, &info);
+	shmet_segment_close(&s);
+	assert_int_equal(info.state, SHMET_REGION_LIVE);
+	assert_false(info.alive);
+	assert_int_equal(info.pid, pid);
+	assert_double_equal_exact(tsupport_value(seg, "forked_increments_total", v), before + 12345);
+
+	fold_and_free();
+	assert_double_equal_exact(tsupport_value(seg, "forked_increments_total", v), before + 12345);
+
+	/* the freed region goes to the next child, one generation later */
+	int p2[2];
+	assert_int_equal(pipe(p2), 0);
+	pid_t pid2 = fork();
+	if (pid2 == 0) {
+		char i2 = (char)shmet_region_index();
+		_exit(write(p2[1], &i2, 1) == 1 ? 0 : 1);
+	}
+	close(p2[1]);
+	char idx2 = -1;
+	assert_int_equal(read(p2[0], &idx2, 1), 1);
+	close(p2[0]);
+	assert_int_equal(tsupport_wait(pid2), 0);
+	assert_int_equal(idx2, idx);
+	struct shmet_region_info info2;
+	assert_int_equal(shmet_segment_open(seg, SHMET_ATTACH_READONLY, NULL, &s, err), SHMET_OK);
+	shmet_region_info(&s, (uint32_t)idx, &info2);
+	shmet_segment_close(&s);
+	assert_int_equal(info2.generation, info.generation + 1);
+	assert_double_equal_exact(tsupport_value(seg, "forked_increments_total", v), before + 12345);
+}
+
+static void test_fork_concurrent_create_one_creator(void **state)
+{
+	(void)state;
+	const char *path = tsupport_segment("race");
+	int gate[2];
+	assert_int_equal(pipe(gate), 0);
+	pid_t pids[8];
+	for (int c = 0; c < 8; c++) {
+		pids[c] = fork();
+		if (pids[c] == 0) {
+			char b;
+			close(gate[1]);
+			if (read(gate[0], &b, 1) != 0) /* all start when the gate closes */
+				_exit(3);
+			struct shmet_segment s;
+			char err[SHMET_ERRBUF];
+			struct shmet_seg_config cfg = {8, 1 << 16, 0, 0, 0};
+			if (shmet_segment_open(path, SHMET_ATTACH_CREATE, &cfg, &s, err) != SHMET_OK) {
+				fprintf(stderr, "child: %s\n", err);
+				_exit(1);
+			}
+			int created = s.map.created;
+			shmet_segment_close(&s);
+			_exit(created ? 10 : 0);
+		}
+	}
+	close(gate[0]);
+	close(gate[1]);
+	int creators = 0;
+	for (int c = 0; c < 8; c++) {
+		int st = tsupport_wait(pids[c]);
+		if (st != 0 && st != 10)
+			fail_msg("child %d exited %d", c, st);
+		creators += st == 10;
+	}
+	assert_int_equal(creators, 1);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_fork_children_of_master_count_exactly),
+		cmocka_unit_test(test_fork_sigkill_leaves_dead_region_then_reused),
+		cmocka_unit_test(test_fork_concurrent_create_one_creator),
+	};
+	return cmocka_run_group_tests(tests, setup, NULL);
+}
