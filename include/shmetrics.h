@@ -391,8 +391,14 @@ static void shmet__use_region(uint32_t idx)
 static void shmet__use_sink(void)
 {
 	if (!shmet__st.sink) {
-		void *p = mmap(NULL, shmet__st.region_size, PROT_READ | PROT_WRITE,
-			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		/* A private map of /dev/zero is anonymous memory without
+		 * MAP_ANONYMOUS / MAP_NORESERVE, which strict POSIX modes
+		 * (-D_POSIX_C_SOURCE without _DEFAULT_SOURCE) do not declare. */
+		int z = open("/dev/zero", O_RDWR | O_CLOEXEC);
+		void *p = z < 0 ? MAP_FAILED
+				: mmap(NULL, shmet__st.region_size, PROT_READ | PROT_WRITE, MAP_PRIVATE, z, 0);
+		if (z >= 0)
+			close(z);
 		shmet__st.sink = p == MAP_FAILED ? NULL : p;
 	}
 	__atomic_store_n(&shmet__base, (unsigned char *)shmet__st.sink, __ATOMIC_RELAXED);

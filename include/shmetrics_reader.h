@@ -137,6 +137,11 @@ struct shmet_values {
 void shmet_read_cells(const struct shmet_area *a, const struct shmet_family_view *f,
 		      const struct shmet_series_view *s, struct shmet_values *v);
 
+/* A series' identity as bytes: "name\xff value\xff ..." (0xff never occurs in
+ * UTF-8).  Returns its length, or 0 when it does not fit in cap. */
+#define SHMET_SERIES_KEY_MAX (SHMET_MAX_NAME_LEN + SHMET_MAX_LABELS * (SHMET_MAX_VALUE_LEN + 1) + 8)
+size_t shmet_series_key(const struct shmet_record *r, char *buf, size_t cap);
+
 /* Do two family records describe the same family (name, type, mode, label
  * names, buckets)? */
 bool shmet_family_same(const struct shmet_family_view *a, const struct shmet_family_view *b);

@@ -283,8 +283,10 @@ static inline int shmet_seg_attach(const char *path, const struct shmet_seg_conf
 	m->fd = fd;
 	m->readonly = ro;
 	m->created = created;
-	int rc;
+	int rc, wait_ms;
 	char why[SHMET_ERRBUF];
+	void *hp, *p; /* declared before the first goto: C++ may not jump past an initialisation */
+	struct shmet_seg_header hcopy;
 	if (created) {
 		rc = shmet__init_segment(fd, cfg, mode, m, why);
 		if (rc != SHMET_OK) {
@@ -314,7 +316,7 @@ static inline int shmet_seg_attach(const char *path, const struct shmet_seg_conf
 	}
 	/* The creator sizes the file, initialises it and publishes the magic
 	 * last; wait for that, bounded. */
-	int wait_ms = cfg && cfg->wait_ms ? cfg->wait_ms : 2000;
+	wait_ms = cfg && cfg->wait_ms ? cfg->wait_ms : 2000;
 	for (int waited = 0;; waited++) {
 		if (fstat(fd, &st) != 0) {
 			rc = shmet__fail(why, SHMET_E_SYS, "fstat: %s", strerror(errno));
@@ -340,18 +342,17 @@ static inline int shmet_seg_attach(const char *path, const struct shmet_seg_conf
 		struct timespec ms = {0, 1000000};
 		nanosleep(&ms, NULL);
 	}
-	void *hp = mmap(NULL, sizeof(struct shmet_seg_header), PROT_READ, MAP_SHARED, fd, 0);
+	hp = mmap(NULL, sizeof(struct shmet_seg_header), PROT_READ, MAP_SHARED, fd, 0);
 	if (hp == MAP_FAILED) {
 		rc = shmet__fail(why, SHMET_E_SYS, "mmap: %s", strerror(errno));
 		goto fail;
 	}
-	struct shmet_seg_header hcopy;
 	memcpy(&hcopy, hp, sizeof hcopy);
 	munmap(hp, sizeof(struct shmet_seg_header));
 	rc = shmet_seg_validate(&hcopy, (uint64_t)st.st_size, why);
 	if (rc != SHMET_OK)
 		goto fail;
-	void *p = mmap(NULL, hcopy.sh_total_size, ro ? PROT_READ : PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	p = mmap(NULL, hcopy.sh_total_size, ro ? PROT_READ : PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	if (p == MAP_FAILED) {
 		rc = shmet__fail(why, SHMET_E_SYS, "mmap %llu bytes: %s",
 				 (unsigned long long)hcopy.sh_total_size, strerror(errno));
@@ -452,6 +453,9 @@ static inline int shmet_seg_claim(const struct shmet_seg_map *m, int lock_fd, ui
 	uint64_t rs = m->hdr->sh_region_size;
 	for (uint32_t i = 0; i < n; i++) {
 		struct shmet_region_slot *slot = shmet_seg_slot(m, i);
+		int rc; /* declared before the gotos: C++ may not jump past an initialisation */
+		uint64_t want;
+		struct shmet_region_header *rg;
 		/* acquire: pairs with the folder's release when it frees the slot,
 		 * so the region's pages are already punched back to zero. */
 		uint64_t sg = __atomic_load_n(&slot->rs_state_gen, __ATOMIC_ACQUIRE);
@@ -464,7 +468,7 @@ static inline int shmet_seg_claim(const struct shmet_seg_map *m, int lock_fd, ui
 		sg = __atomic_load_n(&slot->rs_state_gen, __ATOMIC_ACQUIRE);
 		if (shmet_state_of(sg) != SHMET_REGION_FREE)
 			goto next;
-		int rc = posix_fallocate(m->fd, (off_t)(m->hdr->sh_regions_off + (uint64_t)i * rs), (off_t)rs);
+		rc = posix_fallocate(m->fd, (off_t)(m->hdr->sh_regions_off + (uint64_t)i * rs), (off_t)rs);
 		if (rc != 0) {
 			shmet__ofd_lock(lock_fd, shmet_seg_lock_off(m, i), F_UNLCK, F_OFD_SETLK);
 			__atomic_fetch_add(&m->hdr->sh_claim_failures, 1, __ATOMIC_RELAXED);
@@ -472,13 +476,13 @@ static inline int shmet_seg_claim(const struct shmet_seg_map *m, int lock_fd, ui
 					   "cannot reserve %llu bytes for region %u: %s",
 					   (unsigned long long)rs, i, strerror(rc));
 		}
-		uint64_t want = shmet_state_gen(shmet_gen_of(sg) + 1, SHMET_REGION_LIVE);
+		want = shmet_state_gen(shmet_gen_of(sg) + 1, SHMET_REGION_LIVE);
 		/* acq_rel: acquire the freed region's zeroed pages, release our
 		 * claim so that readers who see LIVE see a consistent slot. */
 		if (!__atomic_compare_exchange_n(&slot->rs_state_gen, &sg, want, 0, __ATOMIC_ACQ_REL,
 						 __ATOMIC_ACQUIRE))
 			goto next;
-		struct shmet_region_header *rg = (struct shmet_region_header *)shmet_seg_region(m, i);
+		rg = (struct shmet_region_header *)shmet_seg_region(m, i);
 		__atomic_store_n(&rg->rg_cell_low, rs, __ATOMIC_RELAXED);
 		__atomic_store_n(&rg->rg_dir_end, (uint64_t)sizeof *rg, __ATOMIC_RELEASE);
 		__atomic_store_n(&slot->rs_pid, (uint32_t)getpid(), __ATOMIC_RELAXED);

@@ -203,3 +203,23 @@ bool shmet_family_same(const struct shmet_family_view *a, const struct shmet_fam
 			return false;
 	return a->nbuckets == 0 || memcmp(a->bounds, b->bounds, 8ull * a->nbuckets) == 0;
 }
+
+/* "name\xff value\xff value..." — 0xff never occurs in UTF-8. */
+size_t shmet_series_key(const struct shmet_record *r, char *buf, size_t cap)
+{
+	size_t n = 0;
+	if (r->fam.name_len + 1 > cap)
+		return 0;
+	memcpy(buf, r->fam.name, r->fam.name_len);
+	n = r->fam.name_len;
+	buf[n++] = '\xff';
+	for (uint32_t i = 0; i < r->series.nvalues; i++) {
+		if (n + r->series.value_lens[i] + 1 > cap)
+			return 0;
+		memcpy(buf + n, r->series.values[i], r->series.value_lens[i]);
+		n += r->series.value_lens[i];
+		buf[n++] = '\xff';
+	}
+	return n;
+}
+

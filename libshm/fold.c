@@ -11,99 +11,11 @@
  */
 #include "shmetrics_reader.h"
 
+#include "keymap.h"
+
 #include <stdlib.h>
 
-/* Open-addressing map from a byte key to an offset, owned by one fold. */
-struct keymap {
-	struct kv {
-		char *key;
-		size_t len;
-		uint32_t val;
-	} *slots;
-	size_t mask, used;
-};
-
-static uint64_t hash_bytes(const char *s, size_t n)
-{
-	uint64_t h = 0xcbf29ce484222325ull;
-	for (size_t i = 0; i < n; i++)
-		h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
-	return h;
-}
-
-static void keymap_free(struct keymap *m)
-{
-	for (size_t i = 0; m->slots && i <= m->mask; i++)
-		free(m->slots[i].key);
-	free(m->slots);
-	memset(m, 0, sizeof *m);
-}
-
-static struct kv *keymap_find(struct keymap *m, const char *k, size_t n)
-{
-	if (!m->slots)
-		return NULL;
-	for (size_t i = hash_bytes(k, n) & m->mask;; i = (i + 1) & m->mask) {
-		struct kv *s = &m->slots[i];
-		if (!s->key)
-			return NULL;
-		if (s->len == n && memcmp(s->key, k, n) == 0)
-			return s;
-	}
-}
-
-static int keymap_put(struct keymap *m, const char *k, size_t n, uint32_t val)
-{
-	if (!m->slots || (m->used + 1) * 2 > m->mask + 1) {
-		struct keymap g = {NULL, m->slots ? m->mask * 2 + 1 : 255, 0};
-		g.slots = calloc(g.mask + 1, sizeof *g.slots);
-		if (!g.slots)
-			return -1;
-		for (size_t i = 0; m->slots && i <= m->mask; i++) {
-			struct kv *s = &m->slots[i];
-			if (!s->key)
-				continue;
-			size_t j = hash_bytes(s->key, s->len) & g.mask;
-			while (g.slots[j].key)
-				j = (j + 1) & g.mask;
-			g.slots[j] = *s;
-			g.used++;
-		}
-		free(m->slots);
-		*m = g;
-	}
-	size_t i = hash_bytes(k, n) & m->mask;
-	while (m->slots[i].key)
-		i = (i + 1) & m->mask;
-	if (!(m->slots[i].key = malloc(n ? n : 1)))
-		return -1;
-	memcpy(m->slots[i].key, k, n);
-	m->slots[i].len = n;
-	m->slots[i].val = val;
-	m->used++;
-	return 0;
-}
-
-/* "name\xff value\xff value..." — 0xff never occurs in UTF-8. */
-static size_t series_key(const struct shmet_record *r, char *buf, size_t cap)
-{
-	size_t n = 0;
-	if (r->fam.name_len + 1 > cap)
-		return 0;
-	memcpy(buf, r->fam.name, r->fam.name_len);
-	n = r->fam.name_len;
-	buf[n++] = '\xff';
-	for (uint32_t i = 0; i < r->series.nvalues; i++) {
-		if (n + r->series.value_lens[i] + 1 > cap)
-			return 0;
-		memcpy(buf + n, r->series.values[i], r->series.value_lens[i]);
-		n += r->series.value_lens[i];
-		buf[n++] = '\xff';
-	}
-	return n;
-}
-
-#define KEY_CAP (SHMET_MAX_NAME_LEN + SHMET_MAX_LABELS * (SHMET_MAX_VALUE_LEN + 1) + 8)
+#define KEY_CAP SHMET_SERIES_KEY_MAX
 
 /* The inactive half while a fold writes it. */
 struct target {
@@ -237,7 +149,7 @@ static uint64_t room_needed(struct target *t, const struct shmet_area *src, char
 			need += h.rec_size;
 			keymap_put(seen, r.fam.name, r.fam.name_len, 0);
 		}
-		size_t klen = series_key(&r, key, KEY_CAP);
+		size_t klen = shmet_series_key(&r, key, KEY_CAP);
 		if (klen && !keymap_find(&t->series, key, klen))
 			need += series_rec_size(&r.series) + r.series.cell_size;
 	}
@@ -261,7 +173,7 @@ static int index_target(struct target *t, struct shmet_fold_result *res, char *k
 			    keymap_put(&t->families, r.fam.name, r.fam.name_len, r.fam.off) != 0)
 				return -1;
 		} else {
-			size_t klen = series_key(&r, key, KEY_CAP);
+			size_t klen = shmet_series_key(&r, key, KEY_CAP);
 			if (klen && keymap_put(&t->series, key, klen, r.series.off) != 0)
 				return -1;
 		}
@@ -352,7 +264,7 @@ int shmet_fold_dead(struct shmet_segment *seg, struct shmet_fold_result *res)
 			}
 			if (r.kind != SHMET_REC_SERIES || !keeps(&r.fam))
 				continue;
-			size_t klen = series_key(&r, key, KEY_CAP);
+			size_t klen = shmet_series_key(&r, key, KEY_CAP);
 			int f = klen ? fold_series(&t, &da, &r, key, klen) : 1;
 			if (f == 1)
 				res->conflicts++;

@@ -1,0 +1,177 @@
+/* shmetricsd's updater: fold dead workers, rebuild the view when the segment
+ * changed, publish it under RCU, and free what no reader can still see. */
+#define _LGPL_SOURCE
+#include "http.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <urcu-bp.h>
+
+void collector_log(const char *fmt, ...)
+{
+	char line[1024];
+	struct timespec ts;
+	struct tm tm;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	size_t n = strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &tm);
+	n += (size_t)snprintf(line + n, sizeof line - n, ".%03ldZ shmetricsd: ", ts.tv_nsec / 1000000);
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(line + n, sizeof line - n, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "%s\n", line);
+}
+
+/* Anything a view depends on: region states and generations, liveness,
+ * directory ends, and the active retired half. */
+static uint64_t fingerprint(struct collector *c)
+{
+	struct shmet_segment *seg = &c->seg;
+	uint64_t h = 0xcbf29ce484222325ull;
+	unsigned active = shmet_retired_active(seg);
+	struct shmet_area a;
+	shmet_retired_area(seg, active, &a, NULL);
+	uint64_t parts[2] = {active, a.dir_end};
+	for (int k = 0; k < 2; k++)
+		h = (h ^ parts[k]) * 0x100000001b3ull;
+	for (uint32_t i = 0; i < seg->regions; i++) {
+		struct shmet_region_info info;
+		shmet_region_info(seg, i, &info);
+		uint64_t p[3] = {info.state | info.generation << 8, info.alive, info.dir_end};
+		for (int k = 0; k < 3; k++)
+			h = (h ^ p[k]) * 0x100000001b3ull;
+	}
+	return h;
+}
+
+static struct shmet_fold_result fold_res;
+static uint64_t last_fingerprint;
+
+bool collector_scan(struct collector *c)
+{
+	int rc = shmet_fold_dead(&c->seg, &fold_res);
+	if (rc != SHMET_OK || fold_res.err[0])
+		collector_log("fold: %s", fold_res.err[0] ? fold_res.err : shmet_strerror(rc));
+	if (fold_res.folded) {
+		__atomic_fetch_add(&c->folds_done, fold_res.folded, __ATOMIC_RELAXED);
+		__atomic_fetch_add(&c->corrupt_records, fold_res.corrupt, __ATOMIC_RELAXED);
+	}
+	uint64_t fp = fingerprint(c);
+	bool changed = false;
+	if (fp != last_fingerprint || fold_res.to_free || !c->view) {
+		struct view *nv = view_build(c);
+		if (nv) {
+			struct view *old = c->view;
+			rcu_assign_pointer(c->view, nv);
+			/* Readers of the old view may hold pointers into the regions we
+			 * are about to free and into the retired half the next fold will
+			 * overwrite: wait them out. */
+			synchronize_rcu();
+			view_free(old);
+			last_fingerprint = fp;
+			changed = true;
+		}
+	}
+	if (fold_res.to_free && changed) {
+		shmet_free_folded(&c->seg, &fold_res);
+		last_fingerprint = 0; /* the freed regions change the counts: rebuild next scan */
+	}
+	__atomic_store_n(&c->last_scan_ns, shmet__now_ns(CLOCK_MONOTONIC), __ATOMIC_RELAXED);
+	return changed;
+}
+
+static void *updater(void *arg)
+{
+	struct collector *c = arg;
+	rcu_register_thread();
+	while (!c->stop) {
+		collector_scan(c);
+		api_tick(c);
+		struct timespec until;
+		clock_gettime(CLOCK_REALTIME, &until);
+		uint64_t ns = (uint64_t)(c->cfg.scan_interval * 1e9);
+		until.tv_sec += (time_t)(ns / 1000000000u);
+		until.tv_nsec += (long)(ns % 1000000000u);
+		if (until.tv_nsec >= 1000000000) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000;
+		}
+		pthread_mutex_lock(&c->wake_mu);
+		if (!c->stop)
+			pthread_cond_timedwait(&c->wake, &c->wake_mu, &until);
+		pthread_mutex_unlock(&c->wake_mu);
+	}
+	rcu_unregister_thread();
+	return NULL;
+}
+
+int collector_open(struct collector *c, const struct collector_config *cfg, char *err, size_t errlen)
+{
+	memset(c, 0, sizeof *c);
+	c->cfg = *cfg;
+	pthread_mutex_init(&c->wake_mu, NULL);
+	pthread_cond_init(&c->wake, NULL);
+	struct shmet_seg_config sc = {cfg->regions, cfg->region_size, 0, 0, 0};
+	char why[SHMET_ERRBUF];
+	int rc = shmet_segment_open(cfg->segment, SHMET_ATTACH_CREATE, &sc, &c->seg, why);
+	if (rc != SHMET_OK) {
+		snprintf(err, errlen, "cannot open segment: %s", why);
+		return rc;
+	}
+	int holder = 0;
+	rc = shmet_segment_lock_collector(&c->seg, &holder);
+	if (rc != SHMET_OK) {
+		if (holder > 0)
+			snprintf(err, errlen, "another shmetricsd (pid %d) already serves %s", holder, c->seg.path);
+		else
+			snprintf(err, errlen, "another shmetricsd already serves %s", c->seg.path);
+		shmet_segment_close(&c->seg);
+		return rc;
+	}
+	collector_log("segment %s: %s, %u regions of %llu bytes", c->seg.path,
+		      c->seg.map.created ? "created" : "opened", c->seg.regions, (unsigned long long)c->seg.region_size);
+	collector_scan(c);
+	if (!c->view) {
+		snprintf(err, errlen, "cannot build the first view (out of memory)");
+		shmet_segment_close(&c->seg);
+		return SHMET_E_SYS;
+	}
+	return SHMET_OK;
+}
+
+int collector_start(struct collector *c, char *err, size_t errlen)
+{
+	if (pthread_create(&c->updater, NULL, updater, c) != 0) {
+		snprintf(err, errlen, "cannot start the updater thread");
+		return SHMET_E_SYS;
+	}
+	int rc = http_start(c, err, errlen);
+	if (rc != SHMET_OK) {
+		collector_stop(c);
+		return rc;
+	}
+	return SHMET_OK;
+}
+
+void collector_stop(struct collector *c)
+{
+	http_stop(c);
+	pthread_mutex_lock(&c->wake_mu);
+	c->stop = 1;
+	pthread_cond_broadcast(&c->wake);
+	pthread_mutex_unlock(&c->wake_mu);
+	if (c->updater) {
+		pthread_join(c->updater, NULL);
+		c->updater = 0;
+	}
+}
+
+void collector_close(struct collector *c)
+{
+	view_free(c->view);
+	c->view = NULL;
+	shmet_segment_close(&c->seg);
+}

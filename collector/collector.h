@@ -1,0 +1,120 @@
+/* collector.h — shmetricsd's state: the published view of the segment, the
+ * updater that builds it, and the HTTP side that renders it.
+ *
+ * Threads and what they may touch:
+ *   updater (one)     scans regions, folds dead ones, builds and publishes a
+ *                     new struct view with rcu_assign_pointer, waits a grace
+ *                     period (synchronize_rcu), then frees the old view and
+ *                     the folded regions.
+ *   HTTP threads      rcu_read_lock(); v = rcu_dereference(c->view); render
+ *                     from v, reading values straight from the cells;
+ *                     rcu_read_unlock().  They never write the segment.
+ * RCU flavour: urcu-bp, because libmicrohttpd creates its threads without a
+ * hook where they could register.
+ */
+#ifndef SHMET_COLLECTOR_H
+#define SHMET_COLLECTOR_H
+
+#include "expfmt.h"
+#include "shmetrics_reader.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+
+/* One process's cells for a series. */
+struct view_ref {
+	const uint64_t *cells;
+	bool live;
+};
+
+struct view_series {
+	const char *labels; /* pre-escaped `a="x",b="y"` (empty values left out), no braces */
+	uint32_t labels_len;
+	uint32_t nrefs;
+	struct view_ref *refs;
+	const char *const *values; /* raw label values, for the JSON API */
+};
+
+struct view_family {
+	const char *name, *help;
+	enum shmet_type type;
+	enum shmet_gauge_mode mode;
+	uint32_t nlabels; /* including "worker" for per-worker gauges */
+	const char *const *label_names;
+	uint32_t nbuckets;
+	const double *bounds;
+	const char *const *bound_text; /* le="..." values, OM canonical, +Inf last */
+	uint32_t nseries;
+	struct view_series *series; /* sorted by label values */
+};
+
+struct view_stats {
+	uint32_t regions_live, regions_dead, regions_free;
+	uint64_t series, bytes_used, bytes_total, dropped;
+	uint64_t folds; /* regions folded into the retired totals, ever */
+};
+
+struct view {
+	uint32_t nfamilies;
+	struct view_family *families; /* sorted by name */
+	struct view_stats stats;
+	uint64_t built_ns;
+	struct arena *arena; /* everything above lives here */
+};
+
+struct collector_config {
+	const char *segment;
+	const char *listen_host;
+	int listen_port;
+	uint32_t regions;
+	uint64_t region_size;
+	double scan_interval;
+	const char *push_token_file;
+	uint32_t push_max_batch;
+	uint32_t push_series_limit;
+	size_t push_body_limit;
+	double push_rate; /* requests per second per client */
+	double push_burst;
+};
+
+struct collector {
+	struct collector_config cfg;
+	struct shmet_segment seg;
+	struct view *view; /* RCU-protected */
+	pthread_t updater;
+	volatile sig_atomic_t stop;
+	pthread_mutex_t wake_mu;
+	pthread_cond_t wake;
+	/* statistics, relaxed atomics: written by one thread, read by scrapes */
+	uint64_t corrupt_records;
+	uint64_t conflicts;
+	uint64_t scrapes;
+	uint64_t last_scan_ns;
+	uint64_t last_scrape_ns; /* duration of the last /metrics render */
+	uint64_t folds_done;     /* by this collector */
+	struct api *api;         /* push endpoints and dashboard history (api.c) */
+	struct MHD_Daemon *httpd;
+	int bound_port;
+};
+
+/* Build a view of the segment as it is now (updater thread). */
+struct view *view_build(struct collector *c);
+void view_free(struct view *v);
+
+/* Open the segment, take the collector lock, build the first view. */
+int collector_open(struct collector *c, const struct collector_config *cfg, char *err, size_t errlen);
+/* One updater step: fold, rebuild, publish, free.  Returns true if the view changed. */
+bool collector_scan(struct collector *c);
+int collector_start(struct collector *c, char *err, size_t errlen); /* updater + HTTP */
+void collector_stop(struct collector *c);
+void collector_close(struct collector *c);
+
+/* Render /metrics from the current view (caller holds rcu_read_lock). */
+void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enum shmet_expo_format fmt);
+/* Aggregate one series' refs. */
+void view_series_agg(const struct view_family *f, const struct view_series *s, struct shmet_agg *acc);
+
+void collector_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif

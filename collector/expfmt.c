@@ -1,0 +1,1015 @@
+/* expfmt.c — exposition-format primitives; see expfmt.h for the contract.
+ *
+ * Reading order: the output buffer, float formatting (the only subtle part),
+ * escaping, family/sample lines, Accept/Accept-Encoding parsing, gzip.
+ */
+#define ZLIB_CONST
+#include "expfmt.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+/* ======================================================================== */
+/* Output buffer                                                            */
+/* ======================================================================== */
+
+void shmet_buf_init(shmet_buf *b)
+{
+	b->data = NULL;
+	b->len = 0;
+	b->cap = 0;
+	b->oom = 0;
+}
+
+void shmet_buf_free(shmet_buf *b)
+{
+	free(b->data);
+	shmet_buf_init(b);
+}
+
+void shmet_buf_reset(shmet_buf *b)
+{
+	b->len = 0;
+	b->oom = 0;
+	if (b->data)
+		b->data[0] = '\0';
+}
+
+static int buf_grow(shmet_buf *b, size_t extra)
+{
+	size_t need, cap;
+	char *p;
+
+	/* +1: the NUL that keeps data[len] a string terminator. */
+	if (extra > SIZE_MAX - 1 - b->len)
+		goto oom;
+	need = b->len + extra + 1;
+	cap = b->cap ? b->cap : 256;
+	while (cap < need)
+		cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+	p = realloc(b->data, cap);
+	if (!p)
+		goto oom;
+	b->data = p;
+	b->cap = cap;
+	return 0;
+oom:
+	/* realloc failure leaves the old block intact: what was written stays
+	 * readable, and the flag stops every later append. */
+	b->oom = 1;
+	return -ENOMEM;
+}
+
+int shmet_buf_reserve(shmet_buf *b, size_t extra)
+{
+	if (b->oom)
+		return -ENOMEM;
+	if (extra < b->cap - b->len)
+		return 0;
+	return buf_grow(b, extra);
+}
+
+/* Hot-path helpers: reserve once, write through a raw pointer, commit. */
+static inline char *buf_span(shmet_buf *b, size_t n)
+{
+	if (b->oom || (n >= b->cap - b->len && buf_grow(b, n) != 0))
+		return NULL;
+	return b->data + b->len;
+}
+
+static inline void buf_commit(shmet_buf *b, char *end)
+{
+	b->len = (size_t)(end - b->data);
+	b->data[b->len] = '\0';
+}
+
+void shmet_buf_append(shmet_buf *b, const void *p, size_t n)
+{
+	char *o = buf_span(b, n);
+
+	if (!o)
+		return;
+	if (n)
+		memcpy(o, p, n);
+	buf_commit(b, o + n);
+}
+
+void shmet_buf_putc(shmet_buf *b, char c)
+{
+	char *o = buf_span(b, 1);
+
+	if (!o)
+		return;
+	*o++ = c;
+	buf_commit(b, o);
+}
+
+void shmet_buf_puts(shmet_buf *b, const char *s)
+{
+	if (s)
+		shmet_buf_append(b, s, strlen(s));
+}
+
+static const char digit_pairs[201] =
+	"00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+	"40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+	"8081828384858687888990919293949596979899";
+
+/* Two digits per division: half the divisions of the naive loop, and no
+ * printf, whose locale and format parsing cost more than the digits. */
+static size_t u64_to_dec(char out[20], uint64_t v)
+{
+	char tmp[20];
+	char *p = tmp + sizeof tmp;
+	size_t n;
+
+	while (v >= 100) {
+		unsigned r = (unsigned)(v % 100);
+		v /= 100;
+		p -= 2;
+		memcpy(p, digit_pairs + 2 * r, 2);
+	}
+	if (v >= 10) {
+		p -= 2;
+		memcpy(p, digit_pairs + 2 * v, 2);
+	} else {
+		*--p = (char)('0' + v);
+	}
+	n = (size_t)(tmp + sizeof tmp - p);
+	memcpy(out, p, n);
+	return n;
+}
+
+void shmet_buf_put_u64(shmet_buf *b, uint64_t v)
+{
+	char *o = buf_span(b, 20);
+
+	if (!o)
+		return;
+	buf_commit(b, o + u64_to_dec(o, v));
+}
+
+/* ======================================================================== */
+/* Float formatting: Go's strconv.FormatFloat(v, 'g', -1, 64)               */
+/* ======================================================================== */
+
+/* A positive decimal: `digits` (no trailing zeros, nd of them), the first
+ * digit standing for 10^x. */
+struct dec {
+	uint64_t digits;
+	int nd;
+	int x;
+};
+
+static int count_digits(uint64_t v)
+{
+	int n = 1;
+
+	while (v >= 10) {
+		v /= 10;
+		n++;
+	}
+	return n;
+}
+
+static void dec_set(struct dec *d, uint64_t digits, int exp10_of_last_digit)
+{
+	while (digits % 10 == 0) {
+		digits /= 10;
+		exp10_of_last_digit++;
+	}
+	d->digits = digits;
+	d->nd = count_digits(digits);
+	d->x = exp10_of_last_digit + d->nd - 1;
+}
+
+/*
+ * Shortest round-trip digits, exactly, with 128-bit integers.
+ *
+ * Why not snprintf("%.*e") + strtod (EXPOSITION.md §1.3's recipe)?  It costs
+ * about 0.8 us per non-integral value here, i.e. 80 ms for a 100k-sample
+ * scrape, twice the whole budget.  The recipe is kept as the fallback for
+ * the magnitudes this path cannot hold in 128 bits.
+ *
+ * v = m * 2^q.  The doubles that strtod maps to v are the reals within half
+ * a gap of v: up to v + 2^q/2, and down to v - 2^q/2, or v - 2^q/4 when m is
+ * a power of two (the gap below is then half as wide: the case behind
+ * 7.120236347223045e-307).  The ends belong to v only when m is even
+ * (strtod rounds ties to even).  Scaled by 10^t, where t puts v on a grid of
+ * 17 or 18 significant digits, this interval always holds a grid point; the
+ * shortest decimal is the coarsest grid (10^j points) still meeting it, and
+ * among the at most two points of that grid around v the nearer wins.
+ * Everything is held as exact integers W (v), Dp, Dm (the half gaps) in
+ * units of 1/U of a grid step, so no rounding happens anywhere.  Go, Python
+ * repr and the round-trip recipe all give this same answer (no ties: a tie
+ * would need v to sit halfway between two shortest decimals, which the
+ * interval width rules out).
+ *
+ * Domain: 10^16 <= v * 10^t needs 5^t * m * 4 < 2^128 for t <= 31 (v >=
+ * ~1e-15), and m * 2^(q+2) < 2^128 for the large side (v < 2^126).  Returns
+ * false outside it.
+ */
+__extension__ typedef unsigned __int128 u128;
+
+static const uint64_t pow5_u64[28] = {
+	1ull, 5ull, 25ull, 125ull, 625ull, 3125ull, 15625ull, 78125ull, 390625ull,
+	1953125ull, 9765625ull, 48828125ull, 244140625ull, 1220703125ull,
+	6103515625ull, 30517578125ull, 152587890625ull, 762939453125ull,
+	3814697265625ull, 19073486328125ull, 95367431640625ull, 476837158203125ull,
+	2384185791015625ull, 11920928955078125ull, 59604644775390625ull,
+	298023223876953125ull, 1490116119384765625ull, 7450580596923828125ull,
+};
+
+static u128 pow5_128(int t)
+{
+	if (t <= 27)
+		return pow5_u64[t];
+	return (u128)pow5_u64[27] * pow5_u64[t - 27];
+}
+
+static u128 pow10_128(int r)
+{
+	u128 p = 1;
+
+	while (r-- > 0)
+		p *= 10;
+	return p;
+}
+
+/* floor(e * log10(2)): 78913 / 2^18 is close enough for |e| <= 1650, and
+ * e * 78913 is never a multiple of 2^18 there, so floor is exact on both
+ * sides of zero.  Written without >> on negatives (implementation-defined). */
+static int floor_log10_pow2(int e)
+{
+	long p = (long)e * 78913;
+
+	return (int)(p >= 0 ? p / 262144 : -((-p + 262143) / 262144));
+}
+
+static bool shortest_exact(uint64_t m, int q, bool lower_gap_half, struct dec *d)
+{
+	const bool incl = (m & 1) == 0;
+	const int t = 16 - floor_log10_pow2(q + 52); /* v * 10^t in [1e16, 1e18) */
+	u128 w, dp, dm, unit, lo, hi, below, step, vrem;
+	uint64_t low_n, high_n, vq, p10, fl, pick;
+	int j;
+
+	if (t >= 0) {
+		/* v * 10^t = m * 5^t * 2^(q+t); one grid step is 2^(2-q-t) units. */
+		const int a = q + t;
+		u128 f;
+
+		if (t > 31)
+			return false;
+		f = pow5_128(t);
+		w = (u128)m * f * 4;
+		dp = f * 2;
+		dm = lower_gap_half ? f : f * 2;
+		if (a <= 2) {
+			unit = (u128)1 << (2 - a);
+		} else {
+			w <<= a - 2;
+			dp <<= a - 2;
+			dm <<= a - 2;
+			unit = 1;
+		}
+	} else {
+		/* Large integers: everything times 4 (so a quarter gap is whole),
+		 * one grid step is 10^-t of them. */
+		if (t < -22 || q > 73)
+			return false;
+		w = (u128)m << (q + 2);
+		dp = (u128)1 << (q + 1);
+		dm = lower_gap_half ? (u128)1 << q : dp;
+		unit = 4 * pow10_128(-t);
+	}
+
+	/* Grid points n with lo <= n*unit <= hi (strict unless incl). */
+	lo = w - dm;
+	hi = w + dp;
+	high_n = (uint64_t)(hi / unit);
+	if (!incl && hi % unit == 0)
+		high_n--;
+	low_n = (uint64_t)(lo / unit);
+	if (!incl || lo % unit != 0)
+		low_n++;
+	vq = (uint64_t)(w / unit);
+	vrem = w % unit;
+	if (low_n > high_n)
+		return false; /* cannot happen; the caller falls back if it does */
+
+	/* The coarsest grid (10^j steps) that still meets the interval. */
+	p10 = 1;
+	j = 0;
+	while (j < 18 && (high_n / (p10 * 10)) * (p10 * 10) >= low_n) {
+		p10 *= 10;
+		j++;
+	}
+
+	/* The one or two points of that grid on either side of v: the nearer. */
+	fl = vq / p10;
+	below = (u128)(vq % p10) * unit + vrem; /* < p10 * unit <= hi: no overflow */
+	step = (u128)p10 * unit;
+	{
+		const bool lo_ok = fl * p10 >= low_n;
+		const bool hi_ok = (fl + 1) * p10 <= high_n;
+
+		if (lo_ok && hi_ok) {
+			const u128 above = step - below;
+			pick = below < above ? fl : below > above ? fl + 1 : fl + (fl & 1);
+		} else if (lo_ok) {
+			pick = fl;
+		} else if (hi_ok) {
+			pick = fl + 1;
+		} else {
+			return false;
+		}
+	}
+	dec_set(d, pick, j - t);
+	return true;
+}
+
+/* EXPOSITION.md §1.3's recipe, for the magnitudes the exact path cannot hold
+ * (below ~1e-15, subnormals included, and above 2^126): the first precision
+ * whose correctly rounded decimal strtod maps back to v, plus, at a power of
+ * two, the decimal one unit above it (the wider gap is above v there). */
+static void shortest_slow(double a, bool pow2, struct dec *d)
+{
+	char s[48];
+	uint64_t dig = 0;
+	int p, x = 0;
+
+	for (p = 1; p <= 17; p++) {
+		const char *c;
+
+		snprintf(s, sizeof s, "%.*e", p - 1, a);
+		dig = 0;
+		for (c = s; *c != 'e'; c++)
+			if (*c != '.')
+				dig = dig * 10 + (uint64_t)(*c - '0');
+		x = (int)strtol(c + 1, NULL, 10);
+		if (strtod(s, NULL) == a)
+			break;
+		if (pow2) {
+			uint64_t up = dig + 1;
+			int ux = x;
+			uint64_t lim = 1;
+			int i;
+
+			for (i = 0; i < p; i++)
+				lim *= 10;
+			if (up == lim) {
+				up /= 10;
+				ux++;
+			}
+			snprintf(s, sizeof s, "%" PRIu64 "e%d", up, ux - (p - 1));
+			if (strtod(s, NULL) == a) {
+				dig = up;
+				x = ux;
+				break;
+			}
+		}
+	}
+	/* p = 17 always round-trips, so the loop ends with a match. */
+	dec_set(d, dig, x - (count_digits(dig) - 1));
+}
+
+/* The layout half of Go's %g for the shortest digits: e form when X < -4 or
+ * X >= 6 (eprec is forced to 6 for shortest), exponent signed, >= 2 digits. */
+static size_t format_go(char *out, bool neg, const struct dec *d)
+{
+	char ds[20];
+	char *p = out;
+	const int nd = d->nd;
+	const int x = d->x;
+
+	u64_to_dec(ds, d->digits);
+	if (neg)
+		*p++ = '-';
+	if (x < -4 || x >= 6) {
+		int e = x < 0 ? -x : x;
+
+		*p++ = ds[0];
+		if (nd > 1) {
+			*p++ = '.';
+			memcpy(p, ds + 1, (size_t)nd - 1);
+			p += nd - 1;
+		}
+		*p++ = 'e';
+		*p++ = x < 0 ? '-' : '+';
+		if (e >= 100) {
+			*p++ = (char)('0' + e / 100);
+			e %= 100;
+		}
+		memcpy(p, digit_pairs + 2 * e, 2);
+		p += 2;
+	} else if (x >= 0) {
+		const int ip = x + 1;
+
+		if (nd <= ip) {
+			memcpy(p, ds, (size_t)nd);
+			p += nd;
+			memset(p, '0', (size_t)(ip - nd));
+			p += ip - nd;
+		} else {
+			memcpy(p, ds, (size_t)ip);
+			p += ip;
+			*p++ = '.';
+			memcpy(p, ds + ip, (size_t)(nd - ip));
+			p += nd - ip;
+		}
+	} else {
+		*p++ = '0';
+		*p++ = '.';
+		memset(p, '0', (size_t)(-x - 1));
+		p += -x - 1;
+		memcpy(p, ds, (size_t)nd);
+		p += nd;
+	}
+	*p = '\0';
+	return (size_t)(p - out);
+}
+
+size_t shmet_fmt_double(char out[SHMET_FMT_DOUBLE_MAX], double v)
+{
+	uint64_t bits, frac;
+	unsigned bexp;
+	bool neg;
+	double a;
+	struct dec d;
+
+	if (isnan(v)) {
+		memcpy(out, "NaN", 4);
+		return 3;
+	}
+	if (isinf(v)) {
+		memcpy(out, v > 0 ? "+Inf" : "-Inf", 5);
+		return 4;
+	}
+	if (v == 0) { /* -0 too, as Go's writeFloat */
+		memcpy(out, "0", 2);
+		return 1;
+	}
+	neg = v < 0;
+	a = neg ? -v : v;
+
+	/* Counters, counts and most gauges: an integer below 2^53 is exact, so its
+	 * digits minus trailing zeros are the shortest round-trip form. */
+	if (a < 9007199254740992.0) {
+		const uint64_t n = (uint64_t)a;
+
+		if ((double)n == a) {
+			dec_set(&d, n, 0);
+			return format_go(out, neg, &d);
+		}
+	}
+
+	memcpy(&bits, &a, sizeof bits);
+	bexp = (unsigned)(bits >> 52);
+	frac = bits & ((UINT64_C(1) << 52) - 1);
+	if (bexp == 0) {
+		shortest_slow(a, false, &d); /* subnormal: far below the exact domain */
+	} else {
+		const bool pow2 = frac == 0 && bexp > 1;
+
+		if (!shortest_exact(frac | (UINT64_C(1) << 52), (int)bexp - 1075, pow2, &d))
+			shortest_slow(a, pow2, &d);
+	}
+	return format_go(out, neg, &d);
+}
+
+size_t shmet_fmt_double_om(char out[SHMET_FMT_DOUBLE_MAX], double v)
+{
+	size_t n = shmet_fmt_double(out, v);
+
+	/* OpenMetrics floats need '.' or 'e'; NaN and the infinities end in a
+	 * letter (and go through this test unchanged: no '.' but 'N'/'f'). */
+	if (out[n - 1] >= '0' && out[n - 1] <= '9' && !memchr(out, '.', n) && !memchr(out, 'e', n)) {
+		memcpy(out + n, ".0", 3);
+		n += 2;
+	}
+	return n;
+}
+
+size_t shmet_fmt_bound(char out[SHMET_FMT_DOUBLE_MAX], double v)
+{
+	return shmet_fmt_double_om(out, v);
+}
+
+/* ======================================================================== */
+/* Escaping                                                                 */
+/* ======================================================================== */
+
+/* Length of the well-formed UTF-8 sequence at p (RFC 3629: no overlongs, no
+ * surrogates, nothing past U+10FFFF), or 0. */
+static size_t utf8_len(const unsigned char *p, size_t avail)
+{
+	const unsigned c = p[0];
+	unsigned lo = 0x80, hi = 0xBF;
+
+	if (c >= 0xC2 && c <= 0xDF)
+		return avail >= 2 && (p[1] & 0xC0) == 0x80 ? 2 : 0;
+	if (c >= 0xE0 && c <= 0xEF) {
+		if (c == 0xE0)
+			lo = 0xA0;
+		else if (c == 0xED)
+			hi = 0x9F;
+		return avail >= 3 && p[1] >= lo && p[1] <= hi && (p[2] & 0xC0) == 0x80 ? 3 : 0;
+	}
+	if (c >= 0xF0 && c <= 0xF4) {
+		if (c == 0xF0)
+			lo = 0x90;
+		else if (c == 0xF4)
+			hi = 0x8F;
+		return avail >= 4 && p[1] >= lo && p[1] <= hi && (p[2] & 0xC0) == 0x80 &&
+				       (p[3] & 0xC0) == 0x80
+			       ? 4
+			       : 0;
+	}
+	return 0;
+}
+
+static void escape(shmet_buf *b, const char *s, size_t n, bool quote)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	const unsigned char *end = p + n;
+	char *o;
+
+	/* Worst case: every byte an invalid one, replaced by 3-byte U+FFFD. */
+	if (n > (SIZE_MAX - 1) / 3) {
+		b->oom = 1;
+		return;
+	}
+	o = buf_span(b, 3 * n);
+	if (!o)
+		return;
+	while (p < end) {
+		const unsigned char c = *p;
+
+		if (c >= 0x80) {
+			const size_t k = utf8_len(p, (size_t)(end - p));
+
+			if (k) {
+				memcpy(o, p, k);
+				o += k;
+				p += k;
+			} else {
+				memcpy(o, "\xEF\xBF\xBD", 3);
+				o += 3;
+				p++;
+			}
+			continue;
+		}
+		if (c == '\\') {
+			*o++ = '\\';
+			*o++ = '\\';
+		} else if (c == '\n') {
+			*o++ = '\\';
+			*o++ = 'n';
+		} else if (c == '"' && quote) {
+			*o++ = '\\';
+			*o++ = '"';
+		} else {
+			*o++ = (char)c;
+		}
+		p++;
+	}
+	buf_commit(b, o);
+}
+
+void shmet_escape_label_value(shmet_buf *b, const char *s, size_t n)
+{
+	escape(b, s, n, true);
+}
+
+void shmet_escape_help_text(shmet_buf *b, const char *s, size_t n)
+{
+	escape(b, s, n, false);
+}
+
+void shmet_escape_help_om(shmet_buf *b, const char *s, size_t n)
+{
+	escape(b, s, n, true);
+}
+
+/* ======================================================================== */
+/* Families and samples                                                     */
+/* ======================================================================== */
+
+#define BUF_LIT(b, lit) shmet_buf_append((b), (lit), sizeof(lit) - 1)
+
+static const char *type_word(enum shmet_expo_format fmt, enum shmet_expo_type type)
+{
+	switch (type) {
+	case SHMET_EXPO_COUNTER:
+		return "counter";
+	case SHMET_EXPO_GAUGE:
+		return "gauge";
+	case SHMET_EXPO_HISTOGRAM:
+		return "histogram";
+	case SHMET_EXPO_SUMMARY:
+		return "summary";
+	case SHMET_EXPO_UNTYPED:
+		break;
+	}
+	return fmt == SHMET_EXPO_OPENMETRICS ? "unknown" : "untyped";
+}
+
+static void meta_line(shmet_buf *b, const char *kw, const char *name, size_t name_len, const char *word)
+{
+	shmet_buf_puts(b, kw);
+	shmet_buf_append(b, name, name_len);
+	shmet_buf_putc(b, ' ');
+	shmet_buf_puts(b, word);
+	shmet_buf_putc(b, '\n');
+}
+
+static void help_line(shmet_buf *b, enum shmet_expo_format fmt, const char *name, size_t name_len,
+		      const char *help)
+{
+	BUF_LIT(b, "# HELP ");
+	shmet_buf_append(b, name, name_len);
+	shmet_buf_putc(b, ' ');
+	escape(b, help, strlen(help), fmt == SHMET_EXPO_OPENMETRICS);
+	shmet_buf_putc(b, '\n');
+}
+
+void shmet_expo_family(shmet_buf *b, enum shmet_expo_format fmt, enum shmet_expo_type type,
+		       const char *name, const char *help)
+{
+	const bool has_help = help && *help;
+	const char *word = type_word(fmt, type);
+	size_t len = strlen(name);
+
+	if (fmt != SHMET_EXPO_OPENMETRICS) {
+		if (has_help)
+			help_line(b, fmt, name, len, help);
+		meta_line(b, "# TYPE ", name, len, word);
+		return;
+	}
+	if (type == SHMET_EXPO_COUNTER) {
+		if (len > 6 && memcmp(name + len - 6, "_total", 6) == 0)
+			len -= 6;
+		else
+			word = "unknown";
+	}
+	meta_line(b, "# TYPE ", name, len, word);
+	if (has_help)
+		help_line(b, fmt, name, len, help);
+}
+
+/* OpenMetrics counts must be integers (§2.2); Go writes them with its uint
+ * writer.  Anything else a caller marks integral (a fraction, >= 2^64, NaN)
+ * falls back to the float form rather than being truncated. */
+static size_t fmt_om_value(char out[SHMET_FMT_DOUBLE_MAX], double v, bool integral)
+{
+	if (integral && v > -18446744073709551616.0 && v < 18446744073709551616.0) {
+		const double a = v < 0 ? -v : v;
+		const uint64_t n = (uint64_t)a;
+
+		if ((double)n == a) {
+			size_t k = 0;
+
+			if (v < 0 && n != 0)
+				out[k++] = '-';
+			k += u64_to_dec(out + k, n);
+			out[k] = '\0';
+			return k;
+		}
+	}
+	return shmet_fmt_double_om(out, v);
+}
+
+void shmet_expo_sample(shmet_buf *b, enum shmet_expo_format fmt, const char *name, const char *suffix,
+		       const struct shmet_expo_label *labels, size_t nlabels, const char *bound_name,
+		       double bound, double value, bool integral)
+{
+	char num[SHMET_FMT_DOUBLE_MAX];
+	bool open = false;
+	size_t i, n;
+
+	shmet_buf_puts(b, name);
+	shmet_buf_puts(b, suffix);
+	for (i = 0; labels && i < nlabels; i++) {
+		if (labels[i].value_len == 0)
+			continue;
+		shmet_buf_putc(b, open ? ',' : '{');
+		open = true;
+		shmet_buf_append(b, labels[i].name, labels[i].name_len);
+		BUF_LIT(b, "=\"");
+		escape(b, labels[i].value, labels[i].value_len, true);
+		shmet_buf_putc(b, '"');
+	}
+	if (bound_name) {
+		shmet_buf_putc(b, open ? ',' : '{');
+		open = true;
+		shmet_buf_puts(b, bound_name);
+		BUF_LIT(b, "=\"");
+		n = shmet_fmt_bound(num, bound);
+		shmet_buf_append(b, num, n);
+		shmet_buf_putc(b, '"');
+	}
+	if (open)
+		shmet_buf_putc(b, '}');
+	shmet_buf_putc(b, ' ');
+	if (fmt == SHMET_EXPO_OPENMETRICS)
+		n = fmt_om_value(num, value, integral);
+	else
+		n = shmet_fmt_double(num, value);
+	num[n++] = '\n';
+	shmet_buf_append(b, num, n);
+}
+
+void shmet_expo_eof(shmet_buf *b, enum shmet_expo_format fmt)
+{
+	if (fmt == SHMET_EXPO_OPENMETRICS)
+		BUF_LIT(b, "# EOF\n");
+}
+
+/* ======================================================================== */
+/* Accept / Accept-Encoding                                                 */
+/* ======================================================================== */
+
+/* One comma-separated element of an Accept-like header (RFC 7231 §5.3):
+ * token[/token] *(OWS ";" OWS name[=value]).  Only what we decide on is
+ * kept; anything unexpected makes the element unusable, never the header. */
+struct hdr_elem {
+	const char *tok;
+	size_t tok_len;
+	const char *version; /* NULL when absent */
+	size_t version_len;
+	int q;               /* per mille */
+	bool ok;
+};
+
+static bool is_tchar(unsigned char c)
+{
+	if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+		return true;
+	return c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+static const char *skip_ows(const char *p)
+{
+	while (*p == ' ' || *p == '\t')
+		p++;
+	return p;
+}
+
+static bool ieq(const char *s, size_t n, const char *lit)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (c >= 'A' && c <= 'Z')
+			c = (unsigned char)(c - 'A' + 'a');
+		if (lit[i] == '\0' || c != (unsigned char)lit[i])
+			return false;
+	}
+	return lit[n] == '\0';
+}
+
+/* qvalue = "0" ["." 0*3DIGIT] / "1" ["." 0*3("0")]; digits past the third
+ * are ignored.  -1 when malformed. */
+static int parse_q(const char *v, size_t n)
+{
+	int q, scale = 100;
+	size_t i = 1;
+
+	if (!v || n == 0 || (v[0] != '0' && v[0] != '1'))
+		return -1;
+	q = (v[0] - '0') * 1000;
+	if (i < n && v[i] == '.') {
+		for (i++; i < n && v[i] >= '0' && v[i] <= '9'; i++) {
+			q += (v[i] - '0') * scale;
+			scale /= 10;
+		}
+	}
+	if (i != n || q > 1000)
+		return -1;
+	return q;
+}
+
+/* Parses the element at p; returns where it ended: at ',' or at the NUL. */
+static const char *hdr_next(const char *p, struct hdr_elem *e)
+{
+	e->tok = NULL;
+	e->tok_len = 0;
+	e->version = NULL;
+	e->version_len = 0;
+	e->q = 1000;
+	e->ok = true;
+
+	p = skip_ows(p);
+	e->tok = p;
+	while (is_tchar((unsigned char)*p) || *p == '/')
+		p++;
+	e->tok_len = (size_t)(p - e->tok);
+	if (e->tok_len == 0)
+		e->ok = false;
+	p = skip_ows(p);
+	while (*p == ';') {
+		const char *name, *val = NULL;
+		size_t name_len, val_len = 0;
+
+		p = skip_ows(p + 1);
+		name = p;
+		while (is_tchar((unsigned char)*p))
+			p++;
+		name_len = (size_t)(p - name);
+		p = skip_ows(p);
+		if (*p == '=') {
+			p = skip_ows(p + 1);
+			if (*p == '"') {
+				val = ++p;
+				while (*p && *p != '"')
+					p += (*p == '\\' && p[1]) ? 2 : 1;
+				val_len = (size_t)(p - val);
+				if (*p == '"')
+					p++;
+				else
+					e->ok = false;
+			} else {
+				val = p;
+				while (is_tchar((unsigned char)*p))
+					p++;
+				val_len = (size_t)(p - val);
+			}
+			p = skip_ows(p);
+		}
+		if (name_len == 0) {
+			e->ok = false;
+		} else if (ieq(name, name_len, "q")) {
+			e->q = parse_q(val, val_len);
+			if (e->q < 0)
+				e->ok = false;
+		} else if (ieq(name, name_len, "version")) {
+			e->version = val ? val : name + name_len;
+			e->version_len = val_len;
+		}
+	}
+	if (*p != ',' && *p != '\0') {
+		/* Garbage inside the element: skip it, honouring quotes so that a
+		 * quoted comma does not start a new element. */
+		bool quoted = false;
+
+		e->ok = false;
+		while (*p && (quoted || *p != ',')) {
+			if (quoted && *p == '\\' && p[1])
+				p++;
+			else if (*p == '"')
+				quoted = !quoted;
+			p++;
+		}
+	}
+	return p;
+}
+
+static bool version_is(const struct hdr_elem *e, const char *v)
+{
+	return e->version && e->version_len == strlen(v) && memcmp(e->version, v, e->version_len) == 0;
+}
+
+enum shmet_expo_format shmet_negotiate(const char *accept, const char **content_type)
+{
+	int text_q = 0, om_q = 0, om1_q = 0;
+	const char *p = accept;
+	struct hdr_elem e;
+
+	while (p && *p) {
+		p = hdr_next(p, &e);
+		if (*p == ',')
+			p++;
+		if (!e.ok || e.q == 0)
+			continue;
+		if (ieq(e.tok, e.tok_len, "application/openmetrics-text")) {
+			if (!e.version || version_is(&e, "1.0.0")) {
+				if (e.q > om1_q)
+					om1_q = e.q;
+			} else if (!version_is(&e, "0.0.1")) {
+				continue;
+			}
+			if (e.q > om_q)
+				om_q = e.q;
+		} else if (ieq(e.tok, e.tok_len, "text/plain")) {
+			if (e.version && !version_is(&e, "0.0.4") && !version_is(&e, "1.0.0"))
+				continue;
+			if (e.q > text_q)
+				text_q = e.q;
+		} else if (ieq(e.tok, e.tok_len, "text/*") || ieq(e.tok, e.tok_len, "*/*")) {
+			if (e.q > text_q)
+				text_q = e.q;
+		}
+	}
+	if (om_q > text_q) {
+		if (content_type)
+			*content_type = om1_q > 0 ? SHMET_CONTENT_TYPE_OPENMETRICS : SHMET_CONTENT_TYPE_OPENMETRICS_001;
+		return SHMET_EXPO_OPENMETRICS;
+	}
+	if (content_type)
+		*content_type = SHMET_CONTENT_TYPE_TEXT;
+	return SHMET_EXPO_TEXT;
+}
+
+bool shmet_accepts_gzip(const char *accept_encoding)
+{
+	int gzip_q = -1, star_q = -1;
+	const char *p = accept_encoding;
+	struct hdr_elem e;
+
+	while (p && *p) {
+		p = hdr_next(p, &e);
+		if (*p == ',')
+			p++;
+		if (!e.ok)
+			continue;
+		if (ieq(e.tok, e.tok_len, "gzip") || ieq(e.tok, e.tok_len, "x-gzip")) {
+			if (e.q > gzip_q)
+				gzip_q = e.q;
+		} else if (ieq(e.tok, e.tok_len, "*")) {
+			if (e.q > star_q)
+				star_q = e.q;
+		}
+	}
+	/* "*" only speaks for codings not named (RFC 7231 §5.3.4). */
+	return gzip_q >= 0 ? gzip_q > 0 : star_q > 0;
+}
+
+/* ======================================================================== */
+/* gzip                                                                     */
+/* ======================================================================== */
+
+int shmet_gzip(const void *in, size_t len, shmet_buf *out, int level)
+{
+	const unsigned char *ip = in;
+	size_t left = len, start;
+	z_stream zs;
+	int rc, ret = 0;
+
+	if (!out || (!in && len) || level < -1 || level > 9)
+		return -EINVAL;
+	if (out->oom)
+		return -ENOMEM;
+	start = out->len;
+	memset(&zs, 0, sizeof zs);
+	/* windowBits 15 + 16: zlib writes the gzip header and trailer itself. */
+	rc = deflateInit2(&zs, level, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY);
+	if (rc != Z_OK) {
+		if (rc == Z_MEM_ERROR)
+			out->oom = 1;
+		return rc == Z_MEM_ERROR ? -ENOMEM : -EIO;
+	}
+	/* One allocation in the common case: the bound holds any input. */
+	if (shmet_buf_reserve(out, deflateBound(&zs, (uLong)len)) != 0) {
+		ret = -ENOMEM;
+		goto done;
+	}
+	for (;;) {
+		size_t room;
+		uInt avail;
+
+		if (zs.avail_in == 0 && left) {
+			/* avail_in is 32-bit: feed larger inputs in slices. */
+			const size_t chunk = left > UINT_MAX ? UINT_MAX : left;
+
+			zs.next_in = ip;
+			zs.avail_in = (uInt)chunk;
+			ip += chunk;
+			left -= chunk;
+		}
+		room = out->cap - out->len - 1;
+		if (room == 0) {
+			if (shmet_buf_reserve(out, out->cap / 2 + 4096) != 0) {
+				ret = -ENOMEM;
+				goto done;
+			}
+			room = out->cap - out->len - 1;
+		}
+		avail = room > UINT_MAX ? UINT_MAX : (uInt)room;
+		zs.next_out = (Bytef *)out->data + out->len;
+		zs.avail_out = avail;
+		rc = deflate(&zs, left ? Z_NO_FLUSH : Z_FINISH);
+		out->len += avail - zs.avail_out;
+		if (rc == Z_STREAM_END)
+			break;
+		if (rc != Z_OK && rc != Z_BUF_ERROR) {
+			ret = -EIO;
+			goto done;
+		}
+	}
+done:
+	deflateEnd(&zs);
+	if (ret != 0)
+		out->len = start;
+	if (out->data)
+		out->data[out->len] = '\0';
+	return ret;
+}

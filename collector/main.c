@@ -1,0 +1,204 @@
+/* shmetricsd: the collector daemon.  Flags, signals, start and stop. */
+#include "http.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define DEFAULT_PORT 9089 /* beside Prometheus' own 9090-9094, outside the exporters' 9100-9999 */
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_signal(int sig)
+{
+	stop_requested = sig;
+}
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"Usage: shmetricsd [OPTION]...\n"
+		"Serve the metrics of a shmetrics segment to Prometheus.\n\n"
+		"  -s, --segment PATH          segment file (default $SHMETRICS_SEGMENT, then %s)\n"
+		"  -l, --listen HOST:PORT      where to serve HTTP (default 127.0.0.1:%d; port 0 picks a free one)\n"
+		"      --regions N             regions, if this process creates the segment (default %u)\n"
+		"      --region-size BYTES     bytes per region, if this process creates the segment (default %llu)\n"
+		"      --scan-interval SECONDS how often to look for new series and dead workers (default 1)\n"
+		"      --push-token-file PATH  enable the push API; bearer token read from PATH\n"
+		"      --push-max-batch N      samples per /api/v1/metrics/batch request (default 1000)\n"
+		"      --push-series-limit N   series per pushed family (default 1000)\n"
+		"      --push-rate R           push requests per second per client (default 50, burst 2x)\n"
+		"  -h, --help                  show this help\n"
+		"  -V, --version               show the version\n\n"
+		"SIGTERM or SIGINT stops it.  Logs go to stderr.\n",
+		SHMET_DEFAULT_PATH, DEFAULT_PORT, SHMET_DEFAULT_REGIONS, (unsigned long long)SHMET_DEFAULT_REGION_SIZE);
+}
+
+static int parse_u64(const char *s, uint64_t max, uint64_t *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno || end == s || *end || s[0] == '-' || v > max)
+		return -1;
+	*out = v;
+	return 0;
+}
+
+static int parse_listen(const char *s, char *host, size_t cap, int *port)
+{
+	const char *colon = strrchr(s, ':');
+	if (!colon)
+		return -1;
+	const char *h = s;
+	size_t hl = (size_t)(colon - s);
+	if (hl >= 2 && s[0] == '[' && s[hl - 1] == ']')
+		h++, hl -= 2;
+	uint64_t p;
+	if (hl == 0 || hl >= cap || parse_u64(colon + 1, 65535, &p) != 0)
+		return -1;
+	memcpy(host, h, hl);
+	host[hl] = 0;
+	*port = (int)p;
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	static char host[256] = "127.0.0.1";
+	struct collector_config cfg = {
+		.segment = NULL, .listen_host = host, .listen_port = DEFAULT_PORT, .scan_interval = 1.0,
+		.push_max_batch = 1000, .push_series_limit = 1000, .push_body_limit = 4u << 20,
+		.push_rate = 50, .push_burst = 100,
+	};
+	enum { OPT_REGIONS = 256, OPT_REGION_SIZE, OPT_SCAN, OPT_TOKEN, OPT_BATCH, OPT_SERIES, OPT_RATE };
+	static const struct option opts[] = {
+		{"segment", required_argument, NULL, 's'},
+		{"listen", required_argument, NULL, 'l'},
+		{"regions", required_argument, NULL, OPT_REGIONS},
+		{"region-size", required_argument, NULL, OPT_REGION_SIZE},
+		{"scan-interval", required_argument, NULL, OPT_SCAN},
+		{"push-token-file", required_argument, NULL, OPT_TOKEN},
+		{"push-max-batch", required_argument, NULL, OPT_BATCH},
+		{"push-series-limit", required_argument, NULL, OPT_SERIES},
+		{"push-rate", required_argument, NULL, OPT_RATE},
+		{"help", no_argument, NULL, 'h'},
+		{"version", no_argument, NULL, 'V'},
+		{NULL, 0, NULL, 0},
+	};
+	int o;
+	uint64_t u;
+	char *end;
+	while ((o = getopt_long(argc, argv, "s:l:hV", opts, NULL)) != -1) {
+		switch (o) {
+		case 's':
+			cfg.segment = optarg;
+			break;
+		case 'l':
+			if (parse_listen(optarg, host, sizeof host, &cfg.listen_port) != 0) {
+				fprintf(stderr, "shmetricsd: --listen wants HOST:PORT, e.g. 127.0.0.1:%d (got \"%s\")\n",
+					DEFAULT_PORT, optarg);
+				return 2;
+			}
+			break;
+		case OPT_REGIONS:
+			if (parse_u64(optarg, SHMET_MAX_REGIONS, &u) != 0 || u == 0) {
+				fprintf(stderr, "shmetricsd: --regions wants 1..%u\n", SHMET_MAX_REGIONS);
+				return 2;
+			}
+			cfg.regions = (uint32_t)u;
+			break;
+		case OPT_REGION_SIZE:
+			if (parse_u64(optarg, SHMET_MAX_REGION_SIZE, &u) != 0 || u < SHMET_MIN_REGION_SIZE) {
+				fprintf(stderr, "shmetricsd: --region-size wants %llu..%llu bytes\n",
+					(unsigned long long)SHMET_MIN_REGION_SIZE, (unsigned long long)SHMET_MAX_REGION_SIZE);
+				return 2;
+			}
+			cfg.region_size = u;
+			break;
+		case OPT_SCAN:
+			cfg.scan_interval = strtod(optarg, &end);
+			if (*end || !(cfg.scan_interval >= 0.01 && cfg.scan_interval <= 3600)) {
+				fprintf(stderr, "shmetricsd: --scan-interval wants seconds between 0.01 and 3600\n");
+				return 2;
+			}
+			break;
+		case OPT_TOKEN:
+			cfg.push_token_file = optarg;
+			break;
+		case OPT_BATCH:
+			if (parse_u64(optarg, 100000, &u) != 0 || u == 0) {
+				fprintf(stderr, "shmetricsd: --push-max-batch wants 1..100000\n");
+				return 2;
+			}
+			cfg.push_max_batch = (uint32_t)u;
+			break;
+		case OPT_SERIES:
+			if (parse_u64(optarg, 1000000, &u) != 0 || u == 0) {
+				fprintf(stderr, "shmetricsd: --push-series-limit wants 1..1000000\n");
+				return 2;
+			}
+			cfg.push_series_limit = (uint32_t)u;
+			break;
+		case OPT_RATE:
+			cfg.push_rate = strtod(optarg, &end);
+			if (*end || !(cfg.push_rate > 0 && cfg.push_rate <= 1e6)) {
+				fprintf(stderr, "shmetricsd: --push-rate wants requests per second, > 0\n");
+				return 2;
+			}
+			cfg.push_burst = 2 * cfg.push_rate;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		case 'V':
+			printf("shmetricsd %s (segment layout %u.%u)\n", SHMET_VERSION_STRING, SHMET_VERSION_MAJOR,
+			       SHMET_VERSION_MINOR);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "shmetricsd: unexpected argument \"%s\"\n", argv[optind]);
+		return 2;
+	}
+	if (!cfg.segment)
+		cfg.segment = shmet_default_path();
+
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	static struct collector c;
+	char err[512];
+	if (collector_open(&c, &cfg, err, sizeof err) != SHMET_OK) {
+		fprintf(stderr, "shmetricsd: %s\n", err);
+		return 1;
+	}
+	if (api_init(&c, err, sizeof err) != SHMET_OK || collector_start(&c, err, sizeof err) != SHMET_OK) {
+		fprintf(stderr, "shmetricsd: %s\n", err);
+		api_free(&c);
+		collector_close(&c);
+		return 1;
+	}
+	/* The handler only sets a flag; a short sleep (not pause(), which could
+	 * miss a signal landing just before it) notices it. */
+	while (!stop_requested) {
+		struct timespec tick = {0, 100000000};
+		nanosleep(&tick, NULL);
+	}
+	collector_log("signal %d: stopping", (int)stop_requested);
+	collector_stop(&c);
+	api_free(&c);
+	collector_close(&c);
+	collector_log("stopped");
+	return 0;
+}

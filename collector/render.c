@@ -1,0 +1,154 @@
+/* /metrics: the view's families plus the collector's own, in name order. */
+#include "collector.h"
+
+#include <math.h>
+#include <stdio.h>
+
+static void put_value(shmet_buf *b, enum shmet_expo_format fmt, double v, bool integral)
+{
+	char t[SHMET_FMT_DOUBLE_MAX];
+	size_t n;
+	if (integral && fmt == SHMET_EXPO_OPENMETRICS && v >= 0 && v < 18446744073709551616.0 && v == floor(v)) {
+		shmet_buf_put_u64(b, (uint64_t)v);
+		return;
+	}
+	n = fmt == SHMET_EXPO_OPENMETRICS ? shmet_fmt_double_om(t, v) : shmet_fmt_double(t, v);
+	shmet_buf_append(b, t, n);
+}
+
+/* One sample line from pre-escaped labels: the scrape's inner loop. */
+static void put_line(shmet_buf *b, enum shmet_expo_format fmt, const char *name, size_t name_len,
+		     const char *suffix, size_t suffix_len, const struct view_series *s, const char *bound,
+		     double v, bool integral)
+{
+	shmet_buf_reserve(b, name_len + suffix_len + s->labels_len + 64);
+	shmet_buf_append(b, name, name_len);
+	shmet_buf_append(b, suffix, suffix_len);
+	if (s->labels_len || bound) {
+		shmet_buf_putc(b, '{');
+		shmet_buf_append(b, s->labels, s->labels_len);
+		if (bound) {
+			if (s->labels_len)
+				shmet_buf_putc(b, ',');
+			shmet_buf_append(b, "le=\"", 4);
+			shmet_buf_puts(b, bound);
+			shmet_buf_putc(b, '"');
+		}
+		shmet_buf_putc(b, '}');
+	}
+	shmet_buf_putc(b, ' ');
+	put_value(b, fmt, v, integral);
+	shmet_buf_putc(b, '\n');
+}
+
+static const enum shmet_expo_type expo_type[] = {
+	[SHMET_COUNTER] = SHMET_EXPO_COUNTER,
+	[SHMET_GAUGE] = SHMET_EXPO_GAUGE,
+	[SHMET_HISTOGRAM] = SHMET_EXPO_HISTOGRAM,
+	[SHMET_SUMMARY] = SHMET_EXPO_SUMMARY,
+};
+
+static void render_family(shmet_buf *b, enum shmet_expo_format fmt, const struct view_family *f)
+{
+	if (f->nseries == 0)
+		return;
+	shmet_expo_family(b, fmt, expo_type[f->type], f->name, f->help);
+	size_t nl = strlen(f->name);
+	struct shmet_agg acc;
+	for (uint32_t i = 0; i < f->nseries; i++) {
+		const struct view_series *s = &f->series[i];
+		view_series_agg(f, s, &acc);
+		switch (f->type) {
+		case SHMET_COUNTER:
+			put_line(b, fmt, f->name, nl, "", 0, s, NULL, shmet_agg_value(&acc, f->type), false);
+			break;
+		case SHMET_GAUGE:
+			put_line(b, fmt, f->name, nl, "", 0, s, NULL, acc.value, false);
+			break;
+		case SHMET_HISTOGRAM: {
+			uint64_t cum = 0;
+			for (uint32_t k = 0; k <= f->nbuckets; k++) {
+				cum += acc.buckets[k];
+				put_line(b, fmt, f->name, nl, "_bucket", 7, s, f->bound_text[k], (double)cum, true);
+			}
+			put_line(b, fmt, f->name, nl, "_sum", 4, s, NULL, acc.value, false);
+			/* _count is the sum of the buckets: equal to +Inf in every scrape */
+			put_line(b, fmt, f->name, nl, "_count", 6, s, NULL, (double)cum, true);
+			break;
+		}
+		case SHMET_SUMMARY:
+			put_line(b, fmt, f->name, nl, "_sum", 4, s, NULL, acc.value, false);
+			put_line(b, fmt, f->name, nl, "_count", 6, s, NULL, (double)acc.whole, true);
+			break;
+		}
+	}
+}
+
+/* The collector's own metrics, sorted by name. */
+struct own {
+	const char *name, *help;
+	enum shmet_expo_type type;
+	const char *label, *lvalue; /* at most one label per sample here */
+	double values[3];
+	const char *lvalues[3];
+	int n;
+};
+
+static void render_own(shmet_buf *b, enum shmet_expo_format fmt, const struct own *o)
+{
+	shmet_expo_family(b, fmt, o->type, o->name, o->help);
+	for (int i = 0; i < (o->n ? o->n : 1); i++) {
+		struct shmet_expo_label l = {o->label, o->label ? strlen(o->label) : 0, NULL, 0};
+		const char *lv = o->n ? o->lvalues[i] : o->lvalue;
+		if (lv) {
+			l.value = lv;
+			l.value_len = strlen(lv);
+		}
+		shmet_expo_sample(b, fmt, o->name, NULL, &l, o->label ? 1 : 0, NULL, 0, o->values[i], false);
+	}
+}
+
+void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enum shmet_expo_format fmt)
+{
+	const struct view_stats *st = &v->stats;
+	const struct shmet_seg_header *h = c->seg.map.hdr;
+	double last_scrape = (double)__atomic_load_n(&c->last_scrape_ns, __ATOMIC_RELAXED) / 1e9;
+	const struct own own[] = {
+		{"shmetricsd_build_info", "Build of this collector; the value is always 1.", SHMET_EXPO_GAUGE,
+		 "version", SHMET_VERSION_STRING, {1}, {0}, 0},
+		{"shmetricsd_corrupt_records_total", "Segment records skipped because they failed validation.",
+		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)__atomic_load_n(&c->corrupt_records, __ATOMIC_RELAXED)}, {0}, 0},
+		{"shmetricsd_family_conflicts_total",
+		 "Series skipped because processes registered one family name with different types, labels or buckets.",
+		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)__atomic_load_n(&c->conflicts, __ATOMIC_RELAXED)}, {0}, 0},
+		{"shmetricsd_folds_total", "Dead worker regions folded into the retired totals, since the segment was created.",
+		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)st->folds}, {0}, 0},
+		{"shmetricsd_region_claim_failures_total", "Processes that found no free region (or no memory) in the segment.",
+		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)__atomic_load_n(&h->sh_claim_failures, __ATOMIC_RELAXED)}, {0}, 0},
+		{"shmetricsd_regions", "Regions of the segment by state.", SHMET_EXPO_GAUGE, "state", NULL,
+		 {st->regions_dead, st->regions_free, st->regions_live}, {"dead", "free", "live"}, 3},
+		{"shmetricsd_scrape_duration_seconds", "Time the previous /metrics render took.", SHMET_EXPO_GAUGE, NULL,
+		 NULL, {last_scrape}, {0}, 0},
+		{"shmetricsd_segment_size_bytes", "Size of the segment file.", SHMET_EXPO_GAUGE, NULL, NULL,
+		 {(double)st->bytes_total}, {0}, 0},
+		{"shmetricsd_segment_used_bytes", "Bytes of the segment in use by headers, retired totals and live or unfolded regions.",
+		 SHMET_EXPO_GAUGE, NULL, NULL, {(double)st->bytes_used}, {0}, 0},
+		{"shmetricsd_series", "Series exposed from the segment.", SHMET_EXPO_GAUGE, NULL, NULL,
+		 {(double)st->series}, {0}, 0},
+		{"shmetricsd_writes_dropped_total",
+		 "Writes refused on the hot path (fallback handles, NaN, negative counter increments) or made without a region.",
+		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)st->dropped}, {0}, 0},
+	};
+	size_t nown = sizeof own / sizeof *own, o = 0;
+	for (uint32_t i = 0; i < v->nfamilies; i++) {
+		const struct view_family *f = &v->families[i];
+		if (strncmp(f->name, "shmetricsd_", 11) == 0)
+			continue; /* the collector's own namespace; a writer may not shadow it */
+		while (o < nown && strcmp(own[o].name, f->name) < 0)
+			render_own(b, fmt, &own[o++]);
+		render_family(b, fmt, f);
+	}
+	while (o < nown)
+		render_own(b, fmt, &own[o++]);
+	shmet_expo_eof(b, fmt);
+}

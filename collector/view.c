@@ -1,0 +1,407 @@
+/* The view: an immutable, sorted picture of the segment's families and
+ * series, with pointers to every process's cells, built by the updater and
+ * published under RCU.  Values are not in it: a scrape reads the cells. */
+#include "collector.h"
+#include "keymap.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+/* Bump allocator: one view's memory, freed at once. */
+struct arena {
+	struct arena *next;
+	size_t used, cap;
+	_Alignas(16) unsigned char data[];
+};
+
+static void *arena_alloc(struct arena **a, size_t n)
+{
+	n = (n + 15) & ~(size_t)15;
+	if (!*a || (*a)->cap - (*a)->used < n) {
+		size_t cap = n > (1 << 20) ? n : (1 << 20);
+		struct arena *b = malloc(sizeof *b + cap);
+		if (!b)
+			return NULL;
+		b->next = *a;
+		b->used = 0;
+		b->cap = cap;
+		*a = b;
+	}
+	void *p = (*a)->data + (*a)->used;
+	(*a)->used += n;
+	return p;
+}
+
+static char *arena_strn(struct arena **a, const char *s, size_t n)
+{
+	char *d = arena_alloc(a, n + 1);
+	if (d) {
+		memcpy(d, s, n);
+		d[n] = 0;
+	}
+	return d;
+}
+
+static void arena_free(struct arena *a)
+{
+	while (a) {
+		struct arena *n = a->next;
+		free(a);
+		a = n;
+	}
+}
+
+/* ---- builder ---- */
+
+struct bseries {
+	char **values;
+	struct view_ref *refs;
+	uint32_t nrefs, cap;
+};
+
+struct bfamily {
+	struct view_family out;
+	struct keymap index; /* series key -> bseries */
+	struct bseries *series;
+	uint32_t nseries, cap;
+};
+
+struct builder {
+	struct collector *c;
+	struct view *v;
+	struct keymap fam_index;
+	struct bfamily *fams;
+	uint32_t nfams, cap;
+	char *key;
+	bool oom;
+};
+
+static bool same_shape(const struct view_family *f, const struct shmet_family_view *r)
+{
+	uint32_t n = f->type == SHMET_GAUGE && f->mode == SHMET_GAUGE_PER_WORKER ? f->nlabels - 1 : f->nlabels;
+	if (f->type != r->type || f->mode != r->mode || n != r->nlabels || f->nbuckets != r->nbuckets)
+		return false;
+	for (uint32_t i = 0; i < n; i++)
+		if (strlen(f->label_names[i]) != r->label_lens[i] ||
+		    memcmp(f->label_names[i], r->label_names[i], r->label_lens[i]) != 0)
+			return false;
+	for (uint32_t i = 0; i < f->nbuckets; i++)
+		if (f->bounds[i] != shmet_bound(r, i))
+			return false;
+	return true;
+}
+
+static struct bfamily *family_for(struct builder *b, const struct shmet_family_view *r)
+{
+	struct kv *kv = keymap_find(&b->fam_index, r->name, r->name_len);
+	if (kv)
+		return &b->fams[kv->val];
+	if (b->nfams == b->cap) {
+		uint32_t cap = b->cap ? b->cap * 2 : 64;
+		struct bfamily *n = realloc(b->fams, cap * sizeof *n);
+		if (!n)
+			return NULL;
+		b->fams = n;
+		b->cap = cap;
+	}
+	struct arena **a = &b->v->arena;
+	struct bfamily *f = &b->fams[b->nfams];
+	memset(f, 0, sizeof *f);
+	struct view_family *o = &f->out;
+	bool per_worker = r->type == SHMET_GAUGE && r->mode == SHMET_GAUGE_PER_WORKER;
+	o->name = arena_strn(a, r->name, r->name_len);
+	o->help = arena_strn(a, r->help, r->help_len);
+	o->type = r->type;
+	o->mode = r->mode;
+	o->nlabels = r->nlabels + per_worker;
+	const char **names = arena_alloc(a, (o->nlabels + 1) * sizeof *names);
+	o->nbuckets = r->nbuckets;
+	double *bounds = arena_alloc(a, (r->nbuckets + 1) * sizeof *bounds);
+	const char **btext = arena_alloc(a, (r->nbuckets + 1) * sizeof *btext);
+	if (!o->name || !o->help || !names || !bounds || !btext)
+		return NULL;
+	for (uint32_t i = 0; i < r->nlabels; i++)
+		if (!(names[i] = arena_strn(a, r->label_names[i], r->label_lens[i])))
+			return NULL;
+	if (per_worker)
+		names[r->nlabels] = "worker";
+	for (uint32_t i = 0; i <= r->nbuckets; i++) {
+		char t[SHMET_FMT_DOUBLE_MAX];
+		bounds[i] = i < r->nbuckets ? shmet_bound(r, i) : INFINITY;
+		size_t n = shmet_fmt_bound(t, bounds[i]);
+		if (!(btext[i] = arena_strn(a, t, n)))
+			return NULL;
+	}
+	o->label_names = names;
+	o->bounds = bounds;
+	o->bound_text = btext;
+	if (keymap_put(&b->fam_index, r->name, r->name_len, b->nfams) != 0)
+		return NULL;
+	b->nfams++;
+	return f;
+}
+
+static struct bseries *series_for(struct builder *b, struct bfamily *f, const struct shmet_record *r, int worker)
+{
+	size_t klen = shmet_series_key(r, b->key, SHMET_SERIES_KEY_MAX - 16);
+	if (!klen)
+		return NULL;
+	if (worker >= 0)
+		klen += (size_t)snprintf(b->key + klen, 16, "%d\xff", worker);
+	struct kv *kv = keymap_find(&f->index, b->key, klen);
+	if (kv)
+		return &f->series[kv->val];
+	if (f->nseries == f->cap) {
+		uint32_t cap = f->cap ? f->cap * 2 : 8;
+		struct bseries *n = realloc(f->series, cap * sizeof *n);
+		if (!n)
+			return NULL;
+		f->series = n;
+		f->cap = cap;
+	}
+	struct arena **a = &b->v->arena;
+	struct bseries *s = &f->series[f->nseries];
+	memset(s, 0, sizeof *s);
+	s->values = arena_alloc(a, (f->out.nlabels + 1) * sizeof(char *));
+	if (!s->values)
+		return NULL;
+	for (uint32_t i = 0; i < r->series.nvalues; i++)
+		if (!(s->values[i] = arena_strn(a, r->series.values[i], r->series.value_lens[i])))
+			return NULL;
+	if (worker >= 0) {
+		char w[16];
+		int n = snprintf(w, sizeof w, "%d", worker);
+		if (!(s->values[r->series.nvalues] = arena_strn(a, w, (size_t)n)))
+			return NULL;
+	}
+	if (keymap_put(&f->index, b->key, klen, f->nseries) != 0)
+		return NULL;
+	f->nseries++;
+	return s;
+}
+
+static void add_area(struct builder *b, const struct shmet_area *area, int region, bool live)
+{
+	struct shmet_dir_iter it;
+	struct shmet_record r;
+	char why[SHMET_ERRBUF];
+	int rc;
+	shmet_dir_begin(&it, area);
+	while ((rc = shmet_dir_next(&it, &r, why)) != 0) {
+		if (rc < 0) {
+			if (__atomic_fetch_add(&b->c->corrupt_records, 1, __ATOMIC_RELAXED) < 20)
+				collector_log("skipping corrupt record in %s %d: %s", region < 0 ? "retired totals" : "region",
+					      region, why);
+			continue;
+		}
+		if (r.kind != SHMET_REC_SERIES)
+			continue;
+		struct bfamily *f = family_for(b, &r.fam);
+		if (!f) {
+			b->oom = true;
+			return;
+		}
+		if (!same_shape(&f->out, &r.fam)) {
+			if (__atomic_fetch_add(&b->c->conflicts, 1, __ATOMIC_RELAXED) < 20)
+				collector_log("region %d: family %s registered with another type, labels or buckets; skipped",
+					      region, f->out.name);
+			continue;
+		}
+		bool per_worker = r.fam.type == SHMET_GAUGE && r.fam.mode == SHMET_GAUGE_PER_WORKER;
+		if (per_worker && !live)
+			continue;
+		struct bseries *s = series_for(b, f, &r, per_worker ? region : -1);
+		if (!s) {
+			b->oom = true;
+			return;
+		}
+		if (s->nrefs == s->cap) {
+			uint32_t cap = s->cap ? s->cap * 2 : 4;
+			struct view_ref *n = realloc(s->refs, cap * sizeof *n);
+			if (!n) {
+				b->oom = true;
+				return;
+			}
+			s->refs = n;
+			s->cap = cap;
+		}
+		s->refs[s->nrefs].cells = (const uint64_t *)(const void *)(area->base + r.series.cell_off);
+		s->refs[s->nrefs++].live = live;
+	}
+}
+
+static int fam_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct bfamily *)a)->out.name, ((const struct bfamily *)b)->out.name);
+}
+
+static __thread uint32_t sort_nlabels;
+static int ser_cmp(const void *a, const void *b)
+{
+	const struct bseries *x = a, *y = b;
+	for (uint32_t i = 0; i < sort_nlabels; i++) {
+		int c = strcmp(x->values[i], y->values[i]);
+		if (c)
+			return c;
+	}
+	return 0;
+}
+
+static bool finish_family(struct builder *b, struct bfamily *bf, shmet_buf *tmp)
+{
+	struct view_family *o = &bf->out;
+	struct arena **a = &b->v->arena;
+	sort_nlabels = o->nlabels;
+	qsort(bf->series, bf->nseries, sizeof *bf->series, ser_cmp);
+	o->nseries = bf->nseries;
+	o->series = arena_alloc(a, (bf->nseries + 1) * sizeof *o->series);
+	if (!o->series)
+		return false;
+	for (uint32_t i = 0; i < bf->nseries; i++) {
+		struct bseries *s = &bf->series[i];
+		struct view_series *vs = &o->series[i];
+		shmet_buf_reset(tmp);
+		for (uint32_t k = 0; k < o->nlabels; k++) {
+			if (!s->values[k][0])
+				continue; /* an empty value is no label (Prometheus data model) */
+			if (tmp->len)
+				shmet_buf_putc(tmp, ',');
+			shmet_buf_puts(tmp, o->label_names[k]);
+			shmet_buf_append(tmp, "=\"", 2);
+			shmet_escape_label_value(tmp, s->values[k], strlen(s->values[k]));
+			shmet_buf_putc(tmp, '"');
+		}
+		if (tmp->oom)
+			return false;
+		vs->labels = arena_strn(a, tmp->data ? tmp->data : "", tmp->len);
+		vs->labels_len = (uint32_t)tmp->len;
+		vs->values = (const char *const *)s->values;
+		vs->nrefs = s->nrefs;
+		vs->refs = arena_alloc(a, (s->nrefs + 1) * sizeof *vs->refs);
+		if (!vs->labels || !vs->refs)
+			return false;
+		memcpy(vs->refs, s->refs, s->nrefs * sizeof *vs->refs);
+	}
+	b->v->stats.series += bf->nseries;
+	return true;
+}
+
+struct view *view_build(struct collector *c)
+{
+	struct shmet_segment *seg = &c->seg;
+	struct builder b;
+	memset(&b, 0, sizeof b);
+	b.c = c;
+	b.v = calloc(1, sizeof *b.v);
+	b.key = malloc(SHMET_SERIES_KEY_MAX);
+	shmet_buf tmp;
+	shmet_buf_init(&tmp);
+	if (!b.v || !b.key)
+		goto fail;
+	struct view_stats *st = &b.v->stats;
+	unsigned active = shmet_retired_active(seg);
+	const struct shmet_retired_header *rh = shmet_retired_header(seg, active);
+	struct shmet_area area;
+	char why[SHMET_ERRBUF];
+	if (shmet_retired_area(seg, active, &area, why) != SHMET_OK)
+		collector_log("retired totals unreadable: %s", why);
+	add_area(&b, &area, -1, false);
+	st->dropped = __atomic_load_n(&rh->rh_dropped, __ATOMIC_RELAXED) +
+		      __atomic_load_n(&seg->map.hdr->sh_dropped_orphan, __ATOMIC_RELAXED);
+	st->folds = __atomic_load_n(&rh->rh_folds, __ATOMIC_RELAXED);
+	st->bytes_total = seg->map.size;
+	st->bytes_used = seg->regions_off + 2 * seg->retired_half_size;
+	for (uint32_t i = 0; i < seg->regions && !b.oom; i++) {
+		struct shmet_region_info info;
+		shmet_region_info(seg, i, &info);
+		if (info.state != SHMET_REGION_LIVE) {
+			st->regions_free++;
+			continue;
+		}
+		if (info.alive)
+			st->regions_live++;
+		else
+			st->regions_dead++;
+		if (__atomic_load_n(&rh->rh_folded_gen[i], __ATOMIC_RELAXED) == info.generation)
+			continue; /* already in the retired totals */
+		if (shmet_region_area(seg, i, &area, why) != SHMET_OK) {
+			if (__atomic_fetch_add(&c->corrupt_records, 1, __ATOMIC_RELAXED) < 20)
+				collector_log("region %u: %s", i, why);
+			continue;
+		}
+		st->bytes_used += (area.dir_end - sizeof(struct shmet_region_header)) + (area.size - area.cell_low);
+		st->dropped += info.dropped;
+		add_area(&b, &area, (int)i, info.alive);
+	}
+	if (b.oom)
+		goto fail;
+	qsort(b.fams, b.nfams, sizeof *b.fams, fam_cmp);
+	b.v->families = arena_alloc(&b.v->arena, (b.nfams + 1) * sizeof *b.v->families);
+	if (!b.v->families)
+		goto fail;
+	for (uint32_t i = 0; i < b.nfams; i++) {
+		if (!finish_family(&b, &b.fams[i], &tmp))
+			goto fail;
+		b.v->families[i] = b.fams[i].out;
+	}
+	b.v->nfamilies = b.nfams;
+	b.v->built_ns = shmet__now_ns(CLOCK_REALTIME);
+	goto out;
+fail:
+	collector_log("out of memory while building the view; keeping the previous one");
+	view_free(b.v);
+	b.v = NULL;
+out:
+	for (uint32_t i = 0; i < b.nfams; i++) {
+		for (uint32_t k = 0; k < b.fams[i].nseries; k++)
+			free(b.fams[i].series[k].refs);
+		free(b.fams[i].series);
+		keymap_free(&b.fams[i].index);
+	}
+	free(b.fams);
+	keymap_free(&b.fam_index);
+	free(b.key);
+	shmet_buf_free(&tmp);
+	return b.v;
+}
+
+void view_free(struct view *v)
+{
+	if (!v)
+		return;
+	arena_free(v->arena);
+	free(v);
+}
+
+void view_series_agg(const struct view_family *f, const struct view_series *s, struct shmet_agg *acc)
+{
+	memset(acc, 0, offsetof(struct shmet_agg, buckets));
+	if (f->type == SHMET_HISTOGRAM)
+		memset(acc->buckets, 0, (f->nbuckets + 1) * sizeof acc->buckets[0]);
+	for (uint32_t i = 0; i < s->nrefs; i++) {
+		const uint64_t *c = s->refs[i].cells;
+		struct shmet_values v;
+		/* relaxed: each cell is one value; see shmet_read_cells. */
+		switch (f->type) {
+		case SHMET_COUNTER:
+		case SHMET_SUMMARY:
+			acc->whole += __atomic_load_n(&c[0], __ATOMIC_RELAXED);
+			acc->value += shmet__double(__atomic_load_n(&c[1], __ATOMIC_RELAXED));
+			break;
+		case SHMET_HISTOGRAM:
+			for (uint32_t k = 0; k <= f->nbuckets; k++) {
+				uint64_t n = __atomic_load_n(&c[k], __ATOMIC_RELAXED);
+				acc->buckets[k] += n;
+				acc->whole += n;
+			}
+			acc->value += shmet__double(__atomic_load_n(&c[f->nbuckets + 1], __ATOMIC_RELAXED));
+			break;
+		case SHMET_GAUGE:
+			v.value = shmet__double(__atomic_load_n(&c[0], __ATOMIC_RELAXED));
+			v.stamp_ns = __atomic_load_n(&c[1], __ATOMIC_RELAXED);
+			shmet_agg_add(acc, f->type, f->mode, 0, &v, s->refs[i].live);
+			break;
+		}
+	}
+}
