@@ -86,3 +86,179 @@ int tsupport_wait(pid_t pid)
 		;
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <time.h>
+
+const char *tsupport_bin(const char *name)
+{
+	static char buf[4][512];
+	static int k;
+	const char *b = getenv("BUILD_DIR");
+	char *p = buf[k++ & 3];
+	snprintf(p, sizeof buf[0], "%s/bin/%s", b && *b ? b : "build", name);
+	return p;
+}
+
+static void msleep(int ms)
+{
+	struct timespec t = {ms / 1000, (long)(ms % 1000) * 1000000};
+	nanosleep(&t, NULL);
+}
+
+int tsupport_free_port(void)
+{
+	int s = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = {0};
+	a.sin_family = AF_INET;
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	socklen_t l = sizeof a;
+	if (bind(s, (struct sockaddr *)&a, sizeof a) != 0 || getsockname(s, (struct sockaddr *)&a, &l) != 0) {
+		close(s);
+		return -1;
+	}
+	close(s);
+	return ntohs(a.sin_port);
+}
+
+int tsupport_daemon_start(struct tdaemon *d, const char *segment, const char *const *extra)
+{
+	memset(d, 0, sizeof *d);
+	snprintf(d->log, sizeof d->log, "/tmp/shmet-test-daemon-%d-%ld.log", (int)getpid(), (long)random());
+	const char *argv[32] = {tsupport_bin("shmetricsd"), "--segment", segment, "--listen", "127.0.0.1:0",
+				"--scan-interval", "0.1"};
+	int n = 7;
+	for (int i = 0; extra && extra[i] && n < 31; i++)
+		argv[n++] = extra[i];
+	argv[n] = NULL;
+	d->pid = fork();
+	if (d->pid == 0) {
+		int fd = open(d->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+		dup2(fd, 2);
+		dup2(fd, 1);
+		execv(argv[0], (char *const *)argv);
+		_exit(127);
+	}
+	for (int i = 0; i < 200; i++) { /* 10 s */
+		msleep(50);
+		FILE *f = fopen(d->log, "r");
+		char line[512];
+		while (f && fgets(line, sizeof line, f)) {
+			char *p = strstr(line, "listening on http://127.0.0.1:");
+			if (p)
+				d->port = atoi(p + strlen("listening on http://127.0.0.1:"));
+		}
+		if (f)
+			fclose(f);
+		if (d->port)
+			return 0;
+		if (waitpid(d->pid, NULL, WNOHANG) == d->pid) {
+			d->pid = 0;
+			return -1;
+		}
+	}
+	return -1;
+}
+
+int tsupport_daemon_stop(struct tdaemon *d, int sig)
+{
+	if (d->pid <= 0)
+		return -1;
+	kill(d->pid, sig ? sig : SIGTERM);
+	int st = tsupport_wait(d->pid);
+	d->pid = 0;
+	unlink(d->log);
+	return st;
+}
+
+int tsupport_http_get(int port, const char *path, const char *extra_headers, char **body, char **headers)
+{
+	*body = NULL;
+	if (headers)
+		*headers = NULL;
+	int s = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = {0};
+	a.sin_family = AF_INET;
+	a.sin_port = htons((uint16_t)port);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	struct timeval tv = {10, 0};
+	setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	if (connect(s, (struct sockaddr *)&a, sizeof a) != 0) {
+		close(s);
+		return -1;
+	}
+	char req[2048];
+	int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n%s\r\n", path,
+			 extra_headers ? extra_headers : "");
+	if (write(s, req, (size_t)n) != n) {
+		close(s);
+		return -1;
+	}
+	size_t cap = 1 << 16, len = 0;
+	char *buf = malloc(cap);
+	ssize_t r;
+	while ((r = read(s, buf + len, cap - len - 1)) > 0) {
+		len += (size_t)r;
+		if (cap - len < 2)
+			buf = realloc(buf, cap *= 2);
+	}
+	close(s);
+	buf[len] = 0;
+	char *sep = strstr(buf, "\r\n\r\n");
+	int status = -1;
+	if (!sep || sscanf(buf, "HTTP/1.%*d %d", &status) != 1) {
+		free(buf);
+		return -1;
+	}
+	size_t hl = (size_t)(sep - buf) + 4;
+	*body = malloc(len - hl + 1);
+	memcpy(*body, buf + hl, len - hl + 1);
+	if (headers) {
+		buf[hl] = 0;
+		*headers = buf;
+	} else {
+		free(buf);
+	}
+	return status;
+}
+
+double tsupport_sample(const char *body, const char *prefix)
+{
+	size_t n = strlen(prefix);
+	for (const char *p = body; p && *p;) {
+		if (strncmp(p, prefix, n) == 0 && p[n] == ' ')
+			return strtod(p + n + 1, NULL);
+		p = strchr(p, '\n');
+		if (p)
+			p++;
+	}
+	return NAN;
+}
+
+int tsupport_run(const char *cmd, char **output)
+{
+	char full[4096];
+	snprintf(full, sizeof full, "( %s ) 2>&1", cmd);
+	FILE *f = popen(full, "r");
+	if (!f)
+		return -1;
+	size_t cap = 4096, len = 0, r;
+	char *buf = malloc(cap);
+	while ((r = fread(buf + len, 1, cap - len - 1, f)) > 0) {
+		len += r;
+		if (cap - len < 2)
+			buf = realloc(buf, cap *= 2);
+	}
+	buf[len] = 0;
+	int st = pclose(f);
+	if (output)
+		*output = buf;
+	else
+		free(buf);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}

@@ -33,3 +33,35 @@ int tsupport_wait(pid_t pid);
 	} while (0)
 
 #endif
+
+/* ---- processes and HTTP for integration tests (127.0.0.1 only) ---- */
+
+struct tdaemon {
+	pid_t pid;
+	int port;
+	char log[256];
+};
+
+/* Start build/bin/shmetricsd on segment with extra args (NULL-terminated),
+ * listening on a free port; waits (bounded) until it serves.  0 on success. */
+int tsupport_daemon_start(struct tdaemon *d, const char *segment, const char *const *extra);
+/* SIGTERM (or sig), then wait; returns the exit status as tsupport_wait. */
+int tsupport_daemon_stop(struct tdaemon *d, int sig);
+
+/* GET http://127.0.0.1:port/path with optional extra header lines ("A: b\r\n").
+ * Returns the status code (or -1), fills *body (malloc'd, NUL-terminated) and
+ * the raw header block in *headers when not NULL. */
+int tsupport_http_get(int port, const char *path, const char *extra_headers, char **body, char **headers);
+
+/* Value of the first sample line starting with `prefix ` in a text body
+ * (exact line prefix up to the value), or NAN. */
+double tsupport_sample(const char *body, const char *prefix);
+
+/* Run a shell command, capture stdout+stderr (malloc'd) and return its exit status. */
+int tsupport_run(const char *cmd, char **output);
+
+/* A free TCP port on 127.0.0.1. */
+int tsupport_free_port(void);
+
+/* Path of a built binary: ${BUILD_DIR:-build}/bin/name. */
+const char *tsupport_bin(const char *name);

@@ -1,0 +1,319 @@
+/* shmetricsd end to end: forked writers, the daemon on a private segment and
+ * port, and its output judged by real parsers and a real Prometheus. */
+#include "tsupport.h"
+#include "shmetrics.h"
+
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char *seg;
+static struct tdaemon d;
+static char tmpdir[128];
+
+#define CHILDREN 4
+
+static int setup(void **state)
+{
+	(void)state;
+	seg = tsupport_segment("collector");
+	snprintf(tmpdir, sizeof tmpdir, "/tmp/shmet-test-collector-%d", (int)getpid());
+	mkdir(tmpdir, 0700);
+	struct shmet_options o = {seg, 16, 1 << 16, 0, false};
+	if (shmet_init(&o) != SHMET_OK)
+		return -1;
+	shmet_family *req, *lat, *esc, *sz;
+	const char *l[] = {"method", "code"};
+	const char *p[] = {"path"};
+	double b[] = {0.1, 1, 10};
+	if (shmet_counter_register(&req, "test_requests_total", "Requests \\ with \"quotes\"\nand a new line.", 2, l) ||
+	    shmet_histogram_register(&lat, "test_latency_seconds", "Latency.", b, 3, 0, NULL) ||
+	    shmet_counter_register(&esc, "test_escapes_total", "Escaping.", 1, p) ||
+	    shmet_summary_register(&sz, "test_payload_bytes", "Payloads.", 0, NULL))
+		return -1;
+	shmet_counter get = shmet_counter_labels(req, "get", "200");
+	shmet_counter post = shmet_counter_labels(req, "post", "500");
+	shmet_histogram h = shmet_histogram_get(lat, NULL);
+	shmet_summary s = shmet_summary_get(sz, NULL);
+	for (int c = 0; c < CHILDREN; c++) {
+		pid_t pid = fork();
+		if (pid == 0) {
+			for (int i = 0; i < 1000; i++)
+				shmet_counter_inc(get);
+			shmet_counter_add(post, 0.5);
+			double obs[] = {0.05, 0.5, 5, 50};
+			for (int i = 0; i < 4; i++)
+				shmet_histogram_observe(h, obs[i]);
+			shmet_summary_observe(s, 100);
+			_exit(0);
+		}
+		if (tsupport_wait(pid) != 0)
+			return -1;
+	}
+	for (int i = 0; i < 7; i++)
+		shmet_counter_inc(get); /* the live master's own share */
+	shmet_counter_inc(shmet_counter_labels(esc, "C:\\dir\\file.txt"));
+	shmet_counter_inc(shmet_counter_labels(esc, "say \"hi\""));
+	shmet_counter_inc(shmet_counter_labels(esc, "line1\nline2"));
+	shmet_counter_inc(shmet_counter_labels(esc, "tab\tü日本 a,b=c}{ # d"));
+	shmet_counter_inc(shmet_counter_labels(esc, ""));
+	return tsupport_daemon_start(&d, seg, NULL);
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	tsupport_daemon_stop(&d, SIGTERM);
+	char cmd[256];
+	snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+	return system(cmd) == 0 ? 0 : -1;
+}
+
+static char *scrape(const char *headers, char **hdrs)
+{
+	char *body;
+	int st = tsupport_http_get(d.port, "/metrics", headers, &body, hdrs);
+	if (st != 200)
+		fail_msg("GET /metrics: status %d", st);
+	return body;
+}
+
+static void save(const char *name, const char *body)
+{
+	char path[256];
+	snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+	FILE *f = fopen(path, "w");
+	assert_non_null(f);
+	fputs(body, f);
+	fclose(f);
+}
+
+static void test_collector_text_exact_and_promtool_clean(void **state)
+{
+	(void)state;
+	char *hdrs;
+	char *body = scrape(NULL, &hdrs);
+	assert_non_null(strstr(hdrs, "Content-Type: text/plain; version=0.0.4; charset=utf-8"));
+	assert_double_equal_exact(tsupport_sample(body, "test_requests_total{method=\"get\",code=\"200\"}"),
+				  CHILDREN * 1000 + 7);
+	assert_double_equal_exact(tsupport_sample(body, "test_requests_total{method=\"post\",code=\"500\"}"),
+				  CHILDREN * 0.5);
+	assert_double_equal_exact(tsupport_sample(body, "test_latency_seconds_bucket{le=\"0.1\"}"), CHILDREN);
+	assert_double_equal_exact(tsupport_sample(body, "test_latency_seconds_bucket{le=\"1.0\"}"), 2 * CHILDREN);
+	assert_double_equal_exact(tsupport_sample(body, "test_latency_seconds_bucket{le=\"10.0\"}"), 3 * CHILDREN);
+	assert_double_equal_exact(tsupport_sample(body, "test_latency_seconds_bucket{le=\"+Inf\"}"), 4 * CHILDREN);
+	assert_double_equal_exact(tsupport_sample(body, "test_latency_seconds_count"), 4 * CHILDREN);
+	assert_double_equal_exact(tsupport_sample(body, "test_latency_seconds_sum"), CHILDREN * 55.55);
+	assert_double_equal_exact(tsupport_sample(body, "test_payload_bytes_count"), CHILDREN);
+	assert_non_null(strstr(body, "test_escapes_total{path=\"C:\\\\dir\\\\file.txt\"} 1\n"));
+	assert_non_null(strstr(body, "test_escapes_total{path=\"say \\\"hi\\\"\"} 1\n"));
+	assert_non_null(strstr(body, "test_escapes_total{path=\"line1\\nline2\"} 1\n"));
+	assert_non_null(strstr(body, "test_escapes_total 1\n")); /* empty value: no label */
+	assert_non_null(strstr(body, "# HELP test_requests_total Requests \\\\ with \"quotes\"\\nand a new line.\n"));
+	save("text.prom", body);
+	char cmd[512], *out;
+	snprintf(cmd, sizeof cmd, "promtool check metrics < %s/text.prom", tmpdir);
+	int rc = tsupport_run(cmd, &out);
+	if (rc != 0 || out[0])
+		fail_msg("promtool check metrics: exit %d: %s", rc, out);
+	free(out);
+	free(body);
+	free(hdrs);
+}
+
+static const char *prom_accept =
+	"Accept: application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+	"text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\n";
+
+static void test_collector_openmetrics_negotiated_and_parsed(void **state)
+{
+	(void)state;
+	char *hdrs;
+	char *body = scrape(prom_accept, &hdrs);
+	assert_non_null(strstr(hdrs, "Content-Type: application/openmetrics-text; version=1.0.0; charset=utf-8"));
+	size_t n = strlen(body);
+	assert_true(n > 6 && strcmp(body + n - 6, "# EOF\n") == 0);
+	assert_non_null(strstr(body, "# TYPE test_requests counter\n"));
+	assert_non_null(strstr(body, "test_requests_total{method=\"get\",code=\"200\"} 4007.0\n"));
+	assert_non_null(strstr(body, "test_latency_seconds_bucket{le=\"1.0\"} 8\n"));
+	assert_non_null(strstr(body, "\\\"quotes\\\"")); /* OM escapes quotes in HELP */
+	save("om.txt", body);
+	char *text = scrape(NULL, NULL);
+	save("text.prom", text);
+	/* Debian's python3-prometheus-client: the strict OM parser and the text parser */
+	const char *py =
+		"/usr/bin/python3 -c '\n"
+		"import sys\n"
+		"from prometheus_client.parser import text_string_to_metric_families as t\n"
+		"from prometheus_client.openmetrics.parser import text_string_to_metric_families as o\n"
+		"d = sys.argv[1]\n"
+		"for name, parse in ((\"text.prom\", t), (\"om.txt\", o)):\n"
+		"    fams = list(parse(open(d + \"/\" + name, encoding=\"utf-8\").read()))\n"
+		"    v = [s.value for f in fams for s in f.samples if s.name == \"test_requests_total\" and s.labels.get(\"method\") == \"get\"]\n"
+		"    print(name, len(fams), v[0])\n"
+		"' ";
+	char cmd[2048], *out;
+	snprintf(cmd, sizeof cmd, "%s%s", py, tmpdir);
+	int rc = tsupport_run(cmd, &out);
+	if (rc != 0 || !strstr(out, "text.prom") || !strstr(out, "om.txt"))
+		fail_msg("python parsers: exit %d: %s", rc, out);
+	if (!strstr(out, "4007.0\nom.txt") || strstr(out, "om.txt") == NULL || !strstr(strstr(out, "om.txt"), " 4007.0"))
+		fail_msg("python parsers disagree on the value: %s", out);
+	free(out);
+	free(body);
+	free(hdrs);
+	free(text);
+}
+
+static void test_collector_gzip_when_asked(void **state)
+{
+	(void)state;
+	char cmd[512], *out;
+	snprintf(cmd, sizeof cmd,
+		 "curl -sS --max-time 10 -H 'Accept-Encoding: gzip' -D %s/h.txt -o %s/b.gz http://127.0.0.1:%d/metrics && "
+		 "grep -i '^Content-Encoding: gzip' %s/h.txt && gunzip -c %s/b.gz | grep -c '^test_requests_total'",
+		 tmpdir, tmpdir, d.port, tmpdir, tmpdir);
+	int rc = tsupport_run(cmd, &out);
+	if (rc != 0 || !strstr(out, "\n2\n"))
+		fail_msg("gzip: exit %d: %s", rc, out);
+	free(out);
+}
+
+static void test_collector_health_index_and_errors(void **state)
+{
+	(void)state;
+	char *body;
+	assert_int_equal(tsupport_http_get(d.port, "/-/healthy", NULL, &body, NULL), 200);
+	free(body);
+	assert_int_equal(tsupport_http_get(d.port, "/-/ready", NULL, &body, NULL), 200);
+	free(body);
+	assert_int_equal(tsupport_http_get(d.port, "/", NULL, &body, NULL), 200);
+	assert_non_null(strstr(body, "href=\"/metrics\""));
+	free(body);
+	assert_int_equal(tsupport_http_get(d.port, "/nope", NULL, &body, NULL), 404);
+	free(body);
+	char cmd[256], *out;
+	snprintf(cmd, sizeof cmd, "curl -s -o /dev/null -w '%%{http_code}' -X POST http://127.0.0.1:%d/metrics", d.port);
+	tsupport_run(cmd, &out);
+	assert_string_equal(out, "405");
+	free(out);
+}
+
+static void test_collector_own_metrics_present(void **state)
+{
+	(void)state;
+	char *body = scrape(NULL, NULL);
+	assert_double_equal_exact(tsupport_sample(body, "shmetricsd_regions{state=\"live\"}"), 1); /* the master */
+	/* at least the children; popen() children of this test claim and fold too */
+	assert_true(tsupport_sample(body, "shmetricsd_folds_total") >= CHILDREN);
+	assert_false(isnan(tsupport_sample(body, "shmetricsd_series")));
+	assert_false(isnan(tsupport_sample(body, "shmetricsd_segment_used_bytes")));
+	assert_false(isnan(tsupport_sample(body, "shmetricsd_writes_dropped_total")));
+	free(body);
+}
+
+static void test_collector_second_instance_and_bad_flags_refused(void **state)
+{
+	(void)state;
+	char cmd[512], *out;
+	snprintf(cmd, sizeof cmd, "%s --segment %s --listen 127.0.0.1:0", tsupport_bin("shmetricsd"), seg);
+	int rc = tsupport_run(cmd, &out);
+	if (rc == 0 || !strstr(out, "another shmetricsd"))
+		fail_msg("second instance: exit %d: %s", rc, out);
+	free(out);
+	snprintf(cmd, sizeof cmd, "%s --listen nonsense", tsupport_bin("shmetricsd"));
+	assert_int_equal(tsupport_run(cmd, &out), 2);
+	assert_non_null(strstr(out, "HOST:PORT"));
+	free(out);
+	snprintf(cmd, sizeof cmd, "%s --segment /proc/nope/segment --listen 127.0.0.1:0", tsupport_bin("shmetricsd"));
+	assert_int_equal(tsupport_run(cmd, &out), 1);
+	assert_non_null(strstr(out, "cannot open segment"));
+	free(out);
+	snprintf(cmd, sizeof cmd, "%s --help && %s --version", tsupport_bin("shmetricsd"), tsupport_bin("shmetricsd"));
+	assert_int_equal(tsupport_run(cmd, &out), 0);
+	assert_non_null(strstr(out, "--scan-interval"));
+	free(out);
+}
+
+/* A real Prometheus scrapes for a few seconds; its API must return exactly
+ * what the writers wrote. */
+static void test_collector_prometheus_server_stores_exact_values(void **state)
+{
+	(void)state;
+	int pport = tsupport_free_port();
+	char cfg[256], cmd[1024], *out;
+	snprintf(cfg, sizeof cfg, "%s/prometheus.yml", tmpdir);
+	FILE *f = fopen(cfg, "w");
+	assert_non_null(f);
+	fprintf(f, "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: shmetricsd\n"
+		   "    static_configs:\n      - targets: ['127.0.0.1:%d']\n", d.port);
+	fclose(f);
+	pid_t prom = fork();
+	if (prom == 0) {
+		char logp[256], data[256], listen[64];
+		snprintf(logp, sizeof logp, "%s/prometheus.log", tmpdir);
+		snprintf(data, sizeof data, "--storage.tsdb.path=%s/data", tmpdir);
+		snprintf(listen, sizeof listen, "--web.listen-address=127.0.0.1:%d", pport);
+		char cfgarg[300];
+		snprintf(cfgarg, sizeof cfgarg, "--config.file=%s", cfg);
+		int fd = open(logp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		execlp("prometheus", "prometheus", cfgarg, data, listen, "--web.enable-lifecycle", (char *)NULL);
+		_exit(127);
+	}
+	const char *q = "test_requests_total%7Bmethod%3D%22get%22%7D";
+	bool got = false;
+	for (int i = 0; i < 60 && !got; i++) { /* bounded: 30 s */
+		struct timespec t = {0, 500000000};
+		nanosleep(&t, NULL);
+		snprintf(cmd, sizeof cmd, "curl -s --max-time 2 'http://127.0.0.1:%d/api/v1/query?query=%s'", pport, q);
+		if (tsupport_run(cmd, &out) == 0 && strstr(out, "\"4007\""))
+			got = true;
+		free(out);
+	}
+	char *up = NULL, *le = NULL, *series = NULL;
+	snprintf(cmd, sizeof cmd, "curl -s --max-time 2 'http://127.0.0.1:%d/api/v1/query?query=up'", pport);
+	tsupport_run(cmd, &up);
+	snprintf(cmd, sizeof cmd,
+		 "curl -s --max-time 2 'http://127.0.0.1:%d/api/v1/query?query=test_latency_seconds_bucket%%7Ble%%3D%%221.0%%22%%7D'",
+		 pport);
+	tsupport_run(cmd, &le);
+	snprintf(cmd, sizeof cmd,
+		 "curl -s --max-time 2 'http://127.0.0.1:%d/api/v1/query?query=test_escapes_total%%7Bpath%%3D%%22say+%%5C%%22hi%%5C%%22%%22%%7D'",
+		 pport);
+	tsupport_run(cmd, &series);
+	kill(prom, SIGTERM);
+	tsupport_wait(prom);
+	if (!got) {
+		snprintf(cmd, sizeof cmd, "tail -20 %s/prometheus.log", tmpdir);
+		tsupport_run(cmd, &out);
+		fail_msg("Prometheus never stored 4007; up=%s\nlog:\n%s", up, out);
+	}
+	if (!strstr(up, "\"1\"]"))
+		fail_msg("up is not 1: %s", up);
+	if (!strstr(le, "\"8\"]"))
+		fail_msg("le=\"1.0\" bucket: expected 8, got %s", le);
+	if (!strstr(series, "\"1\"]"))
+		fail_msg("escaped label value series: %s", series);
+	free(up);
+	free(le);
+	free(series);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_collector_text_exact_and_promtool_clean),
+		cmocka_unit_test(test_collector_openmetrics_negotiated_and_parsed),
+		cmocka_unit_test(test_collector_gzip_when_asked),
+		cmocka_unit_test(test_collector_health_index_and_errors),
+		cmocka_unit_test(test_collector_own_metrics_present),
+		cmocka_unit_test(test_collector_second_instance_and_bad_flags_refused),
+		cmocka_unit_test(test_collector_prometheus_server_stores_exact_values),
+	};
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
