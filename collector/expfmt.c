@@ -180,6 +180,12 @@ static int count_digits(uint64_t v)
 
 static void dec_set(struct dec *d, uint64_t digits, int exp10_of_last_digit)
 {
+	if (digits == 0) { /* callers never pass it; the loop below would spin */
+		d->digits = 0;
+		d->nd = 1;
+		d->x = 0;
+		return;
+	}
 	while (digits % 10 == 0) {
 		digits /= 10;
 		exp10_of_last_digit++;
@@ -205,15 +211,15 @@ static void dec_set(struct dec *d, uint64_t digits, int exp10_of_last_digit)
  * 17 or 18 significant digits, this interval always holds a grid point; the
  * shortest decimal is the coarsest grid (10^j points) still meeting it, and
  * among the at most two points of that grid around v the nearer wins.
- * Everything is held as exact integers W (v), Dp, Dm (the half gaps) in
- * units of 1/U of a grid step, so no rounding happens anywhere.  Go, Python
- * repr and the round-trip recipe all give this same answer (no ties: a tie
- * would need v to sit halfway between two shortest decimals, which the
- * interval width rules out).
+ * v and the two half gaps are held as exact integers (w, dp, dm) in a unit
+ * that makes all three whole, one grid step being `unit` of them, so no
+ * rounding happens anywhere.  Go, Python's repr and the round-trip recipe
+ * all give this same answer (there are no ties to break: v would have to
+ * sit halfway between two shortest decimals, which needs a gap wider than
+ * the power of two dividing v allows).
  *
- * Domain: 10^16 <= v * 10^t needs 5^t * m * 4 < 2^128 for t <= 31 (v >=
- * ~1e-15), and m * 2^(q+2) < 2^128 for the large side (v < 2^126).  Returns
- * false outside it.
+ * Domain: w = m * 5^t * 4 < 2^128 holds for t <= 31 (v >= ~1e-15), and
+ * w = m * 2^(q+2) for v < 2^126.  Outside it this returns false.
  */
 __extension__ typedef unsigned __int128 u128;
 
@@ -226,6 +232,14 @@ static const uint64_t pow5_u64[28] = {
 	298023223876953125ull, 1490116119384765625ull, 7450580596923828125ull,
 };
 
+static const uint64_t pow10_u64[20] = {
+	1ull, 10ull, 100ull, 1000ull, 10000ull, 100000ull, 1000000ull, 10000000ull,
+	100000000ull, 1000000000ull, 10000000000ull, 100000000000ull,
+	1000000000000ull, 10000000000000ull, 100000000000000ull,
+	1000000000000000ull, 10000000000000000ull, 100000000000000000ull,
+	1000000000000000000ull, 10000000000000000000ull,
+};
+
 static u128 pow5_128(int t)
 {
 	if (t <= 27)
@@ -235,11 +249,9 @@ static u128 pow5_128(int t)
 
 static u128 pow10_128(int r)
 {
-	u128 p = 1;
-
-	while (r-- > 0)
-		p *= 10;
-	return p;
+	if (r <= 19)
+		return pow10_u64[r];
+	return (u128)pow10_u64[19] * pow10_u64[r - 19];
 }
 
 /* floor(e * log10(2)): 78913 / 2^18 is close enough for |e| <= 1650, and
@@ -252,13 +264,25 @@ static int floor_log10_pow2(int e)
 	return (int)(p >= 0 ? p / 262144 : -((-p + 262143) / 262144));
 }
 
+/* x / d and x % d where d is often a power of two (then 2^dshift, and the
+ * shift avoids a 128-bit division call). */
+static uint64_t divmod(u128 x, u128 d, int dshift, u128 *rem)
+{
+	if (dshift >= 0) {
+		*rem = x & (((u128)1 << dshift) - 1);
+		return (uint64_t)(x >> dshift);
+	}
+	*rem = x % d;
+	return (uint64_t)(x / d);
+}
+
 static bool shortest_exact(uint64_t m, int q, bool lower_gap_half, struct dec *d)
 {
 	const bool incl = (m & 1) == 0;
 	const int t = 16 - floor_log10_pow2(q + 52); /* v * 10^t in [1e16, 1e18) */
-	u128 w, dp, dm, unit, lo, hi, below, step, vrem;
-	uint64_t low_n, high_n, vq, p10, fl, pick;
-	int j;
+	u128 w, dp, dm, unit, r_lo, r_hi, r_v, below, step;
+	uint64_t low_n, high_n, vq, hq, lq, p10, fl, pick;
+	int j, ushift = -1;
 
 	if (t >= 0) {
 		/* v * 10^t = m * 5^t * 2^(q+t); one grid step is 2^(2-q-t) units. */
@@ -272,16 +296,17 @@ static bool shortest_exact(uint64_t m, int q, bool lower_gap_half, struct dec *d
 		dp = f * 2;
 		dm = lower_gap_half ? f : f * 2;
 		if (a <= 2) {
-			unit = (u128)1 << (2 - a);
+			ushift = 2 - a;
 		} else {
 			w <<= a - 2;
 			dp <<= a - 2;
 			dm <<= a - 2;
-			unit = 1;
+			ushift = 0;
 		}
+		unit = (u128)1 << ushift;
 	} else {
-		/* Large integers: everything times 4 (so a quarter gap is whole),
-		 * one grid step is 10^-t of them. */
+		/* Large integers (q >= 4): everything times 4 to share the code
+		 * below; one grid step is then 4 * 10^-t. */
 		if (t < -22 || q > 73)
 			return false;
 		w = (u128)m << (q + 2);
@@ -290,31 +315,34 @@ static bool shortest_exact(uint64_t m, int q, bool lower_gap_half, struct dec *d
 		unit = 4 * pow10_128(-t);
 	}
 
-	/* Grid points n with lo <= n*unit <= hi (strict unless incl). */
-	lo = w - dm;
-	hi = w + dp;
-	high_n = (uint64_t)(hi / unit);
-	if (!incl && hi % unit == 0)
+	/* Grid points n with w - dm <= n*unit <= w + dp (strict unless incl). */
+	high_n = divmod(w + dp, unit, ushift, &r_hi);
+	if (!incl && r_hi == 0)
 		high_n--;
-	low_n = (uint64_t)(lo / unit);
-	if (!incl || lo % unit != 0)
+	low_n = divmod(w - dm, unit, ushift, &r_lo);
+	if (!incl || r_lo != 0)
 		low_n++;
-	vq = (uint64_t)(w / unit);
-	vrem = w % unit;
-	if (low_n > high_n)
+	vq = divmod(w, unit, ushift, &r_v);
+	if (low_n > high_n || low_n == 0)
 		return false; /* cannot happen; the caller falls back if it does */
 
-	/* The coarsest grid (10^j steps) that still meets the interval. */
+	/* The coarsest grid (10^j steps) that still meets the interval: a
+	 * multiple of 10^j lies in [low_n, high_n] iff
+	 * floor(high_n / 10^j) > floor((low_n - 1) / 10^j). */
+	hq = high_n / 10;
+	lq = (low_n - 1) / 10;
 	p10 = 1;
 	j = 0;
-	while (j < 18 && (high_n / (p10 * 10)) * (p10 * 10) >= low_n) {
+	while (hq > lq) {
+		hq /= 10;
+		lq /= 10;
 		p10 *= 10;
 		j++;
 	}
 
 	/* The one or two points of that grid on either side of v: the nearer. */
 	fl = vq / p10;
-	below = (u128)(vq % p10) * unit + vrem; /* < p10 * unit <= hi: no overflow */
+	below = (u128)(vq % p10) * unit + r_v; /* < p10 * unit <= w + dp: fits */
 	step = (u128)p10 * unit;
 	{
 		const bool lo_ok = fl * p10 >= low_n;
@@ -322,6 +350,7 @@ static bool shortest_exact(uint64_t m, int q, bool lower_gap_half, struct dec *d
 
 		if (lo_ok && hi_ok) {
 			const u128 above = step - below;
+
 			pick = below < above ? fl : below > above ? fl + 1 : fl + (fl & 1);
 		} else if (lo_ok) {
 			pick = fl;
@@ -336,22 +365,35 @@ static bool shortest_exact(uint64_t m, int q, bool lower_gap_half, struct dec *d
 }
 
 /* EXPOSITION.md §1.3's recipe, for the magnitudes the exact path cannot hold
- * (below ~1e-15, subnormals included, and above 2^126): the first precision
- * whose correctly rounded decimal strtod maps back to v, plus, at a power of
- * two, the decimal one unit above it (the wider gap is above v there). */
-static void shortest_slow(double a, bool pow2, struct dec *d)
+ * (below ~1e-15, subnormals included, and above 2^126).  For a normal v it
+ * starts at 15 digits: 15-digit decimals are more than 4 gaps apart there,
+ * so at most one lies in the interval, and if one does, it minus its
+ * trailing zeros is the shortest form.  Failing that, 16 then 17 digits,
+ * where the correctly rounded decimal is the nearest.  A subnormal's gap can
+ * be wider than any of those grids (5e-324), so it tries every precision.
+ * At a power of two the interval is wider above v, so the decimal one unit
+ * above is tried as well. */
+static bool try_decimal(double a, uint64_t dig, int x, int p)
+{
+	char s[48];
+
+	snprintf(s, sizeof s, "%" PRIu64 "e%d", dig, x - (p - 1));
+	return strtod(s, NULL) == a;
+}
+
+static void shortest_slow(double a, bool subnormal, bool pow2, struct dec *d)
 {
 	char s[48];
 	uint64_t dig = 0;
 	int p, x = 0;
 
-	for (p = 1; p <= 17; p++) {
+	for (p = subnormal ? 1 : 15; p <= 17; p++) {
 		const char *c;
 
 		snprintf(s, sizeof s, "%.*e", p - 1, a);
 		dig = 0;
-		for (c = s; *c != 'e'; c++)
-			if (*c != '.')
+		for (c = s; *c != 'e'; c++) /* skips the point, whatever LC_NUMERIC says */
+			if (*c >= '0' && *c <= '9')
 				dig = dig * 10 + (uint64_t)(*c - '0');
 		x = (int)strtol(c + 1, NULL, 10);
 		if (strtod(s, NULL) == a)
@@ -359,17 +401,12 @@ static void shortest_slow(double a, bool pow2, struct dec *d)
 		if (pow2) {
 			uint64_t up = dig + 1;
 			int ux = x;
-			uint64_t lim = 1;
-			int i;
 
-			for (i = 0; i < p; i++)
-				lim *= 10;
-			if (up == lim) {
+			if (up == pow10_u64[p]) {
 				up /= 10;
 				ux++;
 			}
-			snprintf(s, sizeof s, "%" PRIu64 "e%d", up, ux - (p - 1));
-			if (strtod(s, NULL) == a) {
+			if (try_decimal(a, up, ux, p)) {
 				dig = up;
 				x = ux;
 				break;
@@ -474,12 +511,12 @@ size_t shmet_fmt_double(char out[SHMET_FMT_DOUBLE_MAX], double v)
 	bexp = (unsigned)(bits >> 52);
 	frac = bits & ((UINT64_C(1) << 52) - 1);
 	if (bexp == 0) {
-		shortest_slow(a, false, &d); /* subnormal: far below the exact domain */
+		shortest_slow(a, true, false, &d); /* far below the exact domain */
 	} else {
 		const bool pow2 = frac == 0 && bexp > 1;
 
 		if (!shortest_exact(frac | (UINT64_C(1) << 52), (int)bexp - 1075, pow2, &d))
-			shortest_slow(a, pow2, &d);
+			shortest_slow(a, false, pow2, &d);
 	}
 	return format_go(out, neg, &d);
 }
