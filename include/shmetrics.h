@@ -392,11 +392,16 @@ static void shmet__use_sink(void)
 {
 	if (!shmet__st.sink) {
 		/* A private map of /dev/zero is anonymous memory without
-		 * MAP_ANONYMOUS / MAP_NORESERVE, which strict POSIX modes
-		 * (-D_POSIX_C_SOURCE without _DEFAULT_SOURCE) do not declare. */
+		 * MAP_ANONYMOUS, which strict POSIX modes (-D_POSIX_C_SOURCE
+		 * without _DEFAULT_SOURCE) do not declare. */
+#ifdef MAP_NORESERVE
+		const int noreserve = MAP_NORESERVE; /* no swap reserved for memory never touched */
+#else
+		const int noreserve = 0;
+#endif
 		int z = open("/dev/zero", O_RDWR | O_CLOEXEC);
 		void *p = z < 0 ? MAP_FAILED
-				: mmap(NULL, shmet__st.region_size, PROT_READ | PROT_WRITE, MAP_PRIVATE, z, 0);
+				: mmap(NULL, shmet__st.region_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | noreserve, z, 0);
 		if (z >= 0)
 			close(z);
 		shmet__st.sink = p == MAP_FAILED ? NULL : p;
@@ -417,6 +422,24 @@ static int shmet__claim_locked(uint32_t parent)
 	shmet__st.cell_low = shmet__st.region_size;
 	shmet__st.series = 0;
 	return SHMET_OK;
+}
+
+/* Copy a directory (the parent's region, or the sink that kept it) into
+ * the region just claimed and publish it: every handle and lookup node is
+ * an offset into it, so they keep meaning the same series.  The values
+ * stay zero: the fresh region's cells are not copied. */
+static void shmet__adopt_dir(const unsigned char *from, uint64_t dir_end, uint64_t cell_low, uint64_t series)
+{
+	struct shmet_region_header *rg = (struct shmet_region_header *)(void *)shmet__base;
+	size_t hdr = sizeof *rg;
+	memcpy(shmet__base + hdr, from + hdr, dir_end - hdr);
+	shmet__st.dir_end = dir_end;
+	shmet__st.cell_low = cell_low;
+	shmet__st.series = series;
+	__atomic_store_n(&rg->rg_cell_low, cell_low, __ATOMIC_RELAXED);
+	__atomic_store_n(&rg->rg_series, series, __ATOMIC_RELAXED);
+	/* release: the copied records before the end that exposes them */
+	__atomic_store_n(&rg->rg_dir_end, dir_end, __ATOMIC_RELEASE);
 }
 
 static void shmet__atfork_prepare(void) { pthread_mutex_lock(&shmet__st.mu); }
@@ -440,33 +463,43 @@ static void shmet__atfork_child(void)
 	close(shmet__st.map.fd);
 	shmet__st.map.fd = fd;
 	int parent = shmet__st.region;
-	unsigned char *from = parent >= 0 ? shmet_seg_region(&shmet__st.map, (uint32_t)parent) : NULL;
+	/* A parent without a region kept its directory in its sink, which
+	 * this child inherited (a private mapping is copied at fork). */
+	unsigned char *from = parent >= 0 ? shmet_seg_region(&shmet__st.map, (uint32_t)parent) : (unsigned char *)shmet__st.sink;
 	uint64_t dir_end = shmet__st.dir_end, cell_low = shmet__st.cell_low, series = shmet__st.series;
+	int has_dir = from && dir_end > sizeof(struct shmet_region_header);
 	if (fd < 0 || shmet__claim_locked(parent >= 0 ? (uint32_t)parent : SHMET_NO_PARENT) != SHMET_OK) {
 		shmet__use_sink();
+		/* Keep the directory for a later claim (shmet__init_locked). */
+		if (has_dir && shmet__st.sink && from != shmet__st.sink)
+			memcpy((unsigned char *)shmet__st.sink + sizeof(struct shmet_region_header),
+			       from + sizeof(struct shmet_region_header), dir_end - sizeof(struct shmet_region_header));
 		pthread_mutex_unlock(&shmet__st.mu);
 		return;
 	}
-	if (from) {
-		struct shmet_region_header *rg = (struct shmet_region_header *)(void *)shmet__base;
-		size_t hdr = sizeof *rg;
-		memcpy(shmet__base + hdr, from + hdr, dir_end - hdr);
-		shmet__st.dir_end = dir_end;
-		shmet__st.cell_low = cell_low;
-		shmet__st.series = series;
-		__atomic_store_n(&rg->rg_cell_low, cell_low, __ATOMIC_RELAXED);
-		__atomic_store_n(&rg->rg_series, series, __ATOMIC_RELAXED);
-		/* release: the copied records before the end that exposes them */
-		__atomic_store_n(&rg->rg_dir_end, dir_end, __ATOMIC_RELEASE);
-	}
+	if (has_dir)
+		shmet__adopt_dir(from, dir_end, cell_low, series);
 	pthread_mutex_unlock(&shmet__st.mu);
 }
 
 static int shmet__init_locked(const struct shmet_options *o)
 {
-	if (shmet__st.initialized)
-		return shmet__st.region >= 0 ? SHMET_OK
-					      : shmet__claim_locked(SHMET_NO_PARENT); /* retry: room may have freed */
+	if (shmet__st.initialized) {
+		if (shmet__st.region >= 0)
+			return SHMET_OK;
+		/* Retry: room may have freed.  Handles and nodes inherited at
+		 * fork are offsets into the parent's directory, which the sink
+		 * kept: the new region must start with it. */
+		uint64_t dir_end = shmet__st.dir_end, cell_low = shmet__st.cell_low, series = shmet__st.series;
+		int has_dir = dir_end > sizeof(struct shmet_region_header);
+		if (has_dir && !shmet__st.sink)
+			return shmet__err(SHMET_E_SYS, "%s: the inherited directory was not kept; not claiming a region",
+					  shmet__st.path);
+		int rc = shmet__claim_locked(SHMET_NO_PARENT);
+		if (rc == SHMET_OK && has_dir)
+			shmet__adopt_dir((const unsigned char *)shmet__st.sink, dir_end, cell_low, series);
+		return rc;
+	}
 	const char *path = o && o->path ? o->path : shmet_default_path();
 	if (strlen(path) >= sizeof shmet__st.path)
 		return shmet__err(SHMET_E_TOO_LONG, "segment path too long");
@@ -817,10 +850,16 @@ static uint64_t shmet__hash(uint32_t fam_id, const char *const *values, size_t *
 	for (uint32_t i = 0; i < n; i++) {
 		const unsigned char *s = (const unsigned char *)values[i];
 		size_t k = 0;
+		uint64_t x = 0;
+		/* rotate-xor: a 2-cycle chain per byte where FNV's multiply
+		 * took 4; one multiply per value mixes it into h.  Equal
+		 * hashes are still compared byte for byte in shmet__find. */
 		for (; s[k]; k++)
-			h = (h ^ s[k]) * 0x100000001b3ull;
+			x = (x << 7 | x >> 57) ^ s[k];
 		lens[i] = k;
-		h = (h ^ 0xff) * 0x100000001b3ull; /* separator: ("ab","c") != ("a","bc") */
+		/* the length keeps ("ab","c") and ("a","bc") apart */
+		h = (h ^ x ^ ((uint64_t)k << 48)) * 0x9fb21c651e98df25ull;
+		h ^= h >> 29;
 	}
 	return h;
 }
@@ -970,38 +1009,54 @@ shmet_summary shmet_summary_get(shmet_family *f, const char *const *values)
 	return s;
 }
 
-#define SHMET__COLLECT_VALUES(f, values)                                                            \
-	const char *values[SHMET_MAX_LABELS];                                                        \
+/* off = the series of f (which must be of type t) named by f's nlabels
+ * varargs.  A macro, not a helper taking a va_list: GCC does not inline
+ * that, and the extra call is a tenth of a lookup. */
+#define SHMET__LABELS_OFF(f, t, off)                                                                 \
 	do {                                                                                         \
-		va_list ap;                                                                          \
-		va_start(ap, f);                                                                     \
-		for (uint32_t i_ = 0; f && i_ < f->nlabels; i_++)                                    \
-			values[i_] = va_arg(ap, const char *);                                       \
-		va_end(ap);                                                                          \
+		if (SHMET__UNLIKELY(!(f) || (f)->type != (t))) {                                     \
+			(off) = shmet__typed_off((f), (t), NULL); /* sets the reason */              \
+		} else {                                                                             \
+			const char *values_[SHMET_MAX_LABELS];                                       \
+			va_list ap_;                                                                 \
+			va_start(ap_, f);                                                            \
+			for (uint32_t i_ = 0; i_ < (f)->nlabels; i_++)                               \
+				values_[i_] = va_arg(ap_, const char *);                             \
+			va_end(ap_);                                                                 \
+			shmet_series_lookup((f), values_, &(off));                                   \
+		}                                                                                    \
 	} while (0)
 
 shmet_counter shmet_counter_labels(shmet_family *f, ...)
 {
-	SHMET__COLLECT_VALUES(f, values);
-	return shmet_counter_get(f, values);
+	shmet_counter c = {0};
+	SHMET__LABELS_OFF(f, SHMET_COUNTER, c.off);
+	return c;
 }
 
 shmet_gauge shmet_gauge_labels(shmet_family *f, ...)
 {
-	SHMET__COLLECT_VALUES(f, values);
-	return shmet_gauge_get(f, values);
+	shmet_gauge g = {0, f ? (uint32_t)f->mode : 0u};
+	SHMET__LABELS_OFF(f, SHMET_GAUGE, g.off);
+	return g;
 }
 
 shmet_histogram shmet_histogram_labels(shmet_family *f, ...)
 {
-	SHMET__COLLECT_VALUES(f, values);
-	return shmet_histogram_get(f, values);
+	shmet_histogram h = {0, 0, NULL};
+	SHMET__LABELS_OFF(f, SHMET_HISTOGRAM, h.off);
+	if (h.off) {
+		h.nbuckets = f->nbuckets;
+		h.bounds = f->bounds;
+	}
+	return h;
 }
 
 shmet_summary shmet_summary_labels(shmet_family *f, ...)
 {
-	SHMET__COLLECT_VALUES(f, values);
-	return shmet_summary_get(f, values);
+	shmet_summary s = {0};
+	SHMET__LABELS_OFF(f, SHMET_SUMMARY, s.off);
+	return s;
 }
 
 shmet_counter shmet_counter_new(const char *name, const char *help)
