@@ -253,7 +253,8 @@ static bool finish_family(struct builder *b, struct bfamily *bf, shmet_buf *tmp)
 	struct view_family *o = &bf->out;
 	struct arena **a = &b->v->arena;
 	sort_nlabels = o->nlabels;
-	qsort(bf->series, bf->nseries, sizeof *bf->series, ser_cmp);
+	if (bf->nseries) /* qsort's array may not be NULL, even when empty */
+		qsort(bf->series, bf->nseries, sizeof *bf->series, ser_cmp);
 	o->nseries = bf->nseries;
 	o->series = arena_alloc(a, (bf->nseries + 1) * sizeof *o->series);
 	if (!o->series)
@@ -336,7 +337,8 @@ struct view *view_build(struct collector *c)
 	}
 	if (b.oom)
 		goto fail;
-	qsort(b.fams, b.nfams, sizeof *b.fams, fam_cmp);
+	if (b.nfams)
+		qsort(b.fams, b.nfams, sizeof *b.fams, fam_cmp);
 	b.v->families = arena_alloc(&b.v->arena, (b.nfams + 1) * sizeof *b.v->families);
 	if (!b.v->families)
 		goto fail;
