@@ -484,6 +484,9 @@ static void shmet__atfork_child(void)
 
 static int shmet__init_locked(const struct shmet_options *o)
 {
+	if (shmet__st.initialized && o && o->path && strcmp(o->path, shmet__st.path) != 0)
+		return shmet__err(SHMET_E_INVALID_ARG, "already attached to %s; call shmet_init before registering",
+				  shmet__st.path);
 	if (shmet__st.initialized) {
 		if (shmet__st.region >= 0)
 			return SHMET_OK;
