@@ -220,6 +220,15 @@ static void test_writer_counter_name_gets_total(void **state)
 	assert_double_equal_exact(tsupport_value(seg, "jobs_done_total", NULL), 1);
 }
 
+static void test_writer_second_segment_refused(void **state)
+{
+	(void)state;
+	struct shmet_options same = {seg, 0, 0, 0, false}, other = {"/dev/shm/shmet-test-other", 0, 0, 0, false};
+	assert_int_equal(shmet_init(&same), SHMET_OK);
+	assert_int_equal(shmet_init(&other), SHMET_E_INVALID_ARG);
+	assert_non_null(strstr(shmet_last_error(), "already attached"));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -232,6 +241,7 @@ int main(void)
 		cmocka_unit_test(test_writer_summary_count_and_sum),
 		cmocka_unit_test(test_writer_label_values_utf8),
 		cmocka_unit_test(test_writer_counter_name_gets_total),
+		cmocka_unit_test(test_writer_second_segment_refused),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);
 }
