@@ -186,8 +186,9 @@ static inline void shmet_gauge_set(shmet_gauge g, double v)
 	 * mode) may be seen a moment apart from it, which only shifts which
 	 * process "wins" by that moment. */
 	__atomic_store_n(cell, shmet__bits(v), __ATOMIC_RELAXED);
-	if (g.mode == SHMET_GAUGE_MOSTRECENT)
-		__atomic_store_n(cell + 1, shmet__now_ns(CLOCK_REALTIME), __ATOMIC_RELAXED);
+	if (SHMET__UNLIKELY(g.mode - 1u < 3u)) /* max, min, most recent: say when it was set */
+		__atomic_store_n(cell + 1, g.mode == SHMET_GAUGE_MOSTRECENT ? shmet__now_ns(CLOCK_REALTIME) : 1,
+				 __ATOMIC_RELAXED);
 }
 
 static inline void shmet_gauge_add(shmet_gauge g, double v)
@@ -198,8 +199,9 @@ static inline void shmet_gauge_add(shmet_gauge g, double v)
 	}
 	uint64_t *cell = shmet__cell(g.off);
 	shmet__add_double(cell, v);
-	if (g.mode == SHMET_GAUGE_MOSTRECENT)
-		__atomic_store_n(cell + 1, shmet__now_ns(CLOCK_REALTIME), __ATOMIC_RELAXED);
+	if (SHMET__UNLIKELY(g.mode - 1u < 3u))
+		__atomic_store_n(cell + 1, g.mode == SHMET_GAUGE_MOSTRECENT ? shmet__now_ns(CLOCK_REALTIME) : 1,
+				 __ATOMIC_RELAXED);
 }
 
 static inline void shmet_gauge_inc(shmet_gauge g) { shmet_gauge_add(g, 1.0); }

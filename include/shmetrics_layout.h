@@ -84,8 +84,10 @@
  * VALUE CELLS (8-byte aligned, inside [rg_cell_low, region_size)):
  *  counter:   u64 whole increments (relaxed fetch_add) | double fractional
  *             part (CAS loop); value = whole + fractional.
- *  gauge:     double value (relaxed store / CAS add) | u64 set time in ns
- *             (CLOCK_REALTIME, written in SHMET_GAUGE_MOSTRECENT mode only).
+ *  gauge:     double value (relaxed store / CAS add) | u64 stamp: in
+ *             SHMET_GAUGE_MOSTRECENT mode the set time in ns (CLOCK_REALTIME),
+ *             in MAX and MIN mode 1 once set (an unset gauge takes no part),
+ *             otherwise 0.
  *  histogram: u64 count per bucket, non-cumulative, nbuckets + 1 (+Inf last) |
  *             double sum.  _count is the sum of the buckets.
  *  summary:   u64 count | double sum.

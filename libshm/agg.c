@@ -1,6 +1,8 @@
 /* libshm: how processes' values combine, and a whole-segment snapshot. */
 #include "shmetrics_reader.h"
 
+#include "keymap.h"
+
 #include <stdlib.h>
 
 void shmet_agg_add(struct shmet_agg *acc, enum shmet_type type, enum shmet_gauge_mode mode, uint32_t nbuckets,
@@ -29,8 +31,8 @@ void shmet_agg_add(struct shmet_agg *acc, enum shmet_type type, enum shmet_gauge
 			acc->has = true;
 			break;
 		}
-		if (!live)
-			break;
+		if (!live || ((mode == SHMET_GAUGE_MAX || mode == SHMET_GAUGE_MIN) && v->stamp_ns == 0))
+			break; /* dead, or a process that never set this max/min gauge */
 		if (mode == SHMET_GAUGE_MAX)
 			acc->value = acc->has && !(v->value > acc->value) ? acc->value : v->value;
 		else if (mode == SHMET_GAUGE_MIN)
@@ -71,12 +73,27 @@ static int cmp_values(char *const *a, char *const *b, uint32_t n)
 	return 0;
 }
 
-static struct shmet_snap_family *find_family(struct shmet_snapshot *s, const char *name, size_t len)
+/* Indexes for one shmet_snapshot_take.  Without them each record was
+ * compared with every series seen before it: quadratic, minutes for a
+ * segment of 100,000 series. */
+struct snap_index {
+	struct keymap fams;    /* name -> index in families */
+	struct keymap *series; /* per family: label values -> index in its series */
+	char *key;             /* SNAP_KEY_CAP bytes */
+};
+#define SNAP_KEY_CAP (SHMET_SERIES_KEY_MAX + 16)
+
+/* Arrays grow by doubling: realloc when n is 0 or a power of two. */
+static bool full(size_t n)
 {
-	for (size_t i = 0; i < s->nfamilies; i++)
-		if (strlen(s->families[i].name) == len && memcmp(s->families[i].name, name, len) == 0)
-			return &s->families[i];
-	return NULL;
+	return (n & (n - 1)) == 0;
+}
+
+static struct shmet_snap_family *find_family(struct shmet_snapshot *s, struct snap_index *ix, const char *name,
+					     size_t len)
+{
+	struct kv *kv = keymap_find(&ix->fams, name, len);
+	return kv ? &s->families[kv->val] : NULL;
 }
 
 static bool same_shape(const struct shmet_snap_family *f, const struct shmet_family_view *v)
@@ -93,12 +110,21 @@ static bool same_shape(const struct shmet_snap_family *f, const struct shmet_fam
 	return true;
 }
 
-static struct shmet_snap_family *add_family(struct shmet_snapshot *s, const struct shmet_family_view *v)
+static struct shmet_snap_family *add_family(struct shmet_snapshot *s, struct snap_index *ix,
+					    const struct shmet_family_view *v)
 {
-	struct shmet_snap_family *nf = realloc(s->families, (s->nfamilies + 1) * sizeof *nf);
-	if (!nf)
-		return NULL;
-	s->families = nf;
+	size_t cap = s->nfamilies ? 2 * s->nfamilies : 1;
+	if (full(s->nfamilies)) {
+		struct shmet_snap_family *nf = realloc(s->families, cap * sizeof *nf);
+		if (!nf)
+			return NULL;
+		s->families = nf;
+		struct keymap *ns = realloc(ix->series, cap * sizeof *ns);
+		if (!ns)
+			return NULL;
+		ix->series = ns;
+	}
+	struct shmet_snap_family *nf = s->families;
 	struct shmet_snap_family *f = &nf[s->nfamilies];
 	memset(f, 0, sizeof *f);
 	bool per_worker = v->type == SHMET_GAUGE && v->mode == SHMET_GAUGE_PER_WORKER;
@@ -118,6 +144,9 @@ static struct shmet_snap_family *add_family(struct shmet_snapshot *s, const stru
 			goto oom;
 	if (per_worker && !(f->label_names[v->nlabels] = dupn("worker", 6)))
 		goto oom;
+	if (keymap_put(&ix->fams, v->name, v->name_len, (uint32_t)s->nfamilies) != 0)
+		goto oom;
+	memset(&ix->series[s->nfamilies], 0, sizeof ix->series[0]);
 	s->nfamilies++;
 	return f;
 oom:
@@ -129,16 +158,28 @@ oom:
 	return NULL;
 }
 
-static struct shmet_snap_series *get_series(struct shmet_snap_family *f, char **values)
+static struct shmet_snap_series *get_series(struct shmet_snap_family *f, struct keymap *index, char *key,
+					    char **values)
 {
-	for (size_t i = 0; i < f->nseries; i++)
-		if (cmp_values(f->series[i].values, values, f->nlabels) == 0)
-			return &f->series[i];
-	struct shmet_snap_series *ns = realloc(f->series, (f->nseries + 1) * sizeof *ns);
-	if (!ns)
-		return NULL;
-	f->series = ns;
-	struct shmet_snap_series *r = &ns[f->nseries];
+	size_t n = 0;
+	for (uint32_t i = 0; i < f->nlabels; i++) {
+		size_t l = strlen(values[i]);
+		if (n + l + 1 > SNAP_KEY_CAP)
+			return NULL;
+		memcpy(key + n, values[i], l);
+		n += l;
+		key[n++] = '\xff'; /* never in UTF-8 */
+	}
+	struct kv *kv = keymap_find(index, key, n);
+	if (kv)
+		return &f->series[kv->val];
+	if (full(f->nseries)) {
+		struct shmet_snap_series *ns = realloc(f->series, (f->nseries ? 2 * f->nseries : 1) * sizeof *ns);
+		if (!ns)
+			return NULL;
+		f->series = ns;
+	}
+	struct shmet_snap_series *r = &f->series[f->nseries];
 	memset(r, 0, sizeof *r);
 	r->values = calloc(f->nlabels + 1, sizeof(char *));
 	if (!r->values)
@@ -150,11 +191,18 @@ static struct shmet_snap_series *get_series(struct shmet_snap_family *f, char **
 			free(r->values);
 			return NULL;
 		}
+	if (keymap_put(index, key, n, (uint32_t)f->nseries) != 0) {
+		for (uint32_t i = 0; i < f->nlabels; i++)
+			free(r->values[i]);
+		free(r->values);
+		return NULL;
+	}
 	f->nseries++;
 	return r;
 }
 
-static void snap_area(struct shmet_snapshot *s, const struct shmet_area *a, int worker, bool live)
+static void snap_area(struct shmet_snapshot *s, struct snap_index *ix, const struct shmet_area *a, int worker,
+		      bool live)
 {
 	struct shmet_dir_iter it;
 	struct shmet_record r;
@@ -170,12 +218,12 @@ static void snap_area(struct shmet_snapshot *s, const struct shmet_area *a, int 
 		}
 		if (r.kind != SHMET_REC_SERIES)
 			continue;
-		struct shmet_snap_family *f = find_family(s, r.fam.name, r.fam.name_len);
+		struct shmet_snap_family *f = find_family(s, ix, r.fam.name, r.fam.name_len);
 		if (f && !same_shape(f, &r.fam)) {
 			s->conflicts++;
 			continue;
 		}
-		if (!f && !(f = add_family(s, &r.fam)))
+		if (!f && !(f = add_family(s, ix, &r.fam)))
 			continue;
 		bool per_worker = f->type == SHMET_GAUGE && f->mode == SHMET_GAUGE_PER_WORKER;
 		if (per_worker && !live)
@@ -191,7 +239,7 @@ static void snap_area(struct shmet_snapshot *s, const struct shmet_area *a, int 
 				snprintf(wbuf, sizeof wbuf, "%d", worker);
 				values[k] = wbuf;
 			}
-			struct shmet_snap_series *ser = get_series(f, values);
+			struct shmet_snap_series *ser = get_series(f, &ix->series[f - s->families], ix->key, values);
 			if (ser) {
 				struct shmet_values v;
 				shmet_read_cells(a, &r.fam, &r.series, &v);
@@ -218,12 +266,16 @@ static int ser_cmp(const void *a, const void *b)
 int shmet_snapshot_take(const struct shmet_segment *seg, struct shmet_snapshot *s)
 {
 	memset(s, 0, sizeof *s);
+	struct snap_index ix;
+	memset(&ix, 0, sizeof ix);
+	if (!(ix.key = malloc(SNAP_KEY_CAP)))
+		return shmet__fail(s->err, SHMET_E_SYS, "out of memory");
 	unsigned active = shmet_retired_active(seg);
 	const struct shmet_retired_header *rh = shmet_retired_header(seg, active);
 	struct shmet_area a;
 	if (shmet_retired_area(seg, active, &a, s->err) != SHMET_OK)
 		s->corrupt++;
-	snap_area(s, &a, -1, false);
+	snap_area(s, &ix, &a, -1, false);
 	s->dropped = __atomic_load_n(&rh->rh_dropped, __ATOMIC_RELAXED) +
 		     __atomic_load_n(&seg->map.hdr->sh_dropped_orphan, __ATOMIC_RELAXED);
 	for (uint32_t i = 0; i < seg->regions; i++) {
@@ -239,12 +291,20 @@ int shmet_snapshot_take(const struct shmet_segment *seg, struct shmet_snapshot *
 				snprintf(s->err, sizeof s->err, "region %u: %s", i, why);
 		}
 		s->dropped += info.dropped;
-		snap_area(s, &a, (int)i, info.alive);
+		snap_area(s, &ix, &a, (int)i, info.alive);
 	}
-	qsort(s->families, s->nfamilies, sizeof *s->families, fam_cmp);
+	for (size_t i = 0; i < s->nfamilies; i++)
+		keymap_free(&ix.series[i]);
+	free(ix.series);
+	keymap_free(&ix.fams);
+	free(ix.key);
+	/* qsort's array may not be NULL, even when empty (C11 7.22.5) */
+	if (s->nfamilies)
+		qsort(s->families, s->nfamilies, sizeof *s->families, fam_cmp);
 	for (size_t i = 0; i < s->nfamilies; i++) {
 		series_sort_n = s->families[i].nlabels; /* qsort has no context argument in C11 */
-		qsort(s->families[i].series, s->families[i].nseries, sizeof(struct shmet_snap_series), ser_cmp);
+		if (s->families[i].nseries)
+			qsort(s->families[i].series, s->families[i].nseries, sizeof(struct shmet_snap_series), ser_cmp);
 	}
 	return SHMET_OK;
 }

@@ -3,7 +3,9 @@
 #include "shmetrics.h"
 
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
+#include <unistd.h>
 
 static const char *seg;
 
@@ -220,6 +222,28 @@ static void test_writer_counter_name_gets_total(void **state)
 	assert_double_equal_exact(tsupport_value(seg, "jobs_done_total", NULL), 1);
 }
 
+static void test_writer_unset_min_gauge_takes_no_part(void **state)
+{
+	(void)state;
+	shmet_gauge lo = shmet_gauge_new("queue_oldest_seconds", "Min over workers.", SHMET_GAUGE_MIN);
+	shmet_gauge hi = shmet_gauge_new("queue_depth_max", "Max over workers.", SHMET_GAUGE_MAX);
+	assert_true(isnan(tsupport_value(seg, "queue_oldest_seconds", NULL)) ||
+		    tsupport_value(seg, "queue_oldest_seconds", NULL) == 0);
+	pid_t pid = fork();
+	if (pid == 0) { /* a child that never sets them must not drag min to 0 */
+		shmet_gauge_set(hi, -5);
+		sleep(2);
+		_exit(0);
+	}
+	shmet_gauge_set(lo, 42);
+	struct timespec t = {0, 200000000};
+	nanosleep(&t, NULL);
+	assert_double_equal_exact(tsupport_value(seg, "queue_oldest_seconds", NULL), 42);
+	assert_double_equal_exact(tsupport_value(seg, "queue_depth_max", NULL), -5);
+	kill(pid, SIGKILL);
+	tsupport_wait(pid);
+}
+
 static void test_writer_second_segment_refused(void **state)
 {
 	(void)state;
@@ -241,6 +265,7 @@ int main(void)
 		cmocka_unit_test(test_writer_summary_count_and_sum),
 		cmocka_unit_test(test_writer_label_values_utf8),
 		cmocka_unit_test(test_writer_counter_name_gets_total),
+		cmocka_unit_test(test_writer_unset_min_gauge_takes_no_part),
 		cmocka_unit_test(test_writer_second_segment_refused),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);
