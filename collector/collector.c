@@ -1,6 +1,5 @@
 /* shmetricsd's updater: fold dead workers, rebuild the view when the segment
  * changed, publish it under RCU, and free what no reader can still see. */
-#define _LGPL_SOURCE
 #include "http.h"
 
 #include <stdarg.h>

@@ -10,7 +10,10 @@
  *                     from v, reading values straight from the cells;
  *                     rcu_read_unlock().  They never write the segment.
  * RCU flavour: urcu-bp, because libmicrohttpd creates its threads without a
- * hook where they could register.
+ * hook where they could register.  We call liburcu's functions rather than
+ * its inline versions (no _LGPL_SOURCE): the inline read lock touches a
+ * reader slot that urcu-bp places below the alignment its type declares,
+ * which UBSan reports in our code.
  */
 #ifndef SHMET_COLLECTOR_H
 #define SHMET_COLLECTOR_H

@@ -1,6 +1,5 @@
 /* shmetricsd's HTTP endpoints: /metrics, health, the index page, and the
  * JSON API's entry point.  Every answer has a Content-Type and a reason. */
-#define _LGPL_SOURCE
 #include "http.h"
 
 #include <arpa/inet.h>

@@ -2,7 +2,6 @@
  * means R live worker processes that each hold the same S series (as the
  * workers of one server do), so a scrape aggregates R*S cells into S lines.
  * Prints: bench <name> <ms> ms series <n>  (best of several renders). */
-#define _LGPL_SOURCE
 #include "collector.h"
 #include "shmetrics.h"
 #include "tsupport.h"
