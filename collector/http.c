@@ -102,6 +102,8 @@ static const char index_page[] =
 	"<li><a href=\"/api/v1/metrics/dashboard\">/api/v1/metrics/dashboard</a></li>\n"
 	"</ul>\n</body></html>\n";
 
+static char headers_seen; /* *con_cls of a non-API request after its first call */
+
 static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
 			       const char *version, const char *upload_data, size_t *upload_data_size, void **con_cls)
 {
@@ -109,6 +111,17 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
 	struct collector *c = cls;
 	if (strncmp(url, "/api/", 5) == 0)
 		return api_handle(c, conn, url, method, upload_data, upload_data_size, con_cls);
+	/* Answer on the second call, once the request is fully read: answering
+	 * on the first makes libmicrohttpd close the connection, and a scraper
+	 * would reconnect every time. */
+	if (*con_cls != &headers_seen) {
+		*con_cls = &headers_seen;
+		return MHD_YES;
+	}
+	if (*upload_data_size) {
+		*upload_data_size = 0; /* a body is never wanted here; drop it and answer 405 below */
+		return MHD_YES;
+	}
 	if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
 		return http_respond_static(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "text/plain; charset=utf-8",
 					   "method not allowed: use GET\n");
@@ -130,7 +143,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
 static void completed(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_RequestTerminationCode toe)
 {
 	(void)cls, (void)conn, (void)toe;
-	if (*con_cls)
+	if (*con_cls && *con_cls != &headers_seen)
 		api_completed(*con_cls);
 	*con_cls = NULL;
 }
