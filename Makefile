@@ -171,9 +171,9 @@ install: all
 	install -m 644 $(LIBSHM_A) $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(LIBSHM_SO) $(DESTDIR)$(PREFIX)/lib/libshmetrics.so.0
 	ln -sf libshmetrics.so.0 $(DESTDIR)$(PREFIX)/lib/libshmetrics.so
-	install -m 644 $(PCFILE) $(DESTDIR)$(PREFIX)/lib/pkgconfig/
+	sed "s|^prefix=.*|prefix=$(PREFIX)|" $(PCFILE) > $(DESTDIR)$(PREFIX)/lib/pkgconfig/shmetrics.pc
 	install -m 755 $(DAEMON) $(TOOLS) $(DESTDIR)$(PREFIX)/bin/
-	if ls tools/*.1 >/dev/null 2>&1; then install -m 644 tools/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/; fi
+	install -m 644 tools/*.1 collector/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/
 
 clean:
 	rm -rf build

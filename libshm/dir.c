@@ -84,10 +84,16 @@ int shmet_parse_family(const struct shmet_area *a, uint64_t off, struct shmet_fa
 				   (unsigned long long)off);
 	if (f->help_len > SHMET_MAX_HELP_LEN || !shmet_valid_utf8(f->help, f->help_len))
 		return shmet__fail(err, SHMET_E_CORRUPT, "family %.*s: help is not valid UTF-8", (int)f->name_len, f->name);
+	/* The writer's strings are C strings: a NUL is damage, and would cut
+	 * the text short wherever it is copied. */
+	if (memchr(f->help, 0, f->help_len))
+		return shmet__fail(err, SHMET_E_CORRUPT, "family %.*s: help holds a NUL byte", (int)f->name_len, f->name);
 	for (uint32_t i = 0; i < f->nlabels; i++) {
 		if (!shmet_valid_label_name(f->label_names[i], f->label_lens[i]) ||
 		    (f->label_lens[i] == 2 && memcmp(f->label_names[i], "le", 2) == 0) ||
-		    (f->label_lens[i] == 8 && memcmp(f->label_names[i], "quantile", 8) == 0))
+		    (f->label_lens[i] == 8 && memcmp(f->label_names[i], "quantile", 8) == 0) ||
+		    (f->mode == SHMET_GAUGE_PER_WORKER && f->label_lens[i] == 6 &&
+		     memcmp(f->label_names[i], "worker", 6) == 0)) /* the collector adds worker="<i>" */
 			return shmet__fail(err, SHMET_E_CORRUPT, "family %.*s: invalid label name", (int)f->name_len,
 					   f->name);
 		for (uint32_t j = 0; j < i; j++)
@@ -138,6 +144,11 @@ static int parse_series(const struct shmet_area *a, uint64_t off, uint32_t rec_s
 					   (unsigned long long)off);
 		if (s->value_lens[i] > SHMET_MAX_VALUE_LEN || !shmet_valid_utf8(s->values[i], s->value_lens[i]))
 			return shmet__fail(err, SHMET_E_CORRUPT, "series at %llu of %.*s: label value is not valid UTF-8",
+					   (unsigned long long)off, (int)rec->fam.name_len, rec->fam.name);
+		/* two values differing only after a NUL would be one series to
+		 * everything that copies them as C strings */
+		if (memchr(s->values[i], 0, s->value_lens[i]))
+			return shmet__fail(err, SHMET_E_CORRUPT, "series at %llu of %.*s: a label value holds a NUL byte",
 					   (unsigned long long)off, (int)rec->fam.name_len, rec->fam.name);
 	}
 	return SHMET_OK;

@@ -64,6 +64,9 @@ static int fold_series(struct target *t, const struct shmet_area *src, const str
 	} else {
 		struct shmet_rec_header h;
 		memcpy(&h, src->base + r->fam.off, sizeof h);
+		/* read again: the size parsed a moment ago may have changed since */
+		if (h.rec_size < sizeof(struct shmet_rec_family) || h.rec_size > src->dir_end - r->fam.off)
+			return 1;
 		unsigned char *p = append(t, h.rec_size);
 		if (!p)
 			return -1;
@@ -77,6 +80,10 @@ static int fold_series(struct target *t, const struct shmet_area *src, const str
 	if (ser) {
 		struct shmet_rec_series sr;
 		memcpy(&sr, t->base + ser->val, sizeof sr);
+		/* The same name and labels under another family record of that
+		 * name (a damaged half can hold two) has cells of another size. */
+		if (sr.ser_family_off != fam_off)
+			return 1;
 		cell_off = sr.ser_cell_off;
 	} else {
 		uint64_t rs = series_rec_size(&r->series);
