@@ -177,19 +177,6 @@ static void read_stats(struct seg_stats *st)
 	shmet_segment_close(&s);
 }
 
-static void fold_and_free(void)
-{
-	struct shmet_segment s;
-	char err[SHMET_ERRBUF];
-	assert_int_equal(shmet_segment_open(seg, 0, NULL, &s, err), SHMET_OK);
-	assert_int_equal(shmet_segment_lock_collector(&s, NULL), SHMET_OK);
-	static struct shmet_fold_result res;
-	if (shmet_fold_dead(&s, &res) != SHMET_OK)
-		fail_msg("fold: %s", res.err);
-	shmet_free_folded(&s, &res);
-	shmet_segment_close(&s);
-}
-
 /* The segment reads without a corrupt record, and every kept series has
  * its value plus `extra0` on kept[0]. */
 static void check_kept(double extra0)
@@ -419,13 +406,13 @@ static void test_capacity_folded_region_reclaimed_by_next_child(void **state)
 			dead = i;
 	if (dead < 0)
 		fail_msg("expected the last holder's region to be live and unowned; it is not");
-	fold_and_free();
+	tsupport_fold(seg);
 	int idx = spawn_holder(7);
 	if (idx != dead)
 		fail_msg("next child: expected region %d, got %d", dead, idx);
 	check_kept(5 + 7);
 	release_last_holder();
-	fold_and_free();
+	tsupport_fold(seg);
 	check_kept(5 + 7);
 }
 
@@ -480,7 +467,7 @@ static void test_capacity_late_claim_keeps_inherited_handles(void **state)
 		int st = release_holder(holder);
 		if (st != 0)
 			fail_msg("holder: expected exit 0, got %d", st);
-		fold_and_free();
+		tsupport_fold(seg);
 		ok = write(go[1], "g", 1) == 1 && read(ready[0], &b, 1) == 1;
 	}
 	/* look while the child is alive and owns its late region */

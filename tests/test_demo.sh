@@ -13,47 +13,7 @@ cd "$(dirname "$0")/.."
 BIN=${BUILD_DIR:-build}/bin
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/shmet-test-demo.XXXXXX")
 SEG=/dev/shm/shmetrics-test-demo-$$
-pids=()
-n=0 failed=0
-
-ok() { n=$((n + 1)); echo "ok $n - $*"; }
-not_ok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $*"; }
-diag() { sed 's/^/# /'; }
-
-cleanup() {
-  local p i
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
-  for i in $(seq 50); do
-    local alive=0
-    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-    [ "$alive" = 0 ] && break
-    sleep 0.1
-  done
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
-  wait 2>/dev/null
-  rm -f "$SEG"
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM HUP
-
-finish() {
-  echo "1..$n"
-  [ "$failed" -eq 0 ] || echo "# $failed of $n failed"
-  exit $((failed > 0))
-}
-
-# Wait (10 s at most) for "listening on http://127.0.0.1:PORT" in a log.
-port_from_log() {
-  local log=$1 pid=$2 i p
-  for i in $(seq 100); do
-    p=$(sed -n 's|.*listening on http://127\.0\.0\.1:\([0-9][0-9]*\).*|\1|p' "$log" 2>/dev/null | head -n 1)
-    if [ -n "$p" ]; then echo "$p"; return 0; fi
-    kill -0 "$pid" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
+. tests/lib/tap.sh
 
 scrape() { curl -sf --max-time 5 "http://127.0.0.1:$CPORT/metrics" >"$1"; }
 # value FILE 'series{labels}' -> its value, or "absent"

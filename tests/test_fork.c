@@ -39,19 +39,6 @@ static void *hammer(void *arg)
 	return NULL;
 }
 
-static void fold_and_free(void)
-{
-	struct shmet_segment s;
-	char err[SHMET_ERRBUF];
-	assert_int_equal(shmet_segment_open(seg, 0, NULL, &s, err), SHMET_OK);
-	assert_int_equal(shmet_segment_lock_collector(&s, NULL), SHMET_OK);
-	static struct shmet_fold_result res;
-	if (shmet_fold_dead(&s, &res) != SHMET_OK)
-		fail_msg("fold: %s", res.err);
-	shmet_free_folded(&s, &res);
-	shmet_segment_close(&s);
-}
-
 static void test_fork_children_of_master_count_exactly(void **state)
 {
 	(void)state;
@@ -108,7 +95,7 @@ static void test_fork_children_of_master_count_exactly(void **state)
 	assert_int_equal(children_regions, CHILDREN);
 
 	/* folding the dead children keeps the total and frees their regions */
-	fold_and_free();
+	tsupport_fold(seg);
 	assert_double_equal_exact(tsupport_value(seg, "forked_increments_total", v), 2.0 * CHILDREN * PER_THREAD);
 	assert_int_equal(shmet_segment_open(seg, SHMET_ATTACH_READONLY, NULL, &s, err), SHMET_OK);
 	int live = 0;
@@ -157,7 +144,7 @@ static void test_fork_sigkill_leaves_dead_region_then_reused(void **state)
 	assert_int_equal(info.pid, pid);
 	assert_double_equal_exact(tsupport_value(seg, "forked_increments_total", v), before + 12345);
 
-	fold_and_free();
+	tsupport_fold(seg);
 	assert_double_equal_exact(tsupport_value(seg, "forked_increments_total", v), before + 12345);
 
 	/* the freed region goes to the next child, one generation later */

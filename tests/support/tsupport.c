@@ -79,6 +79,19 @@ uint64_t tsupport_count(const char *path, const char *name, const char *const *v
 	return v;
 }
 
+void tsupport_fold(const char *seg)
+{
+	struct shmet_segment s;
+	char err[SHMET_ERRBUF];
+	assert_int_equal(shmet_segment_open(seg, 0, NULL, &s, err), SHMET_OK);
+	assert_int_equal(shmet_segment_lock_collector(&s, NULL), SHMET_OK);
+	static struct shmet_fold_result res;
+	if (shmet_fold_dead(&s, &res) != SHMET_OK)
+		fail_msg("fold: %s", res.err);
+	shmet_free_folded(&s, &res);
+	shmet_segment_close(&s);
+}
+
 int tsupport_wait(pid_t pid)
 {
 	int st;

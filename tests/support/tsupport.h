@@ -22,6 +22,9 @@ double tsupport_value(const char *path, const char *name, const char *const *val
 /* Histogram/summary count of one series, or UINT64_MAX when absent. */
 uint64_t tsupport_count(const char *path, const char *name, const char *const *values);
 
+/* Fold the segment's dead regions and free them, as the collector does. */
+void tsupport_fold(const char *path);
+
 /* Wait for a child; returns its exit status, or 128+signal. */
 int tsupport_wait(pid_t pid);
 
