@@ -57,9 +57,9 @@ for bin in "$@"; do
   "$bin" -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="build/fuzz/$name-" "${extra[@]}" "${dirs[@]}" >"$log" 2>&1
   rc=$?
-  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
-  rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)
-  last=$(grep -E '^#[0-9]+' "$log" | tail -n 1)
+  execs=$(LC_ALL=C sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
+  rate=$(LC_ALL=C sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)
+  last=$(grep -a -E '^#[0-9]+' "$log" | tail -n 1)
   cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")
   ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
   corp=$(sed -n 's/.* corp: \([0-9]*\/[0-9a-zA-Z]*\).*/\1/p' <<<"$last")
@@ -70,7 +70,7 @@ for bin in "$@"; do
   if [ "$rc" -ne 0 ] || [ -n "$found" ]; then
     status=1
     echo "FAIL $name: libFuzzer exited $rc; found: ${found:-nothing saved}"
-    grep -E 'ERROR|runtime error|SUMMARY|deadly signal|Timeout' "$log" | head -n 20 | sed 's/^/    | /'
+    grep -a -E 'ERROR|runtime error|SUMMARY|deadly signal|Timeout' "$log" | head -n 20 | sed 's/^/    | /'
     echo "    (full log: $log)"
   else
     echo "ok   $name: no crash, leak or hang found"
