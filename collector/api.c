@@ -137,38 +137,6 @@ json_t *api_num_or_null(double v)
 	return isnan(v) ? json_null() : api_num(v);
 }
 
-const char *api_type_name(enum shmet_type t)
-{
-	switch (t) {
-	case SHMET_COUNTER:
-		return "counter";
-	case SHMET_GAUGE:
-		return "gauge";
-	case SHMET_HISTOGRAM:
-		return "histogram";
-	case SHMET_SUMMARY:
-		return "summary";
-	}
-	return "unknown";
-}
-
-const char *api_mode_name(enum shmet_gauge_mode m)
-{
-	switch (m) {
-	case SHMET_GAUGE_SUM:
-		return "sum";
-	case SHMET_GAUGE_MAX:
-		return "max";
-	case SHMET_GAUGE_MIN:
-		return "min";
-	case SHMET_GAUGE_MOSTRECENT:
-		return "most_recent";
-	case SHMET_GAUGE_PER_WORKER:
-		return "per_worker";
-	}
-	return "unknown";
-}
-
 const struct view_family *api_view_family(const struct view *v, const char *name)
 {
 	uint32_t lo = 0, hi = v->nfamilies;
@@ -201,7 +169,7 @@ void api_gauge_stats(json_t *obj, const struct view_family *f)
 			max = acc.value;
 		n++;
 	}
-	json_object_set_new(obj, "mode", json_string(api_mode_name(f->mode)));
+	json_object_set_new(obj, "mode", json_string(shmet_gauge_mode_name(f->mode)));
 	json_object_set_new(obj, "series_with_value", json_integer(n));
 	json_object_set_new(obj, "sum", api_num(sum));
 	json_object_set_new(obj, "min", api_num_or_null(min));
@@ -309,7 +277,7 @@ static json_t *family_summary(const struct view_family *f)
 		return NULL;
 	}
 	json_object_set_new(o, "name", json_string(f->name));
-	json_object_set_new(o, "type", json_string(api_type_name(f->type)));
+	json_object_set_new(o, "type", json_string(shmet_type_name(f->type)));
 	json_object_set_new(o, "help", json_string(f->help));
 	for (uint32_t i = 0; i < f->nlabels; i++)
 		json_array_append_new(labels, json_string(f->label_names[i]));

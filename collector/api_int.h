@@ -84,8 +84,6 @@ enum MHD_Result api_error(struct MHD_Connection *conn, unsigned status, const ch
 json_t *api_num(double v);
 /* A JSON number, or null for NaN (ratios and quantiles without data). */
 json_t *api_num_or_null(double v);
-const char *api_type_name(enum shmet_type t);
-const char *api_mode_name(enum shmet_gauge_mode m);
 /* The view's family with this name (binary search), or NULL. */
 const struct view_family *api_view_family(const struct view *v, const char *name);
 /* Gauge families: sum, min, max over the series that have a value, and the

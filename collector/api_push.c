@@ -506,7 +506,6 @@ static void add_error(struct req *r, uint32_t index, const char *field, const ch
 						   code, "error", msg));
 }
 
-static const char *const type_names[] = {NULL, "counter", "gauge", "histogram", "summary"};
 
 static bool get_number(struct req *r, uint32_t idx, const char *field, json_t *j, struct item *it, bool need_nonneg)
 {
@@ -598,7 +597,7 @@ static bool parse_item(struct req *r, uint32_t idx, json_t *s, struct item *it)
 	else {
 		const char *t = json_string_value(jtype);
 		for (int k = SHMET_COUNTER; k <= SHMET_SUMMARY; k++)
-			if (strcmp(t, type_names[k]) == 0)
+			if (strcmp(t, shmet_type_name(k)) == 0)
 				it->type = (enum shmet_type)k;
 		if (!it->type)
 			add_error(r, idx, "type", "invalid", "unknown type \"%.40s\": counter, gauge, histogram or summary",
@@ -689,12 +688,12 @@ static bool parse_item(struct req *r, uint32_t idx, json_t *s, struct item *it)
 	case SHMET_HISTOGRAM:
 	case SHMET_SUMMARY:
 		if (jvalue)
-			add_error(r, idx, "value", "not_allowed", "a %s takes observe, not value", type_names[it->type]);
+			add_error(r, idx, "value", "not_allowed", "a %s takes observe, not value", shmet_type_name(it->type));
 		if (jinc)
-			add_error(r, idx, "inc", "not_allowed", "a %s takes observe, not inc", type_names[it->type]);
+			add_error(r, idx, "inc", "not_allowed", "a %s takes observe, not inc", shmet_type_name(it->type));
 		if (!jobserve)
 			add_error(r, idx, "observe", "missing", "a %s sample needs observe (a number)",
-				  type_names[it->type]);
+				  shmet_type_name(it->type));
 		else if (get_number(r, idx, "observe", jobserve, it, false))
 			it->op = OP_OBSERVE;
 		break;
@@ -791,23 +790,23 @@ static const char *name_clash(struct req *r, const struct view *v, const char *n
 		if (type == SHMET_HISTOGRAM || (type == SHMET_SUMMARY && k > 0)) {
 			snprintf(other, cap, "%s%s", name, sfx[k]);
 			if ((t = known_type(r, v, other)) != 0)
-				return type_names[t];
+				return shmet_type_name(t);
 		}
 		/* our name against the samples of family base */
 		if (n > sl && strcmp(name + n - sl, sfx[k]) == 0) {
 			snprintf(other, cap, "%.*s", (int)(n - sl), name);
 			if ((t = known_type(r, v, other)) != 0 && (TYPE_BIT(t) & base_types[k]))
-				return type_names[t];
+				return shmet_type_name(t);
 		}
 	}
 	if (type == SHMET_COUNTER) {
 		snprintf(other, cap, "%.*s", (int)(n - 6), name);
 		if ((t = known_type(r, v, other)) != 0)
-			return type_names[t];
+			return shmet_type_name(t);
 	} else {
 		snprintf(other, cap, "%s_total", name);
 		if ((t = known_type(r, v, other)) == SHMET_COUNTER)
-			return type_names[t];
+			return shmet_type_name(t);
 	}
 	return NULL;
 }
@@ -877,7 +876,7 @@ static uint32_t touch(struct req *r, const struct view *v, const struct item *it
 	const char *otype = name_clash(r, v, name, it->type, other, sizeof other);
 	if (otype)
 		return touched_bad(r, ti, "name", "name_clash",
-				   "%s \"%s\" would clash with the samples of the %s family \"%s\"", type_names[it->type],
+				   "%s \"%s\" would clash with the samples of the %s family \"%s\"", shmet_type_name(it->type),
 				   name, otype, other);
 	struct push_family *f = calloc(1, sizeof *f);
 	if (!f || !(f->name = xstrdup(name))) {
@@ -894,11 +893,11 @@ static uint32_t touch(struct req *r, const struct view *v, const struct item *it
 		 * would have the very same shape, or the view would drop one side. */
 		if (vf->type != it->type)
 			return touched_bad(r, ti, "type", "type_clash", "\"%s\" exists in the segment as a %s, not a %s",
-					   name, type_names[vf->type], type_names[it->type]);
+					   name, shmet_type_name(vf->type), shmet_type_name(it->type));
 		if (vf->type == SHMET_GAUGE && vf->mode != SHMET_GAUGE_MOSTRECENT)
 			return touched_bad(r, ti, "type", "type_clash",
 					   "gauge \"%s\" exists in the segment in %s mode; pushed gauges are most_recent",
-					   name, api_mode_name(vf->mode));
+					   name, shmet_gauge_mode_name(vf->mode));
 		if (vf->nlabels > SHMET_MAX_LABELS || vf->nbuckets > SHMET_MAX_BUCKETS)
 			return touched_bad(r, ti, "name", "type_clash", "\"%s\" in the segment has an unexpected shape",
 					   name);
@@ -991,8 +990,8 @@ static bool resolve_item(struct req *r, const struct view *v, uint32_t idx, stru
 		return false;
 	}
 	if (f->type != it->type) {
-		add_error(r, idx, "type", "type_clash", "\"%s\" is a %s family, not a %s", name, type_names[f->type],
-			  type_names[it->type]);
+		add_error(r, idx, "type", "type_clash", "\"%s\" is a %s family, not a %s", name, shmet_type_name(f->type),
+			  shmet_type_name(it->type));
 		return false;
 	}
 	/* the family's label names, each given once (a JSON object has no

@@ -300,6 +300,19 @@ static inline double shmet__double(uint64_t b)
 
 static inline uint64_t shmet_align8(uint64_t n) { return (n + 7) & ~(uint64_t)7; }
 
+/* The names tools and the JSON API print for types and gauge modes. */
+static inline const char *shmet_type_name(unsigned type)
+{
+	static const char *const names[] = {"unknown", "counter", "gauge", "histogram", "summary"};
+	return type < sizeof names / sizeof *names ? names[type] : "unknown";
+}
+
+static inline const char *shmet_gauge_mode_name(unsigned mode)
+{
+	static const char *const names[] = {"sum", "max", "min", "most_recent", "per_worker"};
+	return mode < sizeof names / sizeof *names ? names[mode] : "unknown";
+}
+
 /* ---- name and text rules shared by writer, reader and collector ---- */
 
 /* Prometheus: [a-zA-Z_:][a-zA-Z0-9_:]* */

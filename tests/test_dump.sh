@@ -162,7 +162,7 @@ series('latency_seconds', route='/')['aggregate']['count'] == 4
 [b['le'] for b in series('latency_seconds', route='/')['aggregate']['buckets']] == ['0.1', '0.5', '1', '+Inf']
 fam['latency_seconds']['buckets'] == [0.1, 0.5, 1]
 series('payload_bytes')['aggregate'] == {'count': 2, 'sum': 40}
-fam['temperature']['gauge_mode'] == 'sum' and fam['busy']['gauge_mode'] == 'per-worker'
+fam['temperature']['gauge_mode'] == 'sum' and fam['busy']['gauge_mode'] == 'per_worker'
 j['problems'] == [] and j['stats']['corrupt_records'] == 0
 "
 

@@ -319,27 +319,6 @@ static void j_double(FILE *o, double v)
 		fprintf(o, "\"%s\"", b);
 }
 
-static const char *type_name(enum shmet_type t)
-{
-	switch (t) {
-	case SHMET_COUNTER:
-		return "counter";
-	case SHMET_GAUGE:
-		return "gauge";
-	case SHMET_HISTOGRAM:
-		return "histogram";
-	case SHMET_SUMMARY:
-		return "summary";
-	}
-	return "unknown";
-}
-
-static const char *mode_name(enum shmet_gauge_mode m)
-{
-	static const char *const names[] = {"sum", "max", "min", "mostrecent", "per-worker"};
-	return (unsigned)m < sizeof names / sizeof *names ? names[m] : "unknown";
-}
-
 /* ---- what the segment holds, indexed across areas ---- */
 
 /* One series' cells as read from one area. */
@@ -1133,9 +1112,9 @@ static void print_text(FILE *o, const struct dump *d)
 	fprintf(o, "\nfamilies (%zu):\n", d->nfams);
 	for (size_t i = 0; i < d->nfams; i++) {
 		const struct d_family *f = d->fams[i];
-		fprintf(o, "\n%s %s", type_name(f->type), f->name);
+		fprintf(o, "\n%s %s", shmet_type_name(f->type), f->name);
 		if (f->type == SHMET_GAUGE)
-			fprintf(o, " (%s)", mode_name(f->mode));
+			fprintf(o, " (%s)", shmet_gauge_mode_name(f->mode));
 		if (f->nlabels) {
 			fputs("  labels:", o);
 			for (uint32_t k = 0; k < f->nlabels; k++)
@@ -1329,9 +1308,9 @@ static void print_json(FILE *o, const struct dump *d)
 		const struct d_family *f = d->fams[i];
 		fprintf(o, "%s{\"name\":", i ? "," : "");
 		j_str(o, f->name, f->name_len);
-		fprintf(o, ",\"type\":\"%s\",", type_name(f->type));
+		fprintf(o, ",\"type\":\"%s\",", shmet_type_name(f->type));
 		if (f->type == SHMET_GAUGE)
-			fprintf(o, "\"gauge_mode\":\"%s\",", mode_name(f->mode));
+			fprintf(o, "\"gauge_mode\":\"%s\",", shmet_gauge_mode_name(f->mode));
 		fputs("\"help\":", o);
 		j_str(o, f->help, f->help_len);
 		fputs(",\"labels\":[", o);
