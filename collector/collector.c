@@ -87,6 +87,10 @@ static void *updater(void *arg)
 	struct collector *c = arg;
 	rcu_register_thread();
 	while (!c->stop) {
+		pthread_mutex_lock(&c->wake_mu);
+		c->scanning = true;
+		c->wake_requested = false;
+		pthread_mutex_unlock(&c->wake_mu);
 		collector_scan(c);
 		api_tick(c);
 		struct timespec until;
@@ -99,12 +103,38 @@ static void *updater(void *arg)
 			until.tv_nsec -= 1000000000;
 		}
 		pthread_mutex_lock(&c->wake_mu);
-		if (!c->stop)
+		c->scanning = false;
+		c->scans++;
+		pthread_cond_broadcast(&c->scanned);
+		if (!c->stop && !c->wake_requested)
 			pthread_cond_timedwait(&c->wake, &c->wake_mu, &until);
 		pthread_mutex_unlock(&c->wake_mu);
 	}
 	rcu_unregister_thread();
 	return NULL;
+}
+
+bool collector_fresh_scan(struct collector *c, int timeout_ms)
+{
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += timeout_ms / 1000;
+	until.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+	if (until.tv_nsec >= 1000000000) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000;
+	}
+	pthread_mutex_lock(&c->wake_mu);
+	/* a scan already running may have passed the regions we care about */
+	uint64_t want = c->scans + (c->scanning ? 2 : 1);
+	c->wake_requested = true;
+	pthread_cond_signal(&c->wake);
+	int rc = 0;
+	while (c->scans < want && !c->stop && rc == 0)
+		rc = pthread_cond_timedwait(&c->scanned, &c->wake_mu, &until);
+	bool fresh = c->scans >= want;
+	pthread_mutex_unlock(&c->wake_mu);
+	return fresh;
 }
 
 int collector_open(struct collector *c, const struct collector_config *cfg, char *err, size_t errlen)
@@ -113,6 +143,7 @@ int collector_open(struct collector *c, const struct collector_config *cfg, char
 	c->cfg = *cfg;
 	pthread_mutex_init(&c->wake_mu, NULL);
 	pthread_cond_init(&c->wake, NULL);
+	pthread_cond_init(&c->scanned, NULL);
 	struct shmet_seg_config sc = {cfg->regions, cfg->region_size, 0, 0, 0};
 	char why[SHMET_ERRBUF];
 	int rc = shmet_segment_open(cfg->segment, SHMET_ATTACH_CREATE, &sc, &c->seg, why);

@@ -87,8 +87,11 @@ struct collector {
 	struct view *view; /* RCU-protected */
 	pthread_t updater;
 	volatile sig_atomic_t stop;
-	pthread_mutex_t wake_mu;
-	pthread_cond_t wake;
+	pthread_mutex_t wake_mu; /* guards the four fields below */
+	pthread_cond_t wake;     /* updater: scan now */
+	pthread_cond_t scanned;  /* scrapers: a scan finished */
+	uint64_t scans;          /* scans completed */
+	bool scanning, wake_requested;
 	/* statistics, relaxed atomics: written by one thread, read by scrapes */
 	uint64_t corrupt_records;
 	uint64_t conflicts;
@@ -112,6 +115,10 @@ bool collector_scan(struct collector *c);
 int collector_start(struct collector *c, char *err, size_t errlen); /* updater + HTTP */
 void collector_stop(struct collector *c);
 void collector_close(struct collector *c);
+
+/* Wait (at most timeout_ms) for a scan that starts after this call, so
+ * the view holds every series created before it.  False on timeout. */
+bool collector_fresh_scan(struct collector *c, int timeout_ms);
 
 /* Render /metrics from the current view (caller holds rcu_read_lock). */
 void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enum shmet_expo_format fmt);

@@ -44,6 +44,10 @@ static enum MHD_Result serve_metrics(struct collector *c, struct MHD_Connection 
 	const char *enc = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCEPT_ENCODING);
 	const char *ctype;
 	enum shmet_expo_format fmt = shmet_negotiate(accept, &ctype);
+	/* Series that workers created a moment ago are in the segment but not
+	 * yet in the view: let the updater look once more (bounded), so a
+	 * scrape counts everything written before it. */
+	collector_fresh_scan(c, 1000);
 	uint64_t t0 = shmet__now_ns(CLOCK_MONOTONIC);
 	shmet_buf b;
 	shmet_buf_init(&b);

@@ -304,6 +304,68 @@ static void test_collector_prometheus_server_stores_exact_values(void **state)
 	free(series);
 }
 
+/* A scrape right after a new worker created a series counts it, even when
+ * the collector's periodic scan is a minute away. */
+static void test_collector_scrape_sees_series_created_just_before(void **state)
+{
+	(void)state;
+	const char *seg2 = tsupport_segment("fresh");
+	struct tdaemon d2;
+	assert_int_equal(tsupport_daemon_start(&d2, seg2, (const char *const[]){"--scan-interval", "60", NULL}), 0);
+	int ready[2];
+	assert_int_equal(pipe(ready), 0);
+	pid_t pid = fork();
+	if (pid == 0) {
+		/* a separate writer on the second segment: exec-free, so use the
+		 * reader-side API to claim and write like a fresh process would */
+		struct shmet_segment s;
+		char err[SHMET_ERRBUF];
+		if (shmet_segment_open(seg2, 0, NULL, &s, err) != SHMET_OK)
+			_exit(1);
+		uint32_t idx = 0;
+		if (shmet_seg_claim(&s.map, s.map.fd, SHMET_NO_PARENT, &idx, err) != SHMET_OK)
+			_exit(2);
+		/* one family record and one series record, written as the writer does */
+		unsigned char *rg = shmet_seg_region(&s.map, idx);
+		struct shmet_rec_family fr;
+		memset(&fr, 0, sizeof fr);
+		const char name[] = "fresh_events_total";
+		fr.fam_rec.rec_size = (uint32_t)shmet_align8(sizeof fr + sizeof name - 1);
+		fr.fam_rec.rec_kind = SHMET_REC_FAMILY;
+		fr.fam_type = SHMET_COUNTER;
+		fr.fam_name_len = sizeof name - 1;
+		memcpy(rg + 64, &fr, sizeof fr);
+		memcpy(rg + 64 + sizeof fr, name, sizeof name - 1);
+		uint32_t soff = 64 + fr.fam_rec.rec_size, cell = (uint32_t)s.region_size - 16;
+		struct shmet_rec_series sr;
+		memset(&sr, 0, sizeof sr);
+		sr.ser_rec.rec_size = sizeof sr;
+		sr.ser_rec.rec_kind = SHMET_REC_SERIES;
+		sr.ser_family_off = 64;
+		sr.ser_cell_off = cell;
+		memcpy(rg + soff, &sr, sizeof sr);
+		uint64_t n = 42;
+		memcpy(rg + cell, &n, 8);
+		struct shmet_region_header *h = (struct shmet_region_header *)(void *)rg;
+		__atomic_store_n(&h->rg_cell_low, (uint64_t)cell, __ATOMIC_RELAXED);
+		__atomic_store_n(&h->rg_dir_end, (uint64_t)(soff + sizeof sr), __ATOMIC_RELEASE);
+		char one = 1;
+		if (write(ready[1], &one, 1) != 1)
+			_exit(3);
+		pause();
+		_exit(0);
+	}
+	char one;
+	assert_int_equal(read(ready[0], &one, 1), 1);
+	char *body;
+	assert_int_equal(tsupport_http_get(d2.port, "/metrics", NULL, &body, NULL), 200);
+	kill(pid, SIGKILL);
+	tsupport_wait(pid);
+	tsupport_daemon_stop(&d2, SIGTERM);
+	assert_double_equal_exact(tsupport_sample(body, "fresh_events_total"), 42);
+	free(body);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -314,6 +376,7 @@ int main(void)
 		cmocka_unit_test(test_collector_own_metrics_present),
 		cmocka_unit_test(test_collector_second_instance_and_bad_flags_refused),
 		cmocka_unit_test(test_collector_prometheus_server_stores_exact_values),
+		cmocka_unit_test(test_collector_scrape_sees_series_created_just_before),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
