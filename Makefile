@@ -154,7 +154,7 @@ bench: all $(BENCHES)
 	BUILD_DIR=$(B) tests/run-bench.sh
 
 FUZZ_BIN := $(patsubst tests/%.c,build/fuzz/%,$(FUZZ_SRC))
-build/fuzz/%: tests/%.c $(LIBSHM_SRC) $(COLLECTOR_SRC)
+build/fuzz/%: tests/%.c $(LIBSHM_SRC) $(COLLECTOR_SRC) tools/shmetrics-dump.c
 	@mkdir -p $(dir $@)
 	clang -std=c11 -O1 -g -D_GNU_SOURCE -DSHMET_FUZZING -DSHMET_VERSION_STRING='"$(VERSION)"' \
 	  -Iinclude -Ilibshm -Icollector -fsanitize=fuzzer,address,undefined -o $@ $< $(LIBSHM_SRC) -pthread

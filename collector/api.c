@@ -247,15 +247,14 @@ static enum MHD_Result health(struct collector *c, struct MHD_Connection *conn)
 	uint64_t last = __atomic_load_n(&c->last_scan_ns, __ATOMIC_RELAXED);
 	double age = last ? (double)(shmet__now_ns(CLOCK_MONOTONIC) - last) / 1e9 : -1;
 	bool ok = last && age < 5 * c->cfg.scan_interval + 5;
-	rcu_read_lock();
-	const struct view *v = rcu_dereference(c->view);
+	const struct view *v = view_enter(c);
 	json_t *j = json_pack("{s:s, s:s, s:{s:I, s:I}, s:{s:I, s:I, s:I}, s:I, s:I, s:f, s:s}", "status",
 			      ok ? "healthy" : "unhealthy", "segment", c->seg.path, "segment_bytes", "used",
 			      (json_int_t)v->stats.bytes_used, "total", (json_int_t)v->stats.bytes_total, "regions", "live",
 			      (json_int_t)v->stats.regions_live, "dead", (json_int_t)v->stats.regions_dead, "free",
 			      (json_int_t)v->stats.regions_free, "families", (json_int_t)v->nfamilies, "series",
 			      (json_int_t)v->stats.series, "last_scan_age_seconds", age, "version", SHMET_VERSION_STRING);
-	rcu_read_unlock();
+	view_leave(c);
 	if (j && c->api) {
 		json_t *p = json_object();
 		api_push_health(c->api, p);
@@ -330,8 +329,7 @@ static enum MHD_Result summary(struct collector *c, struct MHD_Connection *conn)
 		return api_send(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL, NULL);
 	}
 	bool found = false;
-	rcu_read_lock();
-	const struct view *v = rcu_dereference(c->view);
+	const struct view *v = view_enter(c);
 	for (uint32_t i = 0; i < v->nfamilies; i++) {
 		const struct view_family *f = &v->families[i];
 		if (f->nseries == 0 || strncmp(f->name, "shmetricsd_", 11) == 0)
@@ -344,7 +342,7 @@ static enum MHD_Result summary(struct collector *c, struct MHD_Connection *conn)
 		found = true;
 	}
 	double built = (double)v->built_ns / 1e9;
-	rcu_read_unlock();
+	view_leave(c);
 	if (want && !found) {
 		json_decref(fams);
 		json_decref(j);

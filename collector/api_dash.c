@@ -402,8 +402,7 @@ enum MHD_Result api_dashboard(struct api *a, struct MHD_Connection *conn)
 	uint64_t now = shmet__now_ns(CLOCK_MONOTONIC);
 	double unix_now = (double)shmet__now_ns(CLOCK_REALTIME) / 1e9;
 	json_t *revenue = NULL, *in_flight = NULL;
-	rcu_read_lock();
-	const struct view *v = rcu_dereference(a->c->view);
+	const struct view *v = view_enter(a->c);
 	struct hist_point *cur = point_build(v, now);
 	for (uint32_t i = 0; i < v->nfamilies; i++) {
 		const struct view_family *f = &v->families[i];
@@ -421,7 +420,7 @@ enum MHD_Result api_dashboard(struct api *a, struct MHD_Connection *conn)
 	const struct view_family *rf = api_view_family(v, REVENUE);
 	if (rf && rf->type == SHMET_COUNTER)
 		revenue = totals_by(rf, "currency");
-	rcu_read_unlock();
+	view_leave(a->c);
 	if (!cur) {
 		json_decref(j);
 		json_decref(counters);

@@ -1169,18 +1169,17 @@ static enum MHD_Result push_samples(struct api *a, struct MHD_Connection *conn, 
 
 	/* phase 2 */
 	pthread_mutex_lock(&a->push_mu);
-	rcu_read_lock();
-	const struct view *v = rcu_dereference(a->c->view);
+	const struct view *v = view_enter(a->c);
 	for (uint32_t i = 0; i < n; i++)
 		resolve_item(&r, v, i, &r.items[i], key);
 	if (r.nerrors) {
-		rcu_read_unlock();
+		view_leave(a->c);
 		pthread_mutex_unlock(&a->push_mu);
 		goto invalid;
 	}
 	uint64_t avail = region_free(a);
 	if (r.need > avail) {
-		rcu_read_unlock();
+		view_leave(a->c);
 		pthread_mutex_unlock(&a->push_mu);
 		ret = reject(a, conn, MHD_HTTP_INSUFFICIENT_STORAGE,
 			     json_pack("{s:s, s:i, s:I, s:I}", "error",
@@ -1258,7 +1257,7 @@ static enum MHD_Result push_samples(struct api *a, struct MHD_Connection *conn, 
 		}
 		series_created++;
 	}
-	rcu_read_unlock();
+	view_leave(a->c);
 	if (fail) {
 		pthread_mutex_unlock(&a->push_mu);
 		collector_log("push: registration failed after the capacity check: %s", fail);

@@ -24,6 +24,31 @@ void collector_log(const char *fmt, ...)
 	fprintf(stderr, "%s\n", line);
 }
 
+const struct view *view_enter(struct collector *c)
+{
+	rcu_read_lock();
+	/* acquire: pairs with view_publish, so the view's contents are visible */
+	return __atomic_load_n(&c->view, __ATOMIC_ACQUIRE);
+}
+
+void view_leave(struct collector *c)
+{
+	SHMET_TSAN_RELEASE(&c->grace);
+	rcu_read_unlock();
+}
+
+void view_publish(struct collector *c, struct view *v)
+{
+	/* release: the view is complete before any reader can load it */
+	__atomic_store_n(&c->view, v, __ATOMIC_RELEASE);
+}
+
+void view_grace_period(struct collector *c)
+{
+	synchronize_rcu();
+	SHMET_TSAN_ACQUIRE(&c->grace);
+}
+
 /* Anything a view depends on: region states and generations, liveness,
  * directory ends, and the active retired half. */
 static uint64_t fingerprint(struct collector *c)
@@ -64,11 +89,11 @@ bool collector_scan(struct collector *c)
 		struct view *nv = view_build(c);
 		if (nv) {
 			struct view *old = c->view;
-			rcu_assign_pointer(c->view, nv);
+			view_publish(c, nv);
 			/* Readers of the old view may hold pointers into the regions we
 			 * are about to free and into the retired half the next fold will
 			 * overwrite: wait them out. */
-			synchronize_rcu();
+			view_grace_period(c);
 			view_free(old);
 			last_fingerprint = fp;
 			changed = true;

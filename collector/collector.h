@@ -84,7 +84,8 @@ struct collector_config {
 struct collector {
 	struct collector_config cfg;
 	struct shmet_segment seg;
-	struct view *view; /* RCU-protected */
+	struct view *view; /* RCU-protected: see view_enter */
+	char grace;        /* a TSan sync object for the grace period */
 	pthread_t updater;
 	volatile sig_atomic_t stop;
 	pthread_mutex_t wake_mu; /* guards the four fields below */
@@ -124,6 +125,25 @@ bool collector_fresh_scan(struct collector *c, int timeout_ms);
 void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enum shmet_expo_format fmt);
 /* Aggregate one series' refs. */
 void view_series_agg(const struct view_family *f, const struct view_series *s, struct shmet_agg *acc);
+
+/* Reading the view: view_enter/view_leave bracket a read-side critical
+ * section; the pointer is loaded with acquire order (what rcu_dereference
+ * promises).  The updater publishes with view_publish and frees an old view
+ * only after view_grace_period.  Under ThreadSanitizer the grace period is
+ * also told to TSan, which cannot see inside liburcu. */
+#if defined(__SANITIZE_THREAD__)
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+#define SHMET_TSAN_ACQUIRE(p) __tsan_acquire(p)
+#define SHMET_TSAN_RELEASE(p) __tsan_release(p)
+#else
+#define SHMET_TSAN_ACQUIRE(p) ((void)(p))
+#define SHMET_TSAN_RELEASE(p) ((void)(p))
+#endif
+const struct view *view_enter(struct collector *c);
+void view_leave(struct collector *c);
+void view_publish(struct collector *c, struct view *v);
+void view_grace_period(struct collector *c);
 
 void collector_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -51,10 +51,9 @@ static enum MHD_Result serve_metrics(struct collector *c, struct MHD_Connection 
 	uint64_t t0 = shmet__now_ns(CLOCK_MONOTONIC);
 	shmet_buf b;
 	shmet_buf_init(&b);
-	rcu_read_lock();
-	struct view *v = rcu_dereference(c->view);
+	const struct view *v = view_enter(c);
 	render_metrics(c, v, &b, fmt);
-	rcu_read_unlock();
+	view_leave(c);
 	__atomic_store_n(&c->last_scrape_ns, shmet__now_ns(CLOCK_MONOTONIC) - t0, __ATOMIC_RELAXED);
 	__atomic_fetch_add(&c->scrapes, 1, __ATOMIC_RELAXED);
 	if (b.oom) {

@@ -71,11 +71,10 @@ static double render_ms(struct collector *c, uint64_t *series)
 	for (int rep = 0; rep < 7; rep++) {
 		shmet_buf_reset(&b);
 		uint64_t t0 = shmet__now_ns(CLOCK_MONOTONIC);
-		rcu_read_lock();
-		struct view *v = rcu_dereference(c->view);
+		const struct view *v = view_enter(c);
 		render_metrics(c, v, &b, SHMET_EXPO_TEXT);
 		*series = v->stats.series;
-		rcu_read_unlock();
+		view_leave(c);
 		double ms = (double)(shmet__now_ns(CLOCK_MONOTONIC) - t0) / 1e6;
 		if (ms < best)
 			best = ms;

@@ -32,7 +32,7 @@ static const char *const series[] = {
 };
 #define NSERIES (sizeof series / sizeof *series)
 
-static volatile int scraping = 1;
+static int scraping = 1; /* atomic: the main thread stops the scraper thread */
 static int scrapes, violations, failed_scrapes;
 static char violation[512];
 
@@ -42,7 +42,7 @@ static void *scraper(void *arg)
 	double last[NSERIES];
 	for (size_t i = 0; i < NSERIES; i++)
 		last[i] = 0;
-	while (scraping) {
+	while (__atomic_load_n(&scraping, __ATOMIC_RELAXED)) {
 		char *body;
 		if (tsupport_http_get(d.port, "/metrics", NULL, &body, NULL) != 200) {
 			failed_scrapes++;
@@ -151,7 +151,7 @@ static void test_churn_monotonic_then_exact_across_collector_kill(void **state)
 	/* let the collector fold the last dead workers */
 	struct timespec t = {0, 500000000};
 	nanosleep(&t, NULL);
-	scraping = 0;
+	__atomic_store_n(&scraping, 0, __ATOMIC_RELAXED);
 	pthread_join(th, NULL);
 	print_message("spawned %d workers (%d killed -9, %d terminated, %d found no free region), %d scrapes\n", spawned,
 		      killed, exited, without_region, scrapes);
