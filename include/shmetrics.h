@@ -24,8 +24,9 @@
  *    dropped and counted in the segment.
  *  - Hot path (inc/add/set/observe through a handle): no syscall, no lock, no
  *    allocation; relaxed atomics on cells that only this process writes.
- *  - fork(): handles made before fork keep working in the child, which claims
- *    a region of its own (pthread_atfork).  Threads share their process's
+ *  - fork(): handles made before fork keep working in the child, which keeps
+ *    its parent's directory (pthread_atfork) and claims a region of its own
+ *    at its first write; a child that only exec()s claims none.  Threads share their process's
  *    region; every call here is thread-safe.
  *  - ABI: handles are plain values holding offsets; the segment layout is
  *    versioned (shmetrics_layout.h) and a mismatch is refused, never guessed.
@@ -126,11 +127,19 @@ void shmet__drop(void);
 /* The hot path reads one process-global pointer: this process's region. */
 extern unsigned char *shmet__base;
 
+/* A fork child claims its region at its first write (or registration),
+ * not at fork: a child that only exec()s never takes one. */
+unsigned char *shmet__claim_deferred(void);
+
 static inline uint64_t *shmet__cell(uint32_t off)
 {
-	/* relaxed: the base changes only before any handle exists (init) and in
-	 * a fork child's atfork handler, when the child has a single thread. */
-	return (uint64_t *)(void *)(__atomic_load_n(&shmet__base, __ATOMIC_RELAXED) + off);
+	/* relaxed: the base is set once per process (init, or the first write
+	 * of a fork child, under the registration mutex); a thread that sees
+	 * NULL takes the slow path, which reads it again under the mutex. */
+	unsigned char *b = __atomic_load_n(&shmet__base, __ATOMIC_RELAXED);
+	if (SHMET__UNLIKELY(!b))
+		b = shmet__claim_deferred();
+	return (uint64_t *)(void *)(b + off);
 }
 
 static inline void shmet__add_double(uint64_t *cell, double v)
@@ -350,10 +359,11 @@ static struct {
 	uint32_t next_family_id;
 	struct shmet__node **table;
 	size_t table_mask;
+	uint32_t deferred_parent; /* region of the parent a fork child came from */
 	void *sink; /* private memory that absorbs writes when a child got no region */
 	char path[4096];
 } shmet__st = {PTHREAD_MUTEX_INITIALIZER, 0, 0, {-1, 0, 0, NULL, 0, NULL}, -1, 0, 0, 0, 0, NULL, 0, NULL, 0,
-	       NULL, {0}};
+	       SHMET_NO_PARENT, NULL, {0}};
 
 static __thread char shmet__errmsg[SHMET_ERRBUF];
 
@@ -369,7 +379,12 @@ static int shmet__err(int code, const char *fmt, ...)
 	return code;
 }
 
-int shmet_region_index(void) { return __atomic_load_n(&shmet__st.region, __ATOMIC_RELAXED); }
+int shmet_region_index(void)
+{
+	if (!__atomic_load_n(&shmet__base, __ATOMIC_RELAXED) && shmet__st.initialized)
+		shmet__claim_deferred();
+	return __atomic_load_n(&shmet__st.region, __ATOMIC_RELAXED);
+}
 
 void shmet__drop(void)
 {
@@ -465,23 +480,37 @@ static void shmet__atfork_child(void)
 	close(shmet__st.map.fd);
 	shmet__st.map.fd = fd;
 	int parent = shmet__st.region;
-	/* A parent without a region kept its directory in its sink, which
-	 * this child inherited (a private mapping is copied at fork). */
-	unsigned char *from = parent >= 0 ? shmet_seg_region(&shmet__st.map, (uint32_t)parent) : (unsigned char *)shmet__st.sink;
-	uint64_t dir_end = shmet__st.dir_end, cell_low = shmet__st.cell_low, series = shmet__st.series;
+	/* The parent's directory (in its region, or in its sink when it had
+	 * none) goes to this child's private sink now, because the parent may
+	 * be gone, and its region folded, by the time this child first writes. */
+	const unsigned char *from = parent >= 0 ? shmet_seg_region(&shmet__st.map, (uint32_t)parent)
+						 : (const unsigned char *)shmet__st.sink;
+	uint64_t dir_end = shmet__st.dir_end;
 	int has_dir = from && dir_end > sizeof(struct shmet_region_header);
-	if (fd < 0 || shmet__claim_locked(parent >= 0 ? (uint32_t)parent : SHMET_NO_PARENT) != SHMET_OK) {
-		shmet__use_sink();
-		/* Keep the directory for a later claim (shmet__init_locked). */
-		if (has_dir && shmet__st.sink && from != shmet__st.sink)
-			memcpy((unsigned char *)shmet__st.sink + sizeof(struct shmet_region_header),
-			       from + sizeof(struct shmet_region_header), dir_end - sizeof(struct shmet_region_header));
-		pthread_mutex_unlock(&shmet__st.mu);
-		return;
-	}
-	if (has_dir)
-		shmet__adopt_dir(from, dir_end, cell_low, series);
+	shmet__use_sink();
+	if (has_dir && shmet__st.sink && from != shmet__st.sink)
+		memcpy((unsigned char *)shmet__st.sink + sizeof(struct shmet_region_header),
+		       from + sizeof(struct shmet_region_header), dir_end - sizeof(struct shmet_region_header));
+	shmet__st.deferred_parent = parent >= 0 ? (uint32_t)parent : SHMET_NO_PARENT;
+	if (fd >= 0 && (!has_dir || shmet__st.sink))
+		__atomic_store_n(&shmet__base, (unsigned char *)NULL, __ATOMIC_RELAXED); /* claim at first write */
 	pthread_mutex_unlock(&shmet__st.mu);
+}
+
+static int shmet__init_locked(const struct shmet_options *o);
+
+unsigned char *shmet__claim_deferred(void)
+{
+	pthread_mutex_lock(&shmet__st.mu);
+	if (!__atomic_load_n(&shmet__base, __ATOMIC_RELAXED)) {
+		if (shmet__init_locked(NULL) != SHMET_OK)
+			shmet__use_sink(); /* no region: writes go nowhere, and never retry here */
+		if (!__atomic_load_n(&shmet__base, __ATOMIC_RELAXED))
+			abort(); /* no sink either: nowhere to write; cannot happen unless mmap of a page failed */
+	}
+	unsigned char *b = __atomic_load_n(&shmet__base, __ATOMIC_RELAXED);
+	pthread_mutex_unlock(&shmet__st.mu);
+	return b;
 }
 
 static int shmet__init_locked(const struct shmet_options *o)
@@ -500,7 +529,7 @@ static int shmet__init_locked(const struct shmet_options *o)
 		if (has_dir && !shmet__st.sink)
 			return shmet__err(SHMET_E_SYS, "%s: the inherited directory was not kept; not claiming a region",
 					  shmet__st.path);
-		int rc = shmet__claim_locked(SHMET_NO_PARENT);
+		int rc = shmet__claim_locked(shmet__st.deferred_parent);
 		if (rc == SHMET_OK && has_dir)
 			shmet__adopt_dir((const unsigned char *)shmet__st.sink, dir_end, cell_low, series);
 		return rc;

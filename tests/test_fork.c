@@ -207,12 +207,62 @@ static void test_fork_concurrent_create_one_creator(void **state)
 	assert_int_equal(creators, 1);
 }
 
+static int live_regions(void)
+{
+	struct shmet_segment s;
+	char err[SHMET_ERRBUF];
+	assert_int_equal(shmet_segment_open(seg, SHMET_ATTACH_READONLY, NULL, &s, err), SHMET_OK);
+	int live = 0;
+	for (uint32_t i = 0; i < s.regions; i++) {
+		struct shmet_region_info info;
+		shmet_region_info(&s, i, &info);
+		live += info.state == SHMET_REGION_LIVE;
+	}
+	shmet_segment_close(&s);
+	return live;
+}
+
+/* fork()+exec() (popen, system) and children that never write claim no
+ * region: a child claims at its first write. */
+static void test_fork_exec_child_claims_no_region(void **state)
+{
+	(void)state;
+	tsupport_fold(seg);
+	int before = live_regions();
+	pid_t pid = fork();
+	if (pid == 0) {
+		execl("/bin/true", "true", (char *)NULL);
+		_exit(127);
+	}
+	assert_int_equal(tsupport_wait(pid), 0);
+	FILE *p = popen("exit 0", "r");
+	assert_non_null(p);
+	assert_int_equal(pclose(p), 0);
+	pid = fork();
+	if (pid == 0)
+		_exit(0); /* never writes */
+	assert_int_equal(tsupport_wait(pid), 0);
+	assert_int_equal(live_regions(), before);
+	/* and one that writes does claim, with its parent's handles valid */
+	const char *v[] = {"counted", NULL};
+	double was = tsupport_value(seg, "forked_increments_total", v);
+	pid = fork();
+	if (pid == 0) {
+		shmet_counter_inc(counted);
+		_exit(shmet_region_index() >= 0 ? 0 : 1);
+	}
+	assert_int_equal(tsupport_wait(pid), 0);
+	assert_int_equal(live_regions(), before + 1);
+	assert_double_equal_exact(tsupport_value(seg, "forked_increments_total", v), was + 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_fork_children_of_master_count_exactly),
 		cmocka_unit_test(test_fork_sigkill_leaves_dead_region_then_reused),
 		cmocka_unit_test(test_fork_concurrent_create_one_creator),
+		cmocka_unit_test(test_fork_exec_child_claims_no_region),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);
 }
