@@ -31,6 +31,21 @@ static int setup(void **state)
 	return counted.off && noise.off ? 0 : -1;
 }
 
+static int live_regions(void)
+{
+	struct shmet_segment s;
+	char err[SHMET_ERRBUF];
+	assert_int_equal(shmet_segment_open(seg, SHMET_ATTACH_READONLY, NULL, &s, err), SHMET_OK);
+	int live = 0;
+	for (uint32_t i = 0; i < s.regions; i++) {
+		struct shmet_region_info info;
+		shmet_region_info(&s, i, &info);
+		live += info.state == SHMET_REGION_LIVE;
+	}
+	shmet_segment_close(&s);
+	return live;
+}
+
 static void *hammer(void *arg)
 {
 	(void)arg;
@@ -97,15 +112,7 @@ static void test_fork_children_of_master_count_exactly(void **state)
 	/* folding the dead children keeps the total and frees their regions */
 	tsupport_fold(seg);
 	assert_double_equal_exact(tsupport_value(seg, "forked_increments_total", v), 2.0 * CHILDREN * PER_THREAD);
-	assert_int_equal(shmet_segment_open(seg, SHMET_ATTACH_READONLY, NULL, &s, err), SHMET_OK);
-	int live = 0;
-	for (uint32_t i = 0; i < s.regions; i++) {
-		struct shmet_region_info info;
-		shmet_region_info(&s, i, &info);
-		live += info.state == SHMET_REGION_LIVE;
-	}
-	shmet_segment_close(&s);
-	assert_int_equal(live, 1); /* the master's */
+	assert_int_equal(live_regions(), 1); /* the master's */
 }
 
 static void test_fork_sigkill_leaves_dead_region_then_reused(void **state)
@@ -207,20 +214,6 @@ static void test_fork_concurrent_create_one_creator(void **state)
 	assert_int_equal(creators, 1);
 }
 
-static int live_regions(void)
-{
-	struct shmet_segment s;
-	char err[SHMET_ERRBUF];
-	assert_int_equal(shmet_segment_open(seg, SHMET_ATTACH_READONLY, NULL, &s, err), SHMET_OK);
-	int live = 0;
-	for (uint32_t i = 0; i < s.regions; i++) {
-		struct shmet_region_info info;
-		shmet_region_info(&s, i, &info);
-		live += info.state == SHMET_REGION_LIVE;
-	}
-	shmet_segment_close(&s);
-	return live;
-}
 
 /* fork()+exec() (popen, system) and children that never write claim no
  * region: a child claims at its first write. */
