@@ -226,6 +226,7 @@ void collector_stop(struct collector *c)
 
 void collector_close(struct collector *c)
 {
+	keymap_free(&c->problems);
 	view_free(c->view);
 	c->view = NULL;
 	shmet_segment_close(&c->seg);

@@ -19,6 +19,7 @@
 #define SHMET_COLLECTOR_H
 
 #include "expfmt.h"
+#include "keymap.h"
 #include "shmetrics_reader.h"
 
 #include <pthread.h>
@@ -94,8 +95,9 @@ struct collector {
 	uint64_t scans;          /* scans completed */
 	bool scanning, wake_requested;
 	/* statistics, relaxed atomics: written by one thread, read by scrapes */
-	uint64_t corrupt_records;
-	uint64_t conflicts;
+	uint64_t corrupt_records; /* distinct bad records seen (each is re-met at every rebuild) */
+	uint64_t conflicts;       /* distinct series skipped for a family clash */
+	struct keymap problems;   /* updater only: (kind, region, generation, offset) already counted */
 	uint64_t scrapes;
 	uint64_t last_scan_ns;
 	uint64_t last_scrape_ns; /* duration of the last /metrics render */

@@ -181,18 +181,41 @@ static struct bseries *series_for(struct builder *b, struct bfamily *f, const st
 	return s;
 }
 
-static void add_area(struct builder *b, const struct shmet_area *area, int region, bool live)
+/* Count and log a problem the first time this (kind, region, generation,
+ * offset) is met: the view is rebuilt often, the bad record stays. */
+static bool first_sighting(struct collector *c, char kind, int region, uint64_t gen, uint64_t off)
+{
+	struct {
+		char kind;
+		int region;
+		uint64_t gen, off;
+	} k;
+	memset(&k, 0, sizeof k);
+	k.kind = kind, k.region = region, k.gen = gen, k.off = off;
+	if (keymap_find(&c->problems, (const char *)&k, sizeof k))
+		return false;
+	if (c->problems.used > 100000)
+		keymap_free(&c->problems); /* bounded memory; at worst a problem is counted again */
+	keymap_put(&c->problems, (const char *)&k, sizeof k, 0);
+	return true;
+}
+
+static void add_area(struct builder *b, const struct shmet_area *area, int region, uint64_t gen, bool live)
 {
 	struct shmet_dir_iter it;
 	struct shmet_record r;
 	char why[SHMET_ERRBUF];
 	int rc;
 	shmet_dir_begin(&it, area);
+	uint64_t at = it.pos;
 	while ((rc = shmet_dir_next(&it, &r, why)) != 0) {
+		uint64_t rec_at = at;
+		at = it.pos;
 		if (rc < 0) {
-			if (__atomic_fetch_add(&b->c->corrupt_records, 1, __ATOMIC_RELAXED) < 20)
-				collector_log("skipping corrupt record in %s %d: %s", region < 0 ? "retired totals" : "region",
-					      region, why);
+			if (first_sighting(b->c, 'c', region, gen, rec_at) &&
+			    __atomic_fetch_add(&b->c->corrupt_records, 1, __ATOMIC_RELAXED) < 100)
+				collector_log("skipping corrupt record at %llu in %s %d: %s", (unsigned long long)rec_at,
+					      region < 0 ? "retired totals" : "region", region, why);
 			continue;
 		}
 		if (r.kind != SHMET_REC_SERIES)
@@ -203,7 +226,8 @@ static void add_area(struct builder *b, const struct shmet_area *area, int regio
 			return;
 		}
 		if (!same_shape(&f->out, &r.fam)) {
-			if (__atomic_fetch_add(&b->c->conflicts, 1, __ATOMIC_RELAXED) < 20)
+			if (first_sighting(b->c, 'f', region, gen, rec_at) &&
+			    __atomic_fetch_add(&b->c->conflicts, 1, __ATOMIC_RELAXED) < 100)
 				collector_log("region %d: family %s registered with another type, labels or buckets; skipped",
 					      region, f->out.name);
 			continue;
@@ -307,7 +331,7 @@ struct view *view_build(struct collector *c)
 	char why[SHMET_ERRBUF];
 	if (shmet_retired_area(seg, active, &area, why) != SHMET_OK)
 		collector_log("retired totals unreadable: %s", why);
-	add_area(&b, &area, -1, false);
+	add_area(&b, &area, -1, __atomic_load_n(&rh->rh_folds, __ATOMIC_RELAXED) << 1 | active, false);
 	st->dropped = __atomic_load_n(&rh->rh_dropped, __ATOMIC_RELAXED) +
 		      __atomic_load_n(&seg->map.hdr->sh_dropped_orphan, __ATOMIC_RELAXED);
 	st->folds = __atomic_load_n(&rh->rh_folds, __ATOMIC_RELAXED);
@@ -327,13 +351,14 @@ struct view *view_build(struct collector *c)
 		if (__atomic_load_n(&rh->rh_folded_gen[i], __ATOMIC_RELAXED) == info.generation)
 			continue; /* already in the retired totals */
 		if (shmet_region_area(seg, i, &area, why) != SHMET_OK) {
-			if (__atomic_fetch_add(&c->corrupt_records, 1, __ATOMIC_RELAXED) < 20)
+			if (first_sighting(c, 'h', (int)i, info.generation, 0) &&
+			    __atomic_fetch_add(&c->corrupt_records, 1, __ATOMIC_RELAXED) < 100)
 				collector_log("region %u: %s", i, why);
 			continue;
 		}
 		st->bytes_used += (area.dir_end - sizeof(struct shmet_region_header)) + (area.size - area.cell_low);
 		st->dropped += info.dropped;
-		add_area(&b, &area, (int)i, info.alive);
+		add_area(&b, &area, (int)i, info.generation, info.alive);
 	}
 	if (b.oom)
 		goto fail;

@@ -304,6 +304,69 @@ static void test_collector_prometheus_server_stores_exact_values(void **state)
 	free(series);
 }
 
+/* A corrupt record is skipped, logged and counted once, however often the
+ * view is rebuilt while it stays in the segment. */
+static void test_collector_corrupt_record_counted_once(void **state)
+{
+	(void)state;
+	char *body;
+	assert_int_equal(tsupport_http_get(d.port, "/metrics", NULL, &body, NULL), 200);
+	double before = tsupport_sample(body, "shmetricsd_corrupt_records_total");
+	free(body);
+	int ready[2];
+	assert_int_equal(pipe(ready), 0);
+	pid_t pid = fork();
+	if (pid == 0) {
+		shmet_family *f;
+		if (shmet_counter_register(&f, "doomed_total", "Soon corrupt.", 0, NULL) != SHMET_OK)
+			_exit(1);
+		shmet_counter_inc(shmet_counter_get(f, NULL)); /* claims this child's region */
+		/* a stray write: the family record's name loses its validity */
+		unsigned char *rg = shmet__base;
+		struct shmet_region_header *h = (struct shmet_region_header *)(void *)rg;
+		for (uint64_t o = 64; o + 8 < h->rg_dir_end; o++)
+			if (memcmp(rg + o, "doomed_total", 12) == 0) {
+				rg[o] = '-';
+				break;
+			}
+		char one = 1;
+		if (write(ready[1], &one, 1) != 1)
+			_exit(2);
+		pause();
+		_exit(0);
+	}
+	/* nothing below may fail before the paused child is killed */
+	char one;
+	bool ready_ok = read(ready[0], &one, 1) == 1;
+	int st = tsupport_http_get(d.port, "/metrics", NULL, &body, NULL);
+	double first = st == 200 ? tsupport_sample(body, "shmetricsd_corrupt_records_total") : NAN;
+	bool exposed = st == 200 && strstr(body, "doomed_total") != NULL;
+	free(body);
+	/* more series elsewhere: the view is rebuilt, the bad records met again */
+	shmet_family *more;
+	const char *l[] = {"n"};
+	int reg = shmet_counter_register(&more, "rebuild_total", "Forces rebuilds.", 1, l);
+	double later[5];
+	for (int i = 0; i < 5; i++) {
+		char v[8];
+		snprintf(v, sizeof v, "%d", i);
+		shmet_counter_inc(shmet_counter_labels(more, v));
+		later[i] = NAN;
+		if (tsupport_http_get(d.port, "/metrics", NULL, &body, NULL) == 200)
+			later[i] = tsupport_sample(body, "shmetricsd_corrupt_records_total");
+		free(body);
+	}
+	kill(pid, SIGKILL);
+	tsupport_wait(pid);
+	assert_true(ready_ok);
+	assert_int_equal(st, 200);
+	assert_false(exposed);
+	assert_int_equal(reg, SHMET_OK);
+	for (int i = 0; i < 5; i++)
+		assert_double_equal_exact(later[i], first);
+	assert_true(first > before); /* the family record and the series that points at it */
+}
+
 /* A scrape right after a new worker created a series counts it, even when
  * the collector's periodic scan is a minute away. */
 static void test_collector_scrape_sees_series_created_just_before(void **state)
@@ -377,6 +440,7 @@ int main(void)
 		cmocka_unit_test(test_collector_second_instance_and_bad_flags_refused),
 		cmocka_unit_test(test_collector_prometheus_server_stores_exact_values),
 		cmocka_unit_test(test_collector_scrape_sees_series_created_just_before),
+		cmocka_unit_test(test_collector_corrupt_record_counted_once),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
