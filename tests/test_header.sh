@@ -161,5 +161,10 @@ for h in shmetrics_layout.h shmetrics_segment.h shmetrics_reader.h; do
 	check "$h alone as C++11" "$CXX_" "${CXXSTRICT[@]}" -fsyntax-only -Iinclude -x c++ "include/$h"
 done
 
+# The README's instrumenting example compiles and links as the README says.
+sed -n '/^```c$/,/^```$/p' README.md | sed '1d;$d' >"$tmp/readme.c"
+check "README's example compiles with the documented command" \
+	"$CC_" -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror "${san[@]}" -Iinclude -o "$tmp/readme" "$tmp/readme.c" -pthread -lm
+
 echo "1..$n"
 [ "$failed" -eq 0 ]
