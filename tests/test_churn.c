@@ -182,10 +182,18 @@ static void test_churn_monotonic_then_exact_across_collector_kill(void **state)
 	assert_int_equal(tsupport_daemon_stop(&d, SIGTERM), 0);
 }
 
+static int teardown(void **state)
+{
+	(void)state;
+	if (d.pid > 0)
+		tsupport_daemon_stop(&d, SIGKILL);
+	return 0;
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_churn_monotonic_then_exact_across_collector_kill),
 	};
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	return cmocka_run_group_tests(tests, NULL, teardown);
 }

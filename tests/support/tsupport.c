@@ -105,6 +105,7 @@ int tsupport_wait(pid_t pid)
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -151,6 +152,8 @@ int tsupport_daemon_start(struct tdaemon *d, const char *segment, const char *co
 	argv[n] = NULL;
 	d->pid = fork();
 	if (d->pid == 0) {
+		/* the daemon dies with the test, even when an assertion ends it early */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		int fd = open(d->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
 		dup2(fd, 2);
 		dup2(fd, 1);
