@@ -79,10 +79,7 @@ bool collector_scan(struct collector *c)
 	int rc = shmet_fold_dead(&c->seg, &fold_res);
 	if (rc != SHMET_OK || fold_res.err[0])
 		collector_log("fold: %s", fold_res.err[0] ? fold_res.err : shmet_strerror(rc));
-	if (fold_res.folded) {
-		__atomic_fetch_add(&c->folds_done, fold_res.folded, __ATOMIC_RELAXED);
-		__atomic_fetch_add(&c->corrupt_records, fold_res.corrupt, __ATOMIC_RELAXED);
-	}
+	/* corrupt records the fold skipped were counted when the view met them */
 	uint64_t fp = fingerprint(c);
 	bool changed = false;
 	if (fp != last_fingerprint || fold_res.to_free || !c->view) {

@@ -98,10 +98,8 @@ struct collector {
 	uint64_t corrupt_records; /* distinct bad records seen (each is re-met at every rebuild) */
 	uint64_t conflicts;       /* distinct series skipped for a family clash */
 	struct keymap problems;   /* updater only: (kind, region, generation, offset) already counted */
-	uint64_t scrapes;
 	uint64_t last_scan_ns;
 	uint64_t last_scrape_ns; /* duration of the last /metrics render */
-	uint64_t folds_done;     /* by this collector */
 	struct api *api;         /* push endpoints and dashboard history (api.c) */
 	struct MHD_Daemon *httpd;
 	int bound_port;

@@ -55,7 +55,6 @@ static enum MHD_Result serve_metrics(struct collector *c, struct MHD_Connection 
 	render_metrics(c, v, &b, fmt);
 	view_leave(c);
 	__atomic_store_n(&c->last_scrape_ns, shmet__now_ns(CLOCK_MONOTONIC) - t0, __ATOMIC_RELAXED);
-	__atomic_fetch_add(&c->scrapes, 1, __ATOMIC_RELAXED);
 	if (b.oom) {
 		shmet_buf_free(&b);
 		return http_respond_static(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8",

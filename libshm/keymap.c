@@ -33,7 +33,7 @@ struct kv *keymap_find(const struct keymap *m, const char *k, size_t n)
 	}
 }
 
-int keymap_put(struct keymap *m, const char *k, size_t n, uint32_t val)
+int keymap_put(struct keymap *m, const char *k, size_t n, uintptr_t val)
 {
 	if (!m->slots || (m->used + 1) * 2 > m->mask + 1) {
 		struct keymap g = {NULL, m->slots ? m->mask * 2 + 1 : 255, 0};

@@ -20,6 +20,7 @@
  * Exit status: 0 done (or --check found nothing wrong), 1 --check found
  * problems, 2 the segment cannot be opened or the command line is wrong.
  */
+#include "keymap.h"
 #include "shmetrics_reader.h"
 
 #include <errno.h>
@@ -75,77 +76,22 @@ static int dump_grow(void *pp, size_t *cap, size_t need, size_t size)
 }
 
 /* Open-addressing map from a byte string (copied) to a pointer. */
-struct dmap {
-	struct dmap_slot {
-		char *key;
-		size_t len;
-		uint64_t hash;
-		void *val;
-	} *slots;
-	size_t mask, used;
-};
-
-static uint64_t dmap_hash(const char *k, size_t n)
+/* The dump's maps are libshm's keymap holding pointers (or offsets). */
+static void *dmap_get(const struct keymap *m, const char *k, size_t n)
 {
-	uint64_t h = 0xcbf29ce484222325ull;
-	for (size_t i = 0; i < n; i++)
-		h = (h ^ (unsigned char)k[i]) * 0x100000001b3ull;
-	return h;
-}
-
-static struct dmap_slot *dmap_slot(const struct dmap *m, const char *k, size_t n, uint64_t h)
-{
-	for (size_t i = h & m->mask;; i = (i + 1) & m->mask) {
-		struct dmap_slot *s = &m->slots[i];
-		if (!s->key || (s->hash == h && s->len == n && memcmp(s->key, k, n) == 0))
-			return s;
-	}
-}
-
-static void *dmap_get(const struct dmap *m, const char *k, size_t n)
-{
-	if (!m->slots)
-		return NULL;
-	struct dmap_slot *s = dmap_slot(m, k, n, dmap_hash(k, n));
-	return s->key ? s->val : NULL;
+	struct kv *kv = keymap_find(m, k, n);
+	return kv ? (void *)kv->val : NULL;
 }
 
 /* Insert or replace; -1 when out of memory. */
-static int dmap_put(struct dmap *m, const char *k, size_t n, void *val)
+static int dmap_put(struct keymap *m, const char *k, size_t n, void *val)
 {
-	if (!m->slots || (m->used + 1) * 2 > m->mask + 1) {
-		struct dmap g = {NULL, m->slots ? m->mask * 2 + 1 : 63, 0};
-		g.slots = calloc(g.mask + 1, sizeof *g.slots);
-		if (!g.slots)
-			return -1;
-		for (size_t i = 0; m->slots && i <= m->mask; i++)
-			if (m->slots[i].key) {
-				*dmap_slot(&g, m->slots[i].key, m->slots[i].len, m->slots[i].hash) = m->slots[i];
-				g.used++;
-			}
-		free(m->slots);
-		*m = g;
+	struct kv *kv = keymap_find(m, k, n);
+	if (kv) {
+		kv->val = (uintptr_t)val;
+		return 0;
 	}
-	uint64_t h = dmap_hash(k, n);
-	struct dmap_slot *s = dmap_slot(m, k, n, h);
-	if (!s->key) {
-		if (!(s->key = malloc(n ? n : 1)))
-			return -1;
-		memcpy(s->key, k, n);
-		s->len = n;
-		s->hash = h;
-		m->used++;
-	}
-	s->val = val;
-	return 0;
-}
-
-static void dmap_free(struct dmap *m)
-{
-	for (size_t i = 0; m->slots && i <= m->mask; i++)
-		free(m->slots[i].key);
-	free(m->slots);
-	memset(m, 0, sizeof *m);
+	return keymap_put(m, k, n, (uintptr_t)val);
 }
 
 /* A list of messages ("problem: ..." and "info: ..." lines). */
@@ -362,9 +308,9 @@ struct dump {
 	unsigned active;
 	struct d_family **fams;
 	size_t nfams, capf;
-	struct dmap fam_by_name, series_by_key;
+	struct keymap fam_by_name, series_by_key;
 	struct shmet_snapshot snap;
-	struct dmap snap_by_key; /* name 0xff value 0xff ... -> snap series */
+	struct keymap snap_by_key; /* name 0xff value 0xff ... -> snap series */
 	struct msgs problems, info;
 	uint64_t corrupt, conflicts;
 	bool oom;
@@ -396,9 +342,9 @@ static void dump_free(struct dump *d)
 	for (size_t i = 0; i < d->nfams; i++)
 		d_family_free(d->fams[i]);
 	free(d->fams);
-	dmap_free(&d->fam_by_name);
-	dmap_free(&d->series_by_key);
-	dmap_free(&d->snap_by_key);
+	keymap_free(&d->fam_by_name);
+	keymap_free(&d->series_by_key);
+	keymap_free(&d->snap_by_key);
 	shmet_snapshot_free(&d->snap);
 	msgs_free(&d->problems);
 	msgs_free(&d->info);
@@ -565,7 +511,7 @@ struct walk {
 	size_t nfam_offs, capfo;
 	struct walk_cell *cells;
 	size_t ncells, capc;
-	struct dmap seen_fams, seen_series;
+	struct keymap seen_fams, seen_series;
 	uint64_t series;
 	char *key;
 };
@@ -724,8 +670,8 @@ static uint64_t walk_area(struct dump *d, const struct shmet_area *a, int32_t ar
 	free(w.key);
 	free(w.fam_offs);
 	free(w.cells);
-	dmap_free(&w.seen_fams);
-	dmap_free(&w.seen_series);
+	keymap_free(&w.seen_fams);
+	keymap_free(&w.seen_series);
 	return w.series;
 }
 
