@@ -74,16 +74,50 @@ static uint64_t fingerprint(struct collector *c)
 static struct shmet_fold_result fold_res;
 static uint64_t last_fingerprint;
 
-bool collector_scan(struct collector *c)
+/* Test-only fault injection: the next N view builds fail as if memory ran out. */
+unsigned collector_test_fail_view_builds;
+
+static void note_fold(struct collector *c, int rc)
 {
-	int rc = shmet_fold_dead(&c->seg, &fold_res);
+	if (fold_res.blocked) {
+		if (!__atomic_exchange_n(&c->fold_blocked, true, __ATOMIC_RELAXED))
+			collector_log("fold stopped: %s; dead workers' values stay in their regions (nothing is lost) until "
+				      "the retired totals are repaired or the segment is recreated",
+				      fold_res.err[0] ? fold_res.err : shmet_strerror(rc));
+		return;
+	}
+	__atomic_store_n(&c->fold_blocked, false, __ATOMIC_RELAXED);
 	if (rc != SHMET_OK || fold_res.err[0])
 		collector_log("fold: %s", fold_res.err[0] ? fold_res.err : shmet_strerror(rc));
+	if (fold_res.inexact) {
+		/* relaxed: a statistic */
+		__atomic_fetch_add(&c->folds_inexact, fold_res.inexact, __ATOMIC_RELAXED);
+		collector_log("fold: %llu float totals needed more than 159 bits and were rounded",
+			      (unsigned long long)fold_res.inexact);
+	}
+}
+
+bool collector_scan(struct collector *c)
+{
+	/* After a flip, the published view still reads the previous half and
+	 * the folded regions until a view of the new half replaces it: folding
+	 * again would overwrite that half under its readers, and freeing the
+	 * regions would take their cells away.  So a flip waits for its view. */
+	if (!c->flip_unpublished) {
+		int rc = shmet_fold_dead(&c->seg, &fold_res);
+		note_fold(c, rc);
+		if (fold_res.flipped)
+			c->flip_unpublished = true;
+	}
 	/* corrupt records the fold skipped were counted when the view met them */
 	uint64_t fp = fingerprint(c);
 	bool changed = false;
-	if (fp != last_fingerprint || fold_res.to_free || !c->view) {
-		struct view *nv = view_build(c);
+	if (fp != last_fingerprint || fold_res.to_free || c->flip_unpublished || !c->view) {
+		struct view *nv = NULL;
+		if (collector_test_fail_view_builds)
+			collector_test_fail_view_builds--;
+		else
+			nv = view_build(c);
 		if (nv) {
 			struct view *old = c->view;
 			view_publish(c, nv);
@@ -94,10 +128,12 @@ bool collector_scan(struct collector *c)
 			view_free(old);
 			last_fingerprint = fp;
 			changed = true;
+			c->flip_unpublished = false;
 		}
 	}
 	if (fold_res.to_free && changed) {
 		shmet_free_folded(&c->seg, &fold_res);
+		fold_res.to_free = 0;
 		last_fingerprint = 0; /* the freed regions change the counts: rebuild next scan */
 	}
 	__atomic_store_n(&c->last_scan_ns, shmet__now_ns(CLOCK_MONOTONIC), __ATOMIC_RELAXED);
@@ -224,6 +260,7 @@ void collector_stop(struct collector *c)
 void collector_close(struct collector *c)
 {
 	keymap_free(&c->problems);
+	shmet_registry_free(&c->registry);
 	view_free(c->view);
 	c->view = NULL;
 	shmet_segment_close(&c->seg);

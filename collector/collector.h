@@ -30,6 +30,7 @@
 struct view_ref {
 	const uint64_t *cells;
 	bool live;
+	bool retired; /* cells of a retired half: the float total has three components */
 };
 
 struct view_series {
@@ -98,12 +99,20 @@ struct collector {
 	uint64_t corrupt_records; /* distinct bad records seen (each is re-met at every rebuild) */
 	uint64_t conflicts;       /* distinct series skipped for a family clash */
 	struct keymap problems;   /* updater only: (kind, region, generation, offset) already counted */
+	struct shmet_registry registry; /* updater only: the family registry read so far */
+	bool flip_unpublished;    /* updater only: a fold flipped; its view is not published yet */
+	bool fold_blocked;        /* relaxed: the active retired half is damaged, folding stopped */
+	uint64_t folds_inexact;   /* relaxed: float totals a fold had to round */
+	uint64_t registry_corrupt_logged;
 	uint64_t last_scan_ns;
 	uint64_t last_scrape_ns; /* duration of the last /metrics render */
 	struct api *api;         /* push endpoints and dashboard history (api.c) */
 	struct MHD_Daemon *httpd;
 	int bound_port;
 };
+
+/* Test-only: the next N view builds fail as if memory ran out. */
+extern unsigned collector_test_fail_view_builds;
 
 /* Build a view of the segment as it is now (updater thread). */
 struct view *view_build(struct collector *c);

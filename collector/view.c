@@ -77,21 +77,6 @@ struct builder {
 	bool oom;
 };
 
-static bool same_shape(const struct view_family *f, const struct shmet_family_view *r)
-{
-	uint32_t n = f->type == SHMET_GAUGE && f->mode == SHMET_GAUGE_PER_WORKER ? f->nlabels - 1 : f->nlabels;
-	if (f->type != r->type || f->mode != r->mode || n != r->nlabels || f->nbuckets != r->nbuckets)
-		return false;
-	for (uint32_t i = 0; i < n; i++)
-		if (strlen(f->label_names[i]) != r->label_lens[i] ||
-		    memcmp(f->label_names[i], r->label_names[i], r->label_lens[i]) != 0)
-			return false;
-	for (uint32_t i = 0; i < f->nbuckets; i++)
-		if (f->bounds[i] != shmet_bound(r, i))
-			return false;
-	return true;
-}
-
 static struct bfamily *family_for(struct builder *b, const struct shmet_family_view *r)
 {
 	struct kv *kv = keymap_find(&b->fam_index, r->name, r->name_len);
@@ -220,17 +205,20 @@ static void add_area(struct builder *b, const struct shmet_area *area, int regio
 		}
 		if (r.kind != SHMET_REC_SERIES)
 			continue;
-		struct bfamily *f = family_for(b, &r.fam);
+		/* the registry decides the shape; a record that disagrees was
+		 * written past the registry (a hostile or damaged writer) */
+		const struct shmet_family_view *rf = shmet_registry_check(&b->c->registry, &r.fam);
+		if (!rf) {
+			if (first_sighting(b->c, 'f', region, gen, r.fam.off) &&
+			    __atomic_fetch_add(&b->c->conflicts, 1, __ATOMIC_RELAXED) < 100)
+				collector_log("region %d: family %.*s is not registered with this shape; its series are skipped",
+					      region, (int)r.fam.name_len, r.fam.name);
+			continue;
+		}
+		struct bfamily *f = family_for(b, rf);
 		if (!f) {
 			b->oom = true;
 			return;
-		}
-		if (!same_shape(&f->out, &r.fam)) {
-			if (first_sighting(b->c, 'f', region, gen, rec_at) &&
-			    __atomic_fetch_add(&b->c->conflicts, 1, __ATOMIC_RELAXED) < 100)
-				collector_log("region %d: family %s registered with another type, labels or buckets; skipped",
-					      region, f->out.name);
-			continue;
 		}
 		bool per_worker = r.fam.type == SHMET_GAUGE && r.fam.mode == SHMET_GAUGE_PER_WORKER;
 		if (per_worker && !live)
@@ -251,6 +239,7 @@ static void add_area(struct builder *b, const struct shmet_area *area, int regio
 			s->cap = cap;
 		}
 		s->refs[s->nrefs].cells = (const uint64_t *)(const void *)(area->base + r.series.cell_off);
+		s->refs[s->nrefs].retired = area->retired;
 		s->refs[s->nrefs++].live = live;
 	}
 }
@@ -325,6 +314,14 @@ struct view *view_build(struct collector *c)
 	if (!b.v || !b.key)
 		goto fail;
 	struct view_stats *st = &b.v->stats;
+	if (shmet_registry_update(seg, &c->registry) != SHMET_OK)
+		goto fail;
+	if (c->registry.corrupt > c->registry_corrupt_logged) {
+		collector_log("family registry: %llu damaged or clashing records ignored (%s)",
+			      (unsigned long long)c->registry.corrupt, c->registry.err);
+		__atomic_fetch_add(&c->corrupt_records, c->registry.corrupt - c->registry_corrupt_logged, __ATOMIC_RELAXED);
+		c->registry_corrupt_logged = c->registry.corrupt;
+	}
 	unsigned active = shmet_retired_active(seg);
 	const struct shmet_retired_header *rh = shmet_retired_header(seg, active);
 	struct shmet_area area;
@@ -403,32 +400,38 @@ void view_free(struct view *v)
 
 void view_series_agg(const struct view_family *f, const struct view_series *s, struct shmet_agg *acc)
 {
-	memset(acc, 0, offsetof(struct shmet_agg, buckets));
-	if (f->type == SHMET_HISTOGRAM)
-		memset(acc->buckets, 0, (f->nbuckets + 1) * sizeof acc->buckets[0]);
+	shmet_agg_init(acc, f->type == SHMET_HISTOGRAM ? f->nbuckets : 0);
+	uint32_t k = shmet_float_cell(f->type, f->nbuckets);
 	for (uint32_t i = 0; i < s->nrefs; i++) {
 		const uint64_t *c = s->refs[i].cells;
 		struct shmet_values v;
 		/* relaxed: each cell is one value; see shmet_read_cells. */
+		v.value_lo[0] = v.value_lo[1] = 0;
+		if (s->refs[i].retired && f->type != SHMET_GAUGE) {
+			v.value_lo[0] = shmet__double(__atomic_load_n(&c[k + 1], __ATOMIC_RELAXED));
+			v.value_lo[1] = shmet__double(__atomic_load_n(&c[k + 2], __ATOMIC_RELAXED));
+		}
 		switch (f->type) {
 		case SHMET_COUNTER:
 		case SHMET_SUMMARY:
-			acc->whole += __atomic_load_n(&c[0], __ATOMIC_RELAXED);
-			acc->value += shmet__double(__atomic_load_n(&c[1], __ATOMIC_RELAXED));
+			v.whole = __atomic_load_n(&c[0], __ATOMIC_RELAXED);
+			v.value = shmet__double(__atomic_load_n(&c[1], __ATOMIC_RELAXED));
 			break;
 		case SHMET_HISTOGRAM:
-			for (uint32_t k = 0; k <= f->nbuckets; k++) {
-				uint64_t n = __atomic_load_n(&c[k], __ATOMIC_RELAXED);
-				acc->buckets[k] += n;
-				acc->whole += n;
+			v.whole = 0;
+			for (uint32_t b = 0; b <= f->nbuckets; b++) {
+				v.buckets[b] = __atomic_load_n(&c[b], __ATOMIC_RELAXED);
+				v.whole = v.whole + v.buckets[b] < v.whole ? UINT64_MAX : v.whole + v.buckets[b];
 			}
-			acc->value += shmet__double(__atomic_load_n(&c[f->nbuckets + 1], __ATOMIC_RELAXED));
+			v.value = shmet__double(__atomic_load_n(&c[k], __ATOMIC_RELAXED));
 			break;
 		case SHMET_GAUGE:
+			v.whole = 0;
 			v.value = shmet__double(__atomic_load_n(&c[0], __ATOMIC_RELAXED));
 			v.stamp_ns = __atomic_load_n(&c[1], __ATOMIC_RELAXED);
-			shmet_agg_add(acc, f->type, f->mode, 0, &v, s->refs[i].live);
 			break;
 		}
+		shmet_agg_add(acc, f->type, f->mode, f->nbuckets, &v, s->refs[i].live);
 	}
+	shmet_agg_finish(acc, f->type);
 }

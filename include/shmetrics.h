@@ -323,6 +323,8 @@ struct shmet_family {
 	struct shmet_family *next;
 	uint32_t id;
 	uint32_t rec_off; /* its FAMILY record in this process's region */
+	unsigned char *rec; /* a private copy of that record: its shape, for clash checks */
+	uint32_t rec_size;
 	enum shmet_type type;
 	enum shmet_gauge_mode mode;
 	uint32_t nlabels;
@@ -361,9 +363,10 @@ static struct {
 	size_t table_mask;
 	uint32_t deferred_parent; /* region of the parent a fork child came from */
 	void *sink; /* private memory that absorbs writes when a child got no region */
+	uint64_t registry_off, registry_size; /* validated at attach, never re-read */
 	char path[4096];
 } shmet__st = {PTHREAD_MUTEX_INITIALIZER, 0, 0, {-1, 0, 0, NULL, 0, NULL}, -1, 0, 0, 0, 0, NULL, 0, NULL, 0,
-	       SHMET_NO_PARENT, NULL, {0}};
+	       SHMET_NO_PARENT, NULL, 0, 0, {0}};
 
 static __thread char shmet__errmsg[SHMET_ERRBUF];
 
@@ -550,6 +553,8 @@ static int shmet__init_locked(const struct shmet_options *o)
 		return shmet__err(rc, "%s", why);
 	strcpy(shmet__st.path, path);
 	shmet__st.region_size = shmet__st.map.hdr->sh_region_size;
+	shmet__st.registry_off = shmet__st.map.hdr->sh_registry_off;
+	shmet__st.registry_size = shmet__st.map.hdr->sh_registry_size;
 	/* Enough buckets for every series a region can hold, at ~64 bytes each. */
 	size_t want = (size_t)(shmet__st.region_size / 64), n = 64;
 	while (n < want && n < ((size_t)1 << 20))
@@ -620,51 +625,8 @@ static unsigned char *shmet__put_str(unsigned char *p, const char *s, size_t n, 
 	return p + n;
 }
 
-/* The names a family's samples use, for clash checks between families. */
-static int shmet__names_overlap(const char *a, enum shmet_type ta, const char *b, enum shmet_type tb)
-{
-	static const char *const sfx[5][5] = {
-		{NULL},
-		{"", NULL},                                   /* counter: name ends in _total */
-		{"", NULL},                                   /* gauge */
-		{"", "_bucket", "_sum", "_count", NULL},      /* histogram */
-		{"", "_sum", "_count", NULL},                 /* summary */
-	};
-	char na[SHMET_MAX_NAME_LEN + 16], nb[SHMET_MAX_NAME_LEN + 16];
-	for (int i = 0; sfx[ta][i]; i++) {
-		snprintf(na, sizeof na, "%s%s", a, sfx[ta][i]);
-		for (int j = 0; sfx[tb][j]; j++) {
-			snprintf(nb, sizeof nb, "%s%s", b, sfx[tb][j]);
-			if (strcmp(na, nb) == 0)
-				return 1;
-		}
-	}
-	/* OpenMetrics names a counter's family without _total. */
-	size_t la = strlen(a), lb = strlen(b);
-	if (ta == SHMET_COUNTER && la > 6 && strlen(b) == la - 6 && strncmp(a, b, la - 6) == 0)
-		return 1;
-	if (tb == SHMET_COUNTER && lb > 6 && strlen(a) == lb - 6 && strncmp(a, b, lb - 6) == 0)
-		return 1;
-	return 0;
-}
-
 static const double shmet__default_buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 						0.5,   1,    2.5,   5,    10};
-
-static int shmet__same_spec(const shmet_family *f, const struct shmet_family_spec *s, const double *b,
-			    size_t nb)
-{
-	if (f->type != s->type || f->nlabels != s->nlabels || f->nbuckets != nb ||
-	    (s->type == SHMET_GAUGE && f->mode != s->gauge_mode))
-		return 0;
-	for (size_t i = 0; i < s->nlabels; i++)
-		if (strcmp(f->label_names[i], s->label_names[i]) != 0)
-			return 0;
-	for (size_t i = 0; i < nb; i++)
-		if (f->bounds[i] != b[i])
-			return 0;
-	return 1;
-}
 
 /* strdup is POSIX, not C11: keep the header usable under -std=c11. */
 static char *shmet__strdup(const char *s)
@@ -682,6 +644,7 @@ static void shmet__free_family(shmet_family *f)
 		for (uint32_t i = 0; i < f->nlabels; i++)
 			free(f->label_names[i]);
 	free(f->label_names);
+	free(f->rec);
 	free(f->bounds);
 	free(f->name);
 	free(f->help);
@@ -703,6 +666,9 @@ static int shmet__validate_spec(const struct shmet_family_spec *s, char *name, c
 	if (!valid || strcmp(name, "_total") == 0)
 		return shmet__err(SHMET_E_INVALID_NAME, "metric name \"%s\" does not match [a-zA-Z_:][a-zA-Z0-9_:]*",
 				  s->name);
+	if (strncmp(name, SHMET_RESERVED_PREFIX, sizeof SHMET_RESERVED_PREFIX - 1) == 0)
+		return shmet__err(SHMET_E_INVALID_NAME, "\"%s\": the prefix %s is the collector's own", name,
+				  SHMET_RESERVED_PREFIX);
 	if (s->type != SHMET_COUNTER && n >= 6 && strcmp(name + n - 6, "_total") == 0)
 		return shmet__err(SHMET_E_INVALID_NAME, "\"%s\": only counters may end in _total", name);
 	const char *help = s->help ? s->help : "";
@@ -750,41 +716,180 @@ static int shmet__validate_spec(const struct shmet_family_spec *s, char *name, c
 	return SHMET_OK;
 }
 
-static int shmet__register_locked(const struct shmet_family_spec *s, shmet_family **out)
+/* Encode the FAMILY record of a validated spec into a new private buffer. */
+static unsigned char *shmet__encode_family(const struct shmet_family_spec *s, const char *name, const double *bounds,
+					   size_t nb, size_t *size_out)
 {
-	char name[SHMET_MAX_NAME_LEN + 8];
-	const double *bounds = NULL;
-	size_t nb = 0;
-	int rc = shmet__validate_spec(s, name, &bounds, &nb);
-	if (rc != SHMET_OK)
-		return rc;
-	for (shmet_family *f = shmet__st.families; f; f = f->next) {
-		if (strcmp(f->name, name) == 0) {
-			if (shmet__same_spec(f, s, bounds, nb)) {
-				*out = f;
-				return SHMET_OK;
-			}
-			return shmet__err(SHMET_E_TYPE_CLASH, "\"%s\" is already registered with another type, labels or buckets",
-					  name);
-		}
-		if (shmet__names_overlap(f->name, f->type, name, s->type))
-			return shmet__err(SHMET_E_TYPE_CLASH, "\"%s\" clashes with the samples of family \"%s\"", name, f->name);
-	}
-	rc = shmet__init_locked(NULL);
-	if (rc != SHMET_OK)
-		return rc;
 	const char *help = s->help ? s->help : "";
 	size_t nlen = strlen(name), hlen = strlen(help);
 	size_t size = sizeof(struct shmet_rec_family) + nb * 8 + nlen + hlen;
 	for (size_t i = 0; i < s->nlabels; i++)
 		size += 2 + strlen(s->label_names[i]);
+	size = (size_t)shmet_align8(size);
+	unsigned char *rec = (unsigned char *)calloc(1, size);
+	if (!rec)
+		return NULL;
+	struct shmet_rec_family fr;
+	memset(&fr, 0, sizeof fr);
+	fr.fam_rec.rec_size = (uint32_t)size;
+	fr.fam_rec.rec_kind = SHMET_REC_FAMILY;
+	fr.fam_type = (uint8_t)s->type;
+	fr.fam_gauge_mode = (uint8_t)(s->type == SHMET_GAUGE ? s->gauge_mode : SHMET_GAUGE_SUM);
+	fr.fam_nlabels = (uint16_t)s->nlabels;
+	fr.fam_nbuckets = (uint32_t)nb;
+	fr.fam_name_len = (uint16_t)nlen;
+	fr.fam_help_len = (uint16_t)hlen;
+	memcpy(rec, &fr, sizeof fr);
+	unsigned char *p = rec + sizeof fr;
+	if (nb)
+		memcpy(p, bounds, nb * 8);
+	p += nb * 8;
+	p = shmet__put_str(p, name, nlen, 0);
+	p = shmet__put_str(p, help, hlen, 0);
+	for (size_t i = 0; i < s->nlabels; i++)
+		p = shmet__put_str(p, s->label_names[i], strlen(s->label_names[i]), 1);
+	*size_out = size;
+	return rec;
+}
+
+/* Is the existing family (name, shape) compatible with the new one?  0, or
+ * SHMET_E_TYPE_CLASH with a reason that names the recorded shape. */
+static int shmet__shape_check(const struct shmet_shape *have, const struct shmet_shape *want, const char *where)
+{
+	char hd[512], wd[512];
+	int same_name = have->name_len == want->name_len && memcmp(have->name, want->name, want->name_len) == 0;
+	if (same_name && shmet_shape_same(have, want))
+		return SHMET_OK;
+	if (!same_name && !shmet_names_clash(have->name, have->name_len, have->type, want->name, want->name_len, want->type))
+		return SHMET_OK;
+	shmet_shape_describe(have, hd, sizeof hd);
+	shmet_shape_describe(want, wd, sizeof wd);
+	if (same_name)
+		return shmet__err(SHMET_E_TYPE_CLASH, "\"%.*s\" is already registered %s as %s; refused as %s",
+				  (int)want->name_len, want->name, where, hd, wd);
+	return shmet__err(SHMET_E_TYPE_CLASH, "\"%.*s\" (%s) clashes with the sample names of \"%.*s\" (%s), registered %s",
+			  (int)want->name_len, want->name, wd, (int)have->name_len, have->name, hd, where);
+}
+
+/* Check a new family against the segment's family registry and record it
+ * there when it is new (see FAMILY REGISTRY in shmetrics_layout.h).  The
+ * registry lock is an OFD lock: a holder that dies releases it, and a
+ * holder that never lets go costs a bounded wait and an error, not a hang. */
+static int shmet__registry_enter_locked(const unsigned char *rec, size_t size, const struct shmet_shape *want)
+{
+	struct shmet_seg_map *m = &shmet__st.map;
+	int locked = 0;
+	for (int tries = 0; tries < 2000; tries++) {
+		if (shmet__ofd_lock(m->fd, SHMET_REGISTRY_LOCK_OFF, F_WRLCK, F_OFD_SETLK) == 0) {
+			locked = 1;
+			break;
+		}
+		struct timespec ms = {0, 1000000};
+		nanosleep(&ms, NULL);
+	}
+	if (!locked)
+		return shmet__err(SHMET_E_TIMEOUT, "%s: the family registry stayed locked for 2 s", shmet__st.path);
+	unsigned char *base = m->base + shmet__st.registry_off;
+	struct shmet_region_header *rh = (struct shmet_region_header *)(void *)base;
+	/* acquire: pairs with the release below in whichever process appended
+	 * last, so every record under the end is complete. */
+	uint64_t end = __atomic_load_n(&rh->rg_dir_end, __ATOMIC_ACQUIRE), pos = sizeof *rh;
+	int rc = SHMET_OK, found = 0;
+	static unsigned char copy[SHMET_FAMILY_REC_MAX]; /* under shmet__st.mu */
+	if (end < sizeof *rh || end > shmet__st.registry_size || end % 8) {
+		rc = shmet__err(SHMET_E_CORRUPT, "%s: the family registry is damaged (end %llu)", shmet__st.path,
+				(unsigned long long)end);
+		goto out;
+	}
+	while (pos < end && rc == SHMET_OK && !found) {
+		uint32_t rs;
+		memcpy(&rs, base + pos, 4);
+		if (rs < sizeof(struct shmet_rec_family) || rs % 8 || rs > end - pos) {
+			rc = shmet__err(SHMET_E_CORRUPT, "%s: the family registry is damaged at %llu", shmet__st.path,
+					(unsigned long long)pos);
+			break;
+		}
+		struct shmet_shape have;
+		/* a private copy: another process may change the bytes meanwhile */
+		if (rs <= sizeof copy) {
+			memcpy(copy, base + pos, rs);
+			if (shmet_shape_decode(copy, rs, &have)) {
+				rc = shmet__shape_check(&have, want, "in the segment");
+				found = rc == SHMET_OK && have.name_len == want->name_len &&
+					memcmp(have.name, want->name, want->name_len) == 0;
+			}
+		}
+		pos += rs;
+	}
+	if (rc == SHMET_OK && !found) {
+		if (shmet__st.registry_size - end < size) {
+			rc = shmet__err(SHMET_E_REGISTRY_FULL, "%s: no room for \"%.*s\" in the family registry (%llu bytes)",
+					shmet__st.path, (int)want->name_len, want->name,
+					(unsigned long long)shmet__st.registry_size);
+		} else {
+			memcpy(base + end, rec, size);
+			/* release: the record's bytes before the end that exposes them */
+			__atomic_store_n(&rh->rg_dir_end, end + size, __ATOMIC_RELEASE);
+		}
+	}
+out:
+	shmet__ofd_lock(m->fd, SHMET_REGISTRY_LOCK_OFF, F_UNLCK, F_OFD_SETLK);
+	if (rc != SHMET_OK)
+		/* relaxed: a statistic the collector reports */
+		__atomic_fetch_add(&m->hdr->sh_registrations_refused, 1, __ATOMIC_RELAXED);
+	return rc;
+}
+
+static int shmet__register_locked(const struct shmet_family_spec *s, shmet_family **out)
+{
+	char name[SHMET_MAX_NAME_LEN + 8];
+	const double *bounds = NULL;
+	size_t nb = 0, size = 0;
+	int rc = shmet__validate_spec(s, name, &bounds, &nb);
+	if (rc != SHMET_OK)
+		return rc;
+	unsigned char *rec = shmet__encode_family(s, name, bounds, nb, &size);
+	struct shmet_shape want, have;
+	if (!rec)
+		return shmet__err(SHMET_E_SYS, "out of memory");
+	if (size > SHMET_FAMILY_REC_MAX || !shmet_shape_decode(rec, size, &want)) {
+		free(rec);
+		return shmet__err(SHMET_E_TOO_LONG, "\"%s\": family record too large", name);
+	}
+	for (shmet_family *f = shmet__st.families; f; f = f->next) {
+		if (!shmet_shape_decode(f->rec, f->rec_size, &have))
+			continue;
+		rc = shmet__shape_check(&have, &want, "in this process");
+		if (rc == SHMET_OK && strcmp(f->name, name) == 0) {
+			free(rec);
+			*out = f;
+			return SHMET_OK;
+		}
+		if (rc != SHMET_OK) {
+			free(rec);
+			if (shmet__st.map.hdr) /* relaxed: a statistic the collector reports */
+				__atomic_fetch_add(&shmet__st.map.hdr->sh_registrations_refused, 1, __ATOMIC_RELAXED);
+			return rc;
+		}
+	}
+	rc = shmet__init_locked(NULL);
+	if (rc == SHMET_OK)
+		rc = shmet__registry_enter_locked(rec, size, &want);
+	if (rc != SHMET_OK) {
+		free(rec);
+		return rc;
+	}
+	const char *help = s->help ? s->help : "";
 	shmet_family *f = (shmet_family *)calloc(1, sizeof *f);
 	if (!f || !(f->name = shmet__strdup(name)) || !(f->help = shmet__strdup(help)) ||
 	    !(f->label_names = (char **)calloc(s->nlabels + 1, sizeof(char *))) ||
 	    !(f->bounds = (double *)calloc(nb + 1, sizeof(double)))) {
 		shmet__free_family(f);
+		free(rec);
 		return shmet__err(SHMET_E_SYS, "out of memory");
 	}
+	f->rec = rec;
+	f->rec_size = (uint32_t)size;
 	f->nlabels = (uint32_t)s->nlabels;
 	for (size_t i = 0; i < s->nlabels; i++)
 		if (!(f->label_names[i] = shmet__strdup(s->label_names[i]))) {
@@ -796,31 +901,14 @@ static int shmet__register_locked(const struct shmet_family_spec *s, shmet_famil
 	f->type = s->type;
 	f->mode = s->type == SHMET_GAUGE ? s->gauge_mode : SHMET_GAUGE_SUM;
 	f->nbuckets = (uint32_t)nb;
-	unsigned char *rec = shmet__reserve(size, 0, NULL);
-	if (!rec) {
+	unsigned char *dst = shmet__reserve(size, 0, NULL);
+	if (!dst) {
 		shmet__free_family(f);
 		return shmet__err(SHMET_E_REGION_FULL, "no room for family \"%s\" in region %d (%llu bytes)", name,
 				  shmet__st.region, (unsigned long long)shmet__st.region_size);
 	}
-	struct shmet_rec_family fr;
-	memset(&fr, 0, sizeof fr);
-	fr.fam_rec.rec_size = (uint32_t)shmet_align8(size);
-	fr.fam_rec.rec_kind = SHMET_REC_FAMILY;
-	fr.fam_type = (uint8_t)f->type;
-	fr.fam_gauge_mode = (uint8_t)f->mode;
-	fr.fam_nlabels = (uint16_t)f->nlabels;
-	fr.fam_nbuckets = f->nbuckets;
-	fr.fam_name_len = (uint16_t)nlen;
-	fr.fam_help_len = (uint16_t)hlen;
-	memcpy(rec, &fr, sizeof fr);
-	unsigned char *p = rec + sizeof fr;
-	memcpy(p, f->bounds, nb * 8);
-	p += nb * 8;
-	p = shmet__put_str(p, name, nlen, 0);
-	p = shmet__put_str(p, help, hlen, 0);
-	for (size_t i = 0; i < s->nlabels; i++)
-		p = shmet__put_str(p, s->label_names[i], strlen(s->label_names[i]), 1);
-	f->rec_off = (uint32_t)(rec - shmet__base);
+	memcpy(dst, rec, size);
+	f->rec_off = (uint32_t)(dst - shmet__base);
 	shmet__publish(size, 0);
 	f->id = ++shmet__st.next_family_id;
 	f->next = shmet__st.families;

@@ -8,6 +8,7 @@
  *  file offset
  *  0 ─────────────── segment header (struct shmet_seg_header, one page)
  *  4096 ──────────── region table: region_count slots of 64 bytes
+ *  registry_off ──── family registry (registry_size bytes, page aligned)
  *  regions_off ───── region 0 | region 1 | ... (region_size bytes each, page aligned)
  *  retired_off ───── retired half 0 | retired half 1 (retired_half_size each)
  *
@@ -27,12 +28,18 @@
  *   72    8  sh_created_ns        creator (CLOCK_REALTIME)   informational
  *   80    4  sh_creator_pid       creator                    informational
  *   84    4  sh_mode              creator (file mode bits)   informational
- *   88   40  (reserved, zero)
+ *   88    8  sh_registry_off      creator                    after magic
+ *   96    8  sh_registry_size     creator                    after magic
+ *  104   24  (reserved, zero)
  *  128    8  sh_claim_failures    any process, relaxed add   collector, relaxed
  *  136    8  sh_dropped_orphan    any process, relaxed add   collector, relaxed
  *  144    8  sh_retired_active    folder only, release store collector, acquire
- *  152  ...  (reserved, zero, to 4096)
+ *  152    8  sh_registrations_refused
+ *                                 any process, relaxed add   collector, relaxed
+ *  160  ...  (reserved, zero, to 4096)
  *
+ *  sh_registrations_refused counts registrations the family registry refused
+ *  (a clashing shape or sample name, or a full registry).
  *  sh_claim_failures counts processes that found no free region (or no tmpfs
  *  space) when they claimed; sh_dropped_orphan counts writes dropped by a
  *  process that has no region.  sh_retired_active is the index (0 or 1) of
@@ -55,6 +62,27 @@
  *  does not drop it (unlike a classic POSIX lock); a fork child closes its
  *  inherited descriptor so it never keeps its parent's lock alive.  A LIVE
  *  slot whose byte is not locked belongs to a dead owner.
+ *
+ * FAMILY REGISTRY (registry_size bytes at registry_off): a region-format
+ * area without cells (a 64-byte region header, then FAMILY records, the
+ * same bytes as in a region's directory).  It decides each family's shape
+ * once for the whole segment:
+ *  - A writer registering a family takes the registry lock (an OFD write
+ *    lock on header byte SHMET_REGISTRY_LOCK_OFF, bounded wait), walks the
+ *    records, and either finds the name with the same shape (type, gauge
+ *    mode, label names, buckets; help is not part of the shape and the first
+ *    help wins), finds a clash (the same name with another shape, or any
+ *    sample name in common: x, x_total, x_bucket, x_sum, x_count, x_created,
+ *    and a counter's family name without _total) and refuses, or appends its
+ *    record and publishes rg_dir_end with a release store.
+ *  - Readers acquire rg_dir_end, copy and validate each record once, and
+ *    trust only that copy: a region's series counts only when its FAMILY
+ *    record has the registry's shape for its name.  A record that arrives
+ *    later with a clashing name (only a hostile writer can put one there) is
+ *    ignored and counted.  Scan order never decides a shape.
+ *  Records are never changed or removed while the segment exists, so a
+ *  shape outlives every process that used it: a deploy that changes a
+ *  family's shape needs a new family name, or a new segment.
  *
  * REGION (region_size bytes at regions_off + i*region_size); only its owner
  * writes it.  A region starts with a 64-byte header; the directory grows up
@@ -91,6 +119,32 @@
  *  histogram: u64 count per bucket, non-cumulative, nbuckets + 1 (+Inf last) |
  *             double sum.  _count is the sum of the buckets.
  *  summary:   u64 count | double sum.
+ *  In a retired half, the cells of a counter, histogram or summary carry two
+ *  more doubles after these (shmet_retired_cell_size): the float value
+ *  (counter fractional part, _sum) is there the exact sum c0 + c1 + c2 of
+ *  everything folded, as a non-overlapping expansion.
+ *
+ * EXACT FLOAT TOTALS.  A counter's value, and a histogram's or summary's
+ * _sum, is a sum of doubles held in many places: each live or dead region's
+ * cell and the retired expansion.  Floating addition is not associative, so
+ * a reader that added them one by one would expose a value that depends on
+ * how many regions were folded, and in which order (152.70000000000002 ->
+ * 152.7 at a fold is a counter reset to Prometheus).  Instead:
+ *  - the reader sums every part exactly (Shewchuk's expansions, as
+ *    Python's math.fsum; integer parts split into two exact doubles) and
+ *    rounds once to the nearest double: the exposed value is RN(S), where S
+ *    is the exact sum of every cell that holds this series;
+ *  - a fold replaces a dead region's cells by adding them exactly to the
+ *    retired expansion: S is unchanged, so RN(S) is unchanged, bit for bit;
+ *  - between scrapes every cell of a counter only grows (a writer adds
+ *    non-negative values, rounding to nearest keeps RN(a + v) >= a), so S
+ *    grows and RN, monotone, never goes down; a region's reuse starts from
+ *    zero only after its values are in the expansion.
+ *  Three components hold S exactly whenever it spans at most 159 bits
+ *  (for instance adds of 1e-9 up to totals of 1e23); a fold that would need
+ *  more keeps the nearest 159 bits and is counted as inexact
+ *  (shmetricsd_folds_inexact_total), so the loss is never silent.
+ *  Whole parts (u64) add with saturation, never wrapping.
  *
  * RETIRED HALF (retired_half_size bytes at retired_off + h*retired_half_size):
  *  a header of rh_size bytes (page aligned) then one region-format area that
@@ -111,6 +165,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #ifdef __cplusplus
@@ -118,7 +173,7 @@ extern "C" {
 #endif
 
 #define SHMET_MAGIC          UINT64_C(0x43495254454d4853) /* "SHMETRIC" little-endian */
-#define SHMET_VERSION_MAJOR  1u
+#define SHMET_VERSION_MAJOR  2u
 #define SHMET_VERSION_MINOR  0u
 #define SHMET_CACHELINE      64u
 #define SHMET_PAGE           4096u
@@ -131,6 +186,13 @@ extern "C" {
 #define SHMET_MAX_REGIONS          4096u
 #define SHMET_MIN_REGION_SIZE      UINT64_C(8192)
 #define SHMET_MAX_REGION_SIZE      (UINT64_C(1) << 31)
+#define SHMET_DEFAULT_REGISTRY_SIZE (UINT64_C(256) << 10)
+#define SHMET_MIN_REGISTRY_SIZE    UINT64_C(4096)
+#define SHMET_MAX_REGISTRY_SIZE    (UINT64_C(64) << 20)
+/* Header bytes that serve as OFD lock targets (never written as data). */
+#define SHMET_REGISTRY_LOCK_OFF    16
+/* The collector's own metrics: refused at registration. */
+#define SHMET_RESERVED_PREFIX      "shmetricsd_"
 
 /* Limits a registration must respect; the reader enforces them too. */
 #define SHMET_MAX_NAME_LEN     200u
@@ -138,6 +200,10 @@ extern "C" {
 #define SHMET_MAX_LABELS       16u
 #define SHMET_MAX_BUCKETS      128u
 #define SHMET_MAX_VALUE_LEN    1024u
+/* The largest FAMILY and SERIES records these limits allow. */
+#define SHMET_FAMILY_REC_MAX   (24u + 8u * SHMET_MAX_BUCKETS + SHMET_MAX_NAME_LEN + SHMET_MAX_HELP_LEN + \
+				SHMET_MAX_LABELS * (2u + SHMET_MAX_NAME_LEN) + 8u)
+#define SHMET_SERIES_REC_MAX   (24u + SHMET_MAX_LABELS * (2u + SHMET_MAX_VALUE_LEN) + 8u)
 
 enum shmet_type {
 	SHMET_COUNTER = 1,
@@ -174,11 +240,14 @@ struct shmet_seg_header {
 	uint64_t sh_created_ns;
 	uint32_t sh_creator_pid;
 	uint32_t sh_mode;
-	uint8_t sh_reserved0[40];
+	uint64_t sh_registry_off;
+	uint64_t sh_registry_size;
+	uint8_t sh_reserved0[24];
 	uint64_t sh_claim_failures;
 	uint64_t sh_dropped_orphan;
 	uint64_t sh_retired_active;
-	uint8_t sh_reserved1[SHMET_PAGE - 152];
+	uint64_t sh_registrations_refused;
+	uint8_t sh_reserved1[SHMET_PAGE - 160];
 };
 
 struct shmet_region_slot {
@@ -241,6 +310,9 @@ SHMET_LAYOUT_ASSERT(sizeof(struct shmet_seg_header) == SHMET_PAGE, "header is on
 SHMET_LAYOUT_ASSERT(offsetof(struct shmet_seg_header, sh_claim_failures) == 128, "layout table");
 SHMET_LAYOUT_ASSERT(offsetof(struct shmet_seg_header, sh_retired_active) == 144, "layout table");
 SHMET_LAYOUT_ASSERT(offsetof(struct shmet_seg_header, sh_total_size) == 64, "layout table");
+SHMET_LAYOUT_ASSERT(offsetof(struct shmet_seg_header, sh_registry_off) == 88, "layout table");
+SHMET_LAYOUT_ASSERT(offsetof(struct shmet_seg_header, sh_registry_size) == 96, "layout table");
+SHMET_LAYOUT_ASSERT(offsetof(struct shmet_seg_header, sh_registrations_refused) == 152, "layout table");
 SHMET_LAYOUT_ASSERT(sizeof(struct shmet_region_slot) == SHMET_CACHELINE, "slot is a cache line");
 SHMET_LAYOUT_ASSERT(sizeof(struct shmet_region_header) == 64, "region header");
 SHMET_LAYOUT_ASSERT(sizeof(struct shmet_retired_header) == 64, "retired header");
@@ -278,6 +350,20 @@ static inline uint32_t shmet_cell_size(unsigned type, uint32_t nbuckets)
 	}
 }
 
+/* A retired half's cells: the live layout plus the two lower components
+ * of the exact float total (see EXACT FLOAT TOTALS). */
+static inline uint32_t shmet_retired_cell_size(unsigned type, uint32_t nbuckets)
+{
+	uint32_t n = shmet_cell_size(type, nbuckets);
+	return n && type != SHMET_GAUGE ? n + 16 : n;
+}
+
+/* Index (in u64 cells) of the float value of a counter, histogram or summary. */
+static inline uint32_t shmet_float_cell(unsigned type, uint32_t nbuckets)
+{
+	return type == SHMET_HISTOGRAM ? nbuckets + 1 : 1;
+}
+
 static inline uint64_t shmet_retired_header_size(uint32_t region_count)
 {
 	uint64_t n = sizeof(struct shmet_retired_header) + 8ull * region_count;
@@ -311,6 +397,168 @@ static inline const char *shmet_gauge_mode_name(unsigned mode)
 {
 	static const char *const names[] = {"sum", "max", "min", "most_recent", "per_worker"};
 	return mode < sizeof names / sizeof *names ? names[mode] : "unknown";
+}
+
+/* ---- the family shape rule: one place for the writer and every reader ---- */
+
+/* The fields of a FAMILY record, pointing into the bytes decoded. */
+struct shmet_shape {
+	unsigned type, mode; /* mode: gauges only, SHMET_GAUGE_SUM otherwise */
+	uint32_t nlabels, nbuckets;
+	const unsigned char *bounds; /* nbuckets doubles, unaligned */
+	const char *name, *help;
+	uint32_t name_len, help_len;
+	const char *label_names[SHMET_MAX_LABELS];
+	uint32_t label_lens[SHMET_MAX_LABELS];
+};
+
+/* Decode a FAMILY record of size bytes (its 8-byte header included): 1 when
+ * every field lies inside it and the counts are within the limits, else 0.
+ * Names and text are not checked here; the caller owns the bytes (a private
+ * copy, for anything read from the segment). */
+static inline int shmet_shape_decode(const unsigned char *rec, size_t size, struct shmet_shape *s)
+{
+	uint32_t rec_size;
+	uint16_t kind, nlabels, name_len, help_len;
+	uint32_t nbuckets;
+	if (size < 24)
+		return 0;
+	memcpy(&rec_size, rec, 4);
+	memcpy(&kind, rec + 4, 2);
+	memcpy(&nlabels, rec + 10, 2);
+	memcpy(&nbuckets, rec + 12, 4);
+	memcpy(&name_len, rec + 16, 2);
+	memcpy(&help_len, rec + 18, 2);
+	if (kind != SHMET_REC_FAMILY || rec_size > size || rec_size < 24 || rec[8] < SHMET_COUNTER ||
+	    rec[8] > SHMET_SUMMARY || rec[9] > SHMET_GAUGE_PER_WORKER || nlabels > SHMET_MAX_LABELS ||
+	    nbuckets > SHMET_MAX_BUCKETS || (nbuckets && rec[8] != SHMET_HISTOGRAM))
+		return 0;
+	const unsigned char *p = rec + 24, *end = rec + rec_size;
+	if ((size_t)(end - p) < 8ull * nbuckets + name_len + help_len)
+		return 0;
+	memset(s, 0, sizeof *s);
+	s->type = rec[8];
+	s->mode = rec[8] == SHMET_GAUGE ? rec[9] : (unsigned)SHMET_GAUGE_SUM;
+	s->nlabels = nlabels;
+	s->nbuckets = nbuckets;
+	s->bounds = p;
+	p += 8ull * nbuckets;
+	s->name = (const char *)p;
+	s->name_len = name_len;
+	p += name_len;
+	s->help = (const char *)p;
+	s->help_len = help_len;
+	p += help_len;
+	for (uint32_t i = 0; i < nlabels; i++) {
+		uint16_t l;
+		if (end - p < 2)
+			return 0;
+		memcpy(&l, p, 2);
+		p += 2;
+		if ((size_t)(end - p) < l)
+			return 0;
+		s->label_names[i] = (const char *)p;
+		s->label_lens[i] = l;
+		p += l;
+	}
+	return 1;
+}
+
+/* The same shape: type, gauge mode, label names and bucket bounds.  The
+ * name is compared by the caller (who looked it up); help is no part of a
+ * shape (the registry's first help is the one shown). */
+static inline int shmet_shape_same(const struct shmet_shape *a, const struct shmet_shape *b)
+{
+	if (a->type != b->type || a->mode != b->mode || a->nlabels != b->nlabels || a->nbuckets != b->nbuckets)
+		return 0;
+	for (uint32_t i = 0; i < a->nlabels; i++)
+		if (a->label_lens[i] != b->label_lens[i] || memcmp(a->label_names[i], b->label_names[i], a->label_lens[i]))
+			return 0;
+	return a->nbuckets == 0 || memcmp(a->bounds, b->bounds, 8ull * a->nbuckets) == 0;
+}
+
+/* The sample and family names a family uses, in either exposition format:
+ * x; a counter x_total is also the OpenMetrics family x and has x_created;
+ * a histogram adds x_bucket, x_sum, x_count, x_created; a summary x_sum,
+ * x_count, x_created.  Writes up to 5 names of at most SHMET_MAX_NAME_LEN
+ * + 8 bytes each; returns how many. */
+#define SHMET__SAMPLE_NAME_MAX (SHMET_MAX_NAME_LEN + 9)
+static inline int shmet__sample_names(const char *name, size_t len, unsigned type,
+				      char out[5][SHMET__SAMPLE_NAME_MAX], size_t *lens)
+{
+	static const char *const sfx[5][5] = {
+		{NULL},
+		{"", NULL},
+		{"", NULL},
+		{"", "_bucket", "_sum", "_count", "_created"},
+		{"", "_sum", "_count", "_created", NULL},
+	};
+	int n = 0;
+	size_t base = len;
+	if (len > SHMET_MAX_NAME_LEN || type < SHMET_COUNTER || type > SHMET_SUMMARY)
+		return 0;
+	if (type == SHMET_COUNTER && len > 6 && memcmp(name + len - 6, "_total", 6) == 0) {
+		base = len - 6;
+		memcpy(out[n], name, len), lens[n++] = len;
+		memcpy(out[n], name, base), lens[n++] = base;
+		memcpy(out[n], name, base), memcpy(out[n] + base, "_created", 8), lens[n++] = base + 8;
+		return n;
+	}
+	for (int i = 0; i < 5 && sfx[type][i]; i++) {
+		size_t l = strlen(sfx[type][i]);
+		memcpy(out[n], name, len);
+		memcpy(out[n] + len, sfx[type][i], l);
+		lens[n++] = len + l;
+	}
+	return n;
+}
+
+/* Would families a and b (of different names) produce a sample or family
+ * name in common?  Then Prometheus would see one family twice, or keep only
+ * the first of two series: one of them must be refused. */
+static inline int shmet_names_clash(const char *a, size_t la, unsigned ta, const char *b, size_t lb, unsigned tb)
+{
+	char na[5][SHMET__SAMPLE_NAME_MAX], nb[5][SHMET__SAMPLE_NAME_MAX];
+	size_t lna[5], lnb[5];
+	int ca = shmet__sample_names(a, la, ta, na, lna), cb = shmet__sample_names(b, lb, tb, nb, lnb);
+	for (int i = 0; i < ca; i++)
+		for (int j = 0; j < cb; j++)
+			if (lna[i] == lnb[j] && memcmp(na[i], nb[j], lna[i]) == 0)
+				return 1;
+	return 0;
+}
+
+/* "histogram with labels {method,route} and buckets {0.1,1}" for errors. */
+static inline void shmet_shape_describe(const struct shmet_shape *s, char *buf, size_t cap)
+{
+	static const char *const modes[] = {"", " (mode max)", " (mode min)", " (mode most-recent)", " (mode per-worker)"};
+	size_t n = 0;
+	int w;
+	if (cap == 0)
+		return;
+	buf[0] = 0;
+#define SHMET__PUT(...)                                                      \
+	do {                                                                 \
+		w = snprintf(buf + n, cap - n, __VA_ARGS__);                 \
+		if (w < 0 || (size_t)w >= cap - n)                           \
+			return;                                              \
+		n += (size_t)w;                                              \
+	} while (0)
+	SHMET__PUT("%s%s", shmet_type_name(s->type), s->type == SHMET_GAUGE && s->mode <= 4 ? modes[s->mode] : "");
+	SHMET__PUT(" with labels {");
+	for (uint32_t i = 0; i < s->nlabels; i++)
+		SHMET__PUT("%s%.*s", i ? "," : "", (int)s->label_lens[i], s->label_names[i]);
+	SHMET__PUT("}");
+	if (s->type == SHMET_HISTOGRAM) {
+		SHMET__PUT(" and buckets {");
+		for (uint32_t i = 0; i < s->nbuckets; i++) {
+			double d;
+			memcpy(&d, s->bounds + 8ull * i, sizeof d);
+			SHMET__PUT("%s%.17g", i ? "," : "", d);
+		}
+		SHMET__PUT("}");
+	}
+#undef SHMET__PUT
 }
 
 /* ---- name and text rules shared by writer, reader and collector ---- */

@@ -26,6 +26,8 @@
 
 #include <stdbool.h>
 
+struct keymap;
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -41,6 +43,8 @@ struct shmet_segment {
 	uint64_t retired_off;
 	uint64_t retired_half_size;
 	uint64_t retired_hdr_size;
+	uint64_t registry_off;
+	uint64_t registry_size;
 	char path[4096];
 };
 
@@ -58,6 +62,7 @@ struct shmet_area {
 	uint64_t size;
 	uint64_t dir_end;  /* acquired once per scan */
 	uint64_t cell_low; /* read after dir_end */
+	bool retired;      /* a retired half: cells of shmet_retired_cell_size */
 };
 
 struct shmet_region_info {
@@ -77,6 +82,8 @@ int shmet_region_area(const struct shmet_segment *seg, uint32_t i, struct shmet_
 unsigned shmet_retired_active(const struct shmet_segment *seg);
 int shmet_retired_area(const struct shmet_segment *seg, unsigned half, struct shmet_area *a, char *err);
 const struct shmet_retired_header *shmet_retired_header(const struct shmet_segment *seg, unsigned half);
+/* The family registry as an area (FAMILY records only). */
+int shmet_registry_area(const struct shmet_segment *seg, struct shmet_area *a, char *err);
 
 struct shmet_family_view {
 	uint32_t off;
@@ -131,6 +138,7 @@ struct shmet_values {
 	uint64_t whole;        /* counter: whole increments; histogram/summary: count */
 	double value;          /* counter: fractional part; gauge: value; hist/summary: sum */
 	uint64_t stamp_ns;     /* gauge (most-recent mode): when it was set */
+	double value_lo[2];    /* retired halves: the lower components of value's exact total; else 0 */
 	uint64_t buckets[SHMET_MAX_BUCKETS + 1]; /* histogram, non-cumulative */
 };
 
@@ -150,8 +158,11 @@ struct shmet_fold_result {
 	uint32_t folded;          /* regions newly added to the retired totals */
 	uint32_t to_free;         /* regions ready for shmet_free_folded */
 	uint32_t skipped;         /* dead regions left for later (retired area full) */
-	uint64_t conflicts;       /* series dropped: same name, other type or buckets */
+	bool flipped;             /* a new retired half became active */
+	bool blocked;             /* the active half is damaged: folding stopped */
+	uint64_t conflicts;       /* series never exposed: family unregistered or of another shape */
 	uint64_t corrupt;         /* records skipped as corrupt */
+	uint64_t inexact;         /* float totals that needed more than three components */
 	uint32_t regions[SHMET_MAX_REGIONS];     /* the to_free regions */
 	uint64_t generations[SHMET_MAX_REGIONS];
 	char err[SHMET_ERRBUF];   /* first problem seen, if any */
@@ -164,23 +175,83 @@ struct shmet_fold_result {
 int shmet_fold_dead(struct shmet_segment *seg, struct shmet_fold_result *res);
 /* Zero and free the regions shmet_fold_dead listed (after the grace period). */
 void shmet_free_folded(struct shmet_segment *seg, const struct shmet_fold_result *res);
+/* Test-only: make the fold of the Nth series from now fail (0: never). */
+extern unsigned long shmet_test_fold_fail_at;
+
+/* ---- exact sums (see EXACT FLOAT TOTALS in shmetrics_layout.h) ---- */
+
+#define SHMET_XSUM_PARTIALS 48
+struct shmet_xsum {
+	double p[SHMET_XSUM_PARTIALS]; /* non-overlapping, increasing magnitude */
+	unsigned n;
+	double special;  /* infinities and NaN, summed apart */
+	double overflow; /* a finite sum past the range of doubles */
+};
+
+void shmet_xsum_init(struct shmet_xsum *s);
+void shmet_xsum_add(struct shmet_xsum *s, double x);
+void shmet_xsum_add_u64(struct shmet_xsum *s, uint64_t v);
+void shmet_xsum_add_xsum(struct shmet_xsum *s, const struct shmet_xsum *t);
+/* The exact sum rounded once to the nearest double (ties to even). */
+double shmet_xsum_round(const struct shmet_xsum *s);
+/* The exact sum as three non-overlapping doubles, out[0] largest; 1 when
+ * they hold it exactly, 0 when a fourth component was rounded away. */
+int shmet_xsum_split3(const struct shmet_xsum *s, double out[3]);
 
 /* ---- aggregation across processes: one rule for collector, dump, tests ---- */
 
 struct shmet_agg {
-	uint64_t whole;  /* counter whole part; histogram/summary count */
-	double value;    /* counter fractional part; gauge value; histogram/summary sum */
+	uint64_t whole;  /* counter whole part; histogram/summary count (saturating) */
+	double value;    /* after shmet_agg_finish: the exposed value of a counter or gauge, the
+			    sum of a histogram or summary */
 	uint64_t stamp_ns;
 	bool has;        /* a gauge got a value from some process */
+	struct shmet_xsum xs; /* counter: whole + fractional parts; histogram/summary: sum */
 	uint64_t buckets[SHMET_MAX_BUCKETS + 1];
 };
+
+/* Start an aggregate (nbuckets: the histogram's, else 0). */
+void shmet_agg_init(struct shmet_agg *acc, uint32_t nbuckets);
+/* Round the exact sums once: sets acc->value for counters, histograms and
+ * summaries.  Call after the last shmet_agg_add. */
+void shmet_agg_finish(struct shmet_agg *acc, enum shmet_type type);
 
 /* Fold one process's values into acc.  live: the process is running (dead
  * workers' gauges count only in most-recent mode). */
 void shmet_agg_add(struct shmet_agg *acc, enum shmet_type type, enum shmet_gauge_mode mode, uint32_t nbuckets,
 		   const struct shmet_values *v, bool live);
-/* The exposed value of a counter or gauge; the sum of a histogram/summary. */
+/* The exposed value of a counter or gauge; the sum of a histogram/summary
+ * (after shmet_agg_finish). */
 double shmet_agg_value(const struct shmet_agg *acc, enum shmet_type type);
+
+/* ---- the family registry, as readers see it ---- */
+
+struct shmet_registry_entry {
+	unsigned char *copy;           /* private copy of the record (behind a region header) */
+	struct shmet_family_view fam;  /* parsed from the copy */
+};
+
+struct shmet_registry {
+	struct keymap *names;          /* family name -> entry (private; see registry.c) */
+	struct keymap *samples;      /* every sample name of every entry */
+	struct shmet_registry_entry *e;
+	uint32_t n, cap;
+	uint64_t end;                  /* registry bytes already read */
+	bool stopped;                  /* a damaged record ended the reading */
+	uint64_t corrupt;              /* records refused as damaged or clashing */
+	char err[SHMET_ERRBUF];        /* the first of them */
+};
+
+/* Read the registry's records appended since the last call (it only grows). */
+int shmet_registry_update(const struct shmet_segment *seg, struct shmet_registry *r);
+void shmet_registry_free(struct shmet_registry *r);
+/* The registered family of f's name when f has its shape (the only way a
+ * region's series counts), else NULL. */
+const struct shmet_family_view *shmet_registry_check(const struct shmet_registry *r, const struct shmet_family_view *f);
+const struct shmet_family_view *shmet_registry_find(const struct shmet_registry *r, const char *name, size_t len);
+/* The entry whose fam is reg (as returned above): its record bytes. */
+const unsigned char *shmet_registry_record(const struct shmet_registry *r, const struct shmet_family_view *reg,
+					   uint32_t *size);
 
 struct shmet_snap_series {
 	char **values;   /* nlabels values, then "worker" for per-worker gauges */

@@ -58,7 +58,8 @@ extern "C" {
 	X(E_NOT_INIT, -18, "shmetrics is not initialised")                                    \
 	X(E_LOCKED, -19, "another collector holds the segment")                               \
 	X(E_TOO_LONG, -20, "text exceeds its length limit")                                   \
-	X(E_BUCKETS, -21, "invalid histogram buckets")
+	X(E_BUCKETS, -21, "invalid histogram buckets")                                       \
+	X(E_REGISTRY_FULL, -22, "the segment's family registry is full")
 
 enum shmet_error {
 #define SHMET__ERR_ENUM(name, code, msg) SHMET_##name = code,
@@ -87,6 +88,7 @@ struct shmet_seg_config {
 	uint64_t retired_size; /* bytes per retired half's area; 0: 2 * region_size */
 	unsigned mode;         /* 0: 0600; 0660 shares with the group */
 	int wait_ms;           /* how long a late opener waits for the creator; 0: 2000 */
+	uint64_t registry_size; /* bytes of the family registry; 0: SHMET_DEFAULT_REGISTRY_SIZE */
 };
 
 enum shmet_attach_flags {
@@ -132,15 +134,17 @@ static inline const char *shmet_default_path(void)
 /* Where each part of a segment of this shape lives.  Computed, never read,
  * so a header that disagrees with its own sizes is caught. */
 struct shmet_seg_geometry {
-	uint64_t table_off, regions_off, retired_off, retired_half_size, total;
+	uint64_t table_off, registry_off, registry_size, regions_off, retired_off, retired_half_size, total;
 };
 
-static inline void shmet_seg_geometry(uint32_t regions, uint64_t region_size,
-				      uint64_t retired_area, struct shmet_seg_geometry *g)
+static inline void shmet_seg_geometry(uint32_t regions, uint64_t region_size, uint64_t retired_area,
+				      uint64_t registry_size, struct shmet_seg_geometry *g)
 {
 	uint64_t table = (uint64_t)regions * SHMET_CACHELINE;
 	g->table_off = SHMET_PAGE;
-	g->regions_off = g->table_off + (table + SHMET_PAGE - 1) / SHMET_PAGE * SHMET_PAGE;
+	g->registry_off = g->table_off + (table + SHMET_PAGE - 1) / SHMET_PAGE * SHMET_PAGE;
+	g->registry_size = registry_size;
+	g->regions_off = g->registry_off + registry_size;
 	g->retired_off = g->regions_off + (uint64_t)regions * region_size;
 	g->retired_half_size = shmet_retired_header_size(regions) + retired_area;
 	g->total = g->retired_off + 2 * g->retired_half_size;
@@ -173,9 +177,14 @@ static inline int shmet_seg_validate(const struct shmet_seg_header *h, uint64_t 
 	    half % SHMET_PAGE)
 		return shmet__fail(err, SHMET_E_CORRUPT, "implausible retired area of %llu bytes",
 				   (unsigned long long)half);
+	uint64_t reg = h->sh_registry_size;
+	if (reg < SHMET_MIN_REGISTRY_SIZE || reg > SHMET_MAX_REGISTRY_SIZE || reg % SHMET_PAGE)
+		return shmet__fail(err, SHMET_E_CORRUPT, "implausible family registry of %llu bytes",
+				   (unsigned long long)reg);
 	struct shmet_seg_geometry g;
-	shmet_seg_geometry(n, rs, half - hdr, &g);
-	if (h->sh_region_table_off != g.table_off || h->sh_regions_off != g.regions_off ||
+	shmet_seg_geometry(n, rs, half - hdr, reg, &g);
+	if (h->sh_region_table_off != g.table_off || h->sh_registry_off != g.registry_off ||
+	    h->sh_regions_off != g.regions_off ||
 	    h->sh_retired_off != g.retired_off || h->sh_total_size != g.total)
 		return shmet__fail(err, SHMET_E_CORRUPT, "header offsets disagree with its sizes");
 	if (file_size < g.total)
@@ -192,6 +201,12 @@ static inline int shmet__init_segment(int fd, const struct shmet_seg_config *cfg
 	rs = (rs + SHMET_PAGE - 1) / SHMET_PAGE * SHMET_PAGE;
 	uint64_t ra = cfg && cfg->retired_size ? cfg->retired_size : 2 * rs;
 	ra = (ra + SHMET_PAGE - 1) / SHMET_PAGE * SHMET_PAGE;
+	uint64_t reg = cfg && cfg->registry_size ? cfg->registry_size : SHMET_DEFAULT_REGISTRY_SIZE;
+	reg = (reg + SHMET_PAGE - 1) / SHMET_PAGE * SHMET_PAGE;
+	if (reg < SHMET_MIN_REGISTRY_SIZE || reg > SHMET_MAX_REGISTRY_SIZE)
+		return shmet__fail(err, SHMET_E_INVALID_ARG, "family registry of %llu bytes out of range (%llu..%llu)",
+				   (unsigned long long)reg, (unsigned long long)SHMET_MIN_REGISTRY_SIZE,
+				   (unsigned long long)SHMET_MAX_REGISTRY_SIZE);
 	if (n == 0 || n > SHMET_MAX_REGIONS || rs < SHMET_MIN_REGION_SIZE || rs > SHMET_MAX_REGION_SIZE ||
 	    ra < SHMET_MIN_REGION_SIZE || ra > 4 * SHMET_MAX_REGION_SIZE)
 		return shmet__fail(err, SHMET_E_INVALID_ARG,
@@ -200,7 +215,7 @@ static inline int shmet__init_segment(int fd, const struct shmet_seg_config *cfg
 				   (unsigned long long)SHMET_MIN_REGION_SIZE,
 				   (unsigned long long)SHMET_MAX_REGION_SIZE);
 	struct shmet_seg_geometry g;
-	shmet_seg_geometry(n, rs, ra, &g);
+	shmet_seg_geometry(n, rs, ra, reg, &g);
 	if (fchmod(fd, mode) != 0 || ftruncate(fd, (off_t)g.total) != 0)
 		return shmet__fail(err, SHMET_E_SYS, "cannot size the new segment: %s", strerror(errno));
 	/* The header, table and retired halves are written by the creator and
@@ -223,6 +238,8 @@ static inline int shmet__init_segment(int fd, const struct shmet_seg_config *cfg
 	h->sh_region_count = n;
 	h->sh_region_size = rs;
 	h->sh_region_table_off = g.table_off;
+	h->sh_registry_off = g.registry_off;
+	h->sh_registry_size = g.registry_size;
 	h->sh_regions_off = g.regions_off;
 	h->sh_retired_off = g.retired_off;
 	h->sh_retired_half_size = g.retired_half_size;
@@ -230,6 +247,12 @@ static inline int shmet__init_segment(int fd, const struct shmet_seg_config *cfg
 	h->sh_created_ns = shmet__now_ns(CLOCK_REALTIME);
 	h->sh_creator_pid = (uint32_t)getpid();
 	h->sh_mode = mode;
+	{
+		/* the registry: a region-format area without cells */
+		struct shmet_region_header *rr = (struct shmet_region_header *)((unsigned char *)p + g.registry_off);
+		rr->rg_cell_low = g.registry_size;
+		rr->rg_dir_end = sizeof *rr;
+	}
 	for (int half = 0; half < 2; half++) {
 		unsigned char *area = (unsigned char *)p + g.retired_off +
 				      (uint64_t)half * g.retired_half_size + shmet_retired_header_size(n);

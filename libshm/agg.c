@@ -5,21 +5,52 @@
 
 #include <stdlib.h>
 
+/* Counts add with saturation: a total that reached 2^64 - 1 stays there
+ * rather than wrapping to a small number (a counter reset). */
+static uint64_t sat_add(uint64_t a, uint64_t b)
+{
+	uint64_t r;
+	return __builtin_add_overflow(a, b, &r) ? UINT64_MAX : r;
+}
+
+void shmet_agg_init(struct shmet_agg *acc, uint32_t nbuckets)
+{
+	acc->whole = 0;
+	acc->value = 0;
+	acc->stamp_ns = 0;
+	acc->has = false;
+	shmet_xsum_init(&acc->xs);
+	memset(acc->buckets, 0, ((size_t)nbuckets + 1) * sizeof acc->buckets[0]);
+}
+
+void shmet_agg_finish(struct shmet_agg *acc, enum shmet_type type)
+{
+	if (type != SHMET_GAUGE)
+		acc->value = shmet_xsum_round(&acc->xs);
+}
+
 void shmet_agg_add(struct shmet_agg *acc, enum shmet_type type, enum shmet_gauge_mode mode, uint32_t nbuckets,
 		   const struct shmet_values *v, bool live)
 {
 	switch (type) {
 	case SHMET_COUNTER:
+		/* the whole part joins the exact sum as well: no wrap, one rounding */
+		shmet_xsum_add_u64(&acc->xs, v->whole);
+		/* fall through */
 	case SHMET_SUMMARY:
-		acc->whole += v->whole;
-		acc->value += v->value;
+		acc->whole = sat_add(acc->whole, v->whole);
+		shmet_xsum_add(&acc->xs, v->value);
+		shmet_xsum_add(&acc->xs, v->value_lo[0]);
+		shmet_xsum_add(&acc->xs, v->value_lo[1]);
 		acc->has = true;
 		break;
 	case SHMET_HISTOGRAM:
 		for (uint32_t i = 0; i <= nbuckets; i++)
-			acc->buckets[i] += v->buckets[i];
-		acc->whole += v->whole;
-		acc->value += v->value;
+			acc->buckets[i] = sat_add(acc->buckets[i], v->buckets[i]);
+		acc->whole = sat_add(acc->whole, v->whole);
+		shmet_xsum_add(&acc->xs, v->value);
+		shmet_xsum_add(&acc->xs, v->value_lo[0]);
+		shmet_xsum_add(&acc->xs, v->value_lo[1]);
 		acc->has = true;
 		break;
 	case SHMET_GAUGE:
@@ -46,8 +77,7 @@ void shmet_agg_add(struct shmet_agg *acc, enum shmet_type type, enum shmet_gauge
 
 double shmet_agg_value(const struct shmet_agg *acc, enum shmet_type type)
 {
-	if (type == SHMET_COUNTER)
-		return (double)acc->whole + acc->value;
+	(void)type; /* every type's value is in value once finished */
 	return acc->value;
 }
 
@@ -77,6 +107,7 @@ static int cmp_values(char *const *a, char *const *b, uint32_t n)
  * compared with every series seen before it: quadratic, minutes for a
  * segment of 100,000 series. */
 struct snap_index {
+	struct shmet_registry reg; /* the shape of every family */
 	struct keymap fams;    /* name -> index in families */
 	struct keymap *series; /* per family: label values -> index in its series */
 	char *key;             /* SNAP_KEY_CAP bytes */
@@ -94,20 +125,6 @@ static struct shmet_snap_family *find_family(struct shmet_snapshot *s, struct sn
 {
 	struct kv *kv = keymap_find(&ix->fams, name, len);
 	return kv ? &s->families[kv->val] : NULL;
-}
-
-static bool same_shape(const struct shmet_snap_family *f, const struct shmet_family_view *v)
-{
-	uint32_t n = f->mode == SHMET_GAUGE_PER_WORKER && f->type == SHMET_GAUGE ? f->nlabels - 1 : f->nlabels;
-	if (f->type != v->type || f->mode != v->mode || n != v->nlabels || f->nbuckets != v->nbuckets)
-		return false;
-	for (uint32_t i = 0; i < n; i++)
-		if (strlen(f->label_names[i]) != v->label_lens[i] || memcmp(f->label_names[i], v->label_names[i], v->label_lens[i]))
-			return false;
-	for (uint32_t i = 0; i < f->nbuckets; i++)
-		if (f->bounds[i] != shmet_bound(v, i))
-			return false;
-	return true;
 }
 
 static struct shmet_snap_family *add_family(struct shmet_snapshot *s, struct snap_index *ix,
@@ -218,12 +235,13 @@ static void snap_area(struct shmet_snapshot *s, struct snap_index *ix, const str
 		}
 		if (r.kind != SHMET_REC_SERIES)
 			continue;
-		struct shmet_snap_family *f = find_family(s, ix, r.fam.name, r.fam.name_len);
-		if (f && !same_shape(f, &r.fam)) {
-			s->conflicts++;
+		const struct shmet_family_view *reg = shmet_registry_check(&ix->reg, &r.fam);
+		if (!reg) {
+			s->conflicts++; /* unregistered, or not the registered shape: never exposed */
 			continue;
 		}
-		if (!f && !(f = add_family(s, ix, &r.fam)))
+		struct shmet_snap_family *f = find_family(s, ix, reg->name, reg->name_len);
+		if (!f && !(f = add_family(s, ix, reg)))
 			continue;
 		bool per_worker = f->type == SHMET_GAUGE && f->mode == SHMET_GAUGE_PER_WORKER;
 		if (per_worker && !live)
@@ -270,6 +288,14 @@ int shmet_snapshot_take(const struct shmet_segment *seg, struct shmet_snapshot *
 	memset(&ix, 0, sizeof ix);
 	if (!(ix.key = malloc(SNAP_KEY_CAP)))
 		return shmet__fail(s->err, SHMET_E_SYS, "out of memory");
+	if (shmet_registry_update(seg, &ix.reg) != SHMET_OK) {
+		shmet_registry_free(&ix.reg);
+		free(ix.key);
+		return shmet__fail(s->err, SHMET_E_SYS, "out of memory");
+	}
+	s->corrupt += ix.reg.corrupt;
+	if (ix.reg.err[0])
+		snprintf(s->err, sizeof s->err, "%s", ix.reg.err);
 	unsigned active = shmet_retired_active(seg);
 	const struct shmet_retired_header *rh = shmet_retired_header(seg, active);
 	struct shmet_area a;
@@ -297,7 +323,11 @@ int shmet_snapshot_take(const struct shmet_segment *seg, struct shmet_snapshot *
 		keymap_free(&ix.series[i]);
 	free(ix.series);
 	keymap_free(&ix.fams);
+	shmet_registry_free(&ix.reg);
 	free(ix.key);
+	for (size_t i = 0; i < s->nfamilies; i++)
+		for (size_t j = 0; j < s->families[i].nseries; j++)
+			shmet_agg_finish(&s->families[i].series[j].agg, s->families[i].type);
 	/* qsort's array may not be NULL, even when empty (C11 7.22.5) */
 	if (s->nfamilies)
 		qsort(s->families, s->nfamilies, sizeof *s->families, fam_cmp);

@@ -132,7 +132,8 @@ static int parse_series(const struct shmet_area *a, uint64_t off, uint32_t rec_s
 	s->family_off = r.ser_family_off;
 	s->nvalues = r.ser_nvalues;
 	s->cell_off = r.ser_cell_off;
-	s->cell_size = shmet_cell_size(rec->fam.type, rec->fam.nbuckets);
+	s->cell_size = a->retired ? shmet_retired_cell_size(rec->fam.type, rec->fam.nbuckets)
+				  : shmet_cell_size(rec->fam.type, rec->fam.nbuckets);
 	if (s->cell_off % 8 || s->cell_off < a->dir_end || s->cell_off > a->size || a->size - s->cell_off < s->cell_size)
 		return shmet__fail(err, SHMET_E_CORRUPT, "series at %llu of %.*s: cells at %u outside [%llu, %llu)",
 				   (unsigned long long)off, (int)rec->fam.name_len, rec->fam.name, s->cell_off,
@@ -184,6 +185,12 @@ void shmet_read_cells(const struct shmet_area *a, const struct shmet_family_view
 	/* relaxed: each cell is one value; a scrape needs no order between them. */
 	const uint64_t *c = (const uint64_t *)(const void *)(a->base + s->cell_off);
 	v->stamp_ns = 0;
+	v->value_lo[0] = v->value_lo[1] = 0;
+	if (a->retired && f->type != SHMET_GAUGE) {
+		uint32_t k = shmet_float_cell(f->type, f->nbuckets) + 1;
+		v->value_lo[0] = shmet__double(__atomic_load_n(&c[k], __ATOMIC_RELAXED));
+		v->value_lo[1] = shmet__double(__atomic_load_n(&c[k + 1], __ATOMIC_RELAXED));
+	}
 	switch (f->type) {
 	case SHMET_COUNTER:
 	case SHMET_SUMMARY:

@@ -8,6 +8,12 @@
  * folded regions.  A folder killed anywhere before the store leaves an
  * unused inactive half; killed after it, the next fold finds the regions
  * already recorded in the active half and only frees them.
+ *
+ * Float totals are added exactly (EXACT FLOAT TOTALS in shmetrics_layout.h)
+ * and only series of a family with the registry's shape are folded: those
+ * are the only ones any reader ever exposed.  A fold that cannot finish
+ * frees nothing it did not flip, and an active half that fails validation
+ * stops folding altogether rather than restarting the totals from zero.
  */
 #include "shmetrics_reader.h"
 
@@ -16,6 +22,10 @@
 #include <stdlib.h>
 
 #define KEY_CAP SHMET_SERIES_KEY_MAX
+
+/* Test-only fault injection: the fold of the Nth series from now fails as
+ * if its region changed under the folder.  0: never. */
+unsigned long shmet_test_fold_fail_at;
 
 /* The inactive half while a fold writes it. */
 struct target {
@@ -49,30 +59,48 @@ static unsigned char *append(struct target *t, uint64_t size)
 	return p;
 }
 
-/* Add one dead series into the target; 0 ok, 1 conflict, -1 no room. */
-static int fold_series(struct target *t, const struct shmet_area *src, const struct shmet_record *r, char *key,
-		       size_t klen)
+static uint64_t sat_add(uint64_t a, uint64_t b)
 {
-	struct shmet_area tarea = {t->base, t->size, t->dir_end, t->cell_low};
-	struct kv *fam = keymap_find(&t->families, r->fam.name, r->fam.name_len);
+	uint64_t r;
+	return __builtin_add_overflow(a, b, &r) ? UINT64_MAX : r;
+}
+
+/* c[k], c[k+1], c[k+2] := the exact sum of themselves and v.  0 when the
+ * three components could not hold it. */
+static int add_exact(uint64_t *c, uint32_t k, double v)
+{
+	struct shmet_xsum xs;
+	shmet_xsum_init(&xs);
+	for (int i = 0; i < 3; i++)
+		shmet_xsum_add(&xs, shmet__double(c[k + i]));
+	shmet_xsum_add(&xs, v);
+	double out[3];
+	int exact = shmet_xsum_split3(&xs, out);
+	for (int i = 0; i < 3; i++)
+		c[k + i] = shmet__bits(out[i]);
+	return exact;
+}
+
+/* Add one dead series into the target; 0 ok, -1 no room. */
+static int fold_series(struct target *t, const struct shmet_area *src, const struct shmet_record *r,
+		       const struct shmet_registry *reg, const struct shmet_family_view *rf, char *key, size_t klen,
+		       struct shmet_fold_result *res)
+{
+	if (shmet_test_fold_fail_at && --shmet_test_fold_fail_at == 0)
+		return -1;
+	struct kv *fam = keymap_find(&t->families, rf->name, rf->name_len);
 	uint32_t fam_off;
 	if (fam) {
-		struct shmet_family_view have;
-		if (shmet_parse_family(&tarea, fam->val, &have, NULL) != SHMET_OK || !shmet_family_same(&have, &r->fam))
-			return 1;
-		fam_off = fam->val;
+		fam_off = (uint32_t)fam->val; /* index_target checked its shape */
 	} else {
-		struct shmet_rec_header h;
-		memcpy(&h, src->base + r->fam.off, sizeof h);
-		/* read again: the size parsed a moment ago may have changed since */
-		if (h.rec_size < sizeof(struct shmet_rec_family) || h.rec_size > src->dir_end - r->fam.off)
-			return 1;
-		unsigned char *p = append(t, h.rec_size);
+		uint32_t size;
+		const unsigned char *rec = shmet_registry_record(reg, rf, &size);
+		unsigned char *p = rec ? append(t, size) : NULL;
 		if (!p)
 			return -1;
-		memcpy(p, src->base + r->fam.off, h.rec_size);
+		memcpy(p, rec, size); /* the registry's validated private copy */
 		fam_off = (uint32_t)(p - t->base);
-		if (keymap_put(&t->families, r->fam.name, r->fam.name_len, fam_off) != 0)
+		if (keymap_put(&t->families, rf->name, rf->name_len, fam_off) != 0)
 			return -1;
 	}
 	struct kv *ser = keymap_find(&t->series, key, klen);
@@ -80,14 +108,10 @@ static int fold_series(struct target *t, const struct shmet_area *src, const str
 	if (ser) {
 		struct shmet_rec_series sr;
 		memcpy(&sr, t->base + ser->val, sizeof sr);
-		/* The same name and labels under another family record of that
-		 * name (a damaged half can hold two) has cells of another size. */
-		if (sr.ser_family_off != fam_off)
-			return 1;
 		cell_off = sr.ser_cell_off;
 	} else {
 		uint64_t rs = series_rec_size(&r->series);
-		uint32_t cs = r->series.cell_size;
+		uint32_t cs = shmet_retired_cell_size(rf->type, rf->nbuckets);
 		if (t->cell_low - t->dir_end < rs + cs)
 			return -1;
 		t->cell_low -= cs;
@@ -117,11 +141,13 @@ static int fold_series(struct target *t, const struct shmet_area *src, const str
 	shmet_read_cells(src, &r->fam, &r->series, &v);
 	/* Plain stores: nobody reads the inactive half until the flip. */
 	uint64_t *c = (uint64_t *)(void *)(t->base + cell_off);
-	switch (r->fam.type) {
+	uint32_t k = shmet_float_cell(rf->type, rf->nbuckets);
+	switch (rf->type) {
 	case SHMET_COUNTER:
 	case SHMET_SUMMARY:
-		c[0] += v.whole;
-		c[1] = shmet__bits(shmet__double(c[1]) + v.value);
+		c[0] = sat_add(c[0], v.whole);
+		if (!add_exact(c, k, v.value))
+			res->inexact++;
 		break;
 	case SHMET_GAUGE:
 		if (v.stamp_ns >= c[1]) {
@@ -130,16 +156,18 @@ static int fold_series(struct target *t, const struct shmet_area *src, const str
 		}
 		break;
 	case SHMET_HISTOGRAM:
-		for (uint32_t i = 0; i <= r->fam.nbuckets; i++)
-			c[i] += v.buckets[i];
-		c[r->fam.nbuckets + 1] = shmet__bits(shmet__double(c[r->fam.nbuckets + 1]) + v.value);
+		for (uint32_t i = 0; i <= rf->nbuckets; i++)
+			c[i] = sat_add(c[i], v.buckets[i]);
+		if (!add_exact(c, k, v.value))
+			res->inexact++;
 		break;
 	}
 	return 0;
 }
 
 /* Bytes a dead region would add to the target (new families and series). */
-static uint64_t room_needed(struct target *t, const struct shmet_area *src, char *key, struct keymap *seen)
+static uint64_t room_needed(struct target *t, const struct shmet_area *src, const struct shmet_registry *reg,
+			    char *key, struct keymap *seen)
 {
 	struct shmet_dir_iter it;
 	struct shmet_record r;
@@ -149,39 +177,60 @@ static uint64_t room_needed(struct target *t, const struct shmet_area *src, char
 	while ((rc = shmet_dir_next(&it, &r, NULL)) != 0) {
 		if (rc < 0 || r.kind != SHMET_REC_SERIES || !keeps(&r.fam))
 			continue;
-		if (!keymap_find(&t->families, r.fam.name, r.fam.name_len) &&
-		    !keymap_find(seen, r.fam.name, r.fam.name_len)) {
-			struct shmet_rec_header h;
-			memcpy(&h, src->base + r.fam.off, sizeof h);
-			need += h.rec_size;
-			keymap_put(seen, r.fam.name, r.fam.name_len, 0);
+		const struct shmet_family_view *rf = shmet_registry_check(reg, &r.fam);
+		if (!rf)
+			continue;
+		if (!keymap_find(&t->families, rf->name, rf->name_len) && !keymap_find(seen, rf->name, rf->name_len)) {
+			uint32_t size = 0;
+			shmet_registry_record(reg, rf, &size);
+			need += size;
+			keymap_put(seen, rf->name, rf->name_len, 0);
 		}
 		size_t klen = shmet_series_key(&r, key, KEY_CAP);
-		if (klen && !keymap_find(&t->series, key, klen))
-			need += series_rec_size(&r.series) + r.series.cell_size;
+		if (klen && !keymap_find(&t->series, key, klen) && !keymap_find(seen, key, klen)) {
+			need += series_rec_size(&r.series) + shmet_retired_cell_size(rf->type, rf->nbuckets);
+			keymap_put(seen, key, klen, 0);
+		}
 	}
 	return need;
 }
 
-static int index_target(struct target *t, struct shmet_fold_result *res, char *key)
+/* Index the copy of the active half.  It is the only record of what dead
+ * workers counted: a damaged record or a family whose shape is not the
+ * registry's stops the fold (1) rather than being dropped or worked around. */
+static int index_target(struct target *t, const struct shmet_registry *reg, struct shmet_fold_result *res, char *key)
 {
-	struct shmet_area a = {t->base, t->size, t->dir_end, t->cell_low};
+	struct shmet_area a = {t->base, t->size, t->dir_end, t->cell_low, true};
 	struct shmet_dir_iter it;
 	struct shmet_record r;
+	char why[SHMET_ERRBUF];
 	int rc;
 	shmet_dir_begin(&it, &a);
-	while ((rc = shmet_dir_next(&it, &r, NULL)) != 0) {
+	while ((rc = shmet_dir_next(&it, &r, why)) != 0) {
 		if (rc < 0) {
 			res->corrupt++;
-			continue;
+			snprintf(res->err, sizeof res->err, "retired totals damaged: %s", why);
+			return 1;
 		}
 		if (r.kind == SHMET_REC_FAMILY) {
-			if (!keymap_find(&t->families, r.fam.name, r.fam.name_len) &&
-			    keymap_put(&t->families, r.fam.name, r.fam.name_len, r.fam.off) != 0)
+			if (!shmet_registry_check(reg, &r.fam) || keymap_find(&t->families, r.fam.name, r.fam.name_len)) {
+				res->corrupt++;
+				snprintf(res->err, sizeof res->err,
+					 "retired totals damaged: family %.*s is not the registered one", (int)r.fam.name_len,
+					 r.fam.name);
+				return 1;
+			}
+			if (keymap_put(&t->families, r.fam.name, r.fam.name_len, r.fam.off) != 0)
 				return -1;
 		} else {
 			size_t klen = shmet_series_key(&r, key, KEY_CAP);
-			if (klen && keymap_put(&t->series, key, klen, r.series.off) != 0)
+			struct kv *f = keymap_find(&t->families, r.fam.name, r.fam.name_len);
+			if (!klen || !f || f->val != r.fam.off || keymap_find(&t->series, key, klen)) {
+				res->corrupt++;
+				snprintf(res->err, sizeof res->err, "retired totals damaged: series at %u", r.series.off);
+				return 1;
+			}
+			if (keymap_put(&t->series, key, klen, r.series.off) != 0)
 				return -1;
 		}
 	}
@@ -191,7 +240,8 @@ static int index_target(struct target *t, struct shmet_fold_result *res, char *k
 int shmet_fold_dead(struct shmet_segment *seg, struct shmet_fold_result *res)
 {
 	res->folded = res->to_free = res->skipped = 0;
-	res->conflicts = res->corrupt = 0;
+	res->flipped = res->blocked = false;
+	res->conflicts = res->corrupt = res->inexact = 0;
 	res->err[0] = 0;
 	if (seg->map.readonly)
 		return shmet__fail(res->err, SHMET_E_INVALID_ARG, "segment opened read-only");
@@ -214,14 +264,29 @@ int shmet_fold_dead(struct shmet_segment *seg, struct shmet_fold_result *res)
 			dead_gen[ndead++] = info.generation;
 		}
 	}
+	/* what may be freed whatever happens below: already in the active half */
+	const uint32_t safe_to_free = res->to_free;
 	if (ndead == 0)
 		return SHMET_OK;
 
 	struct shmet_area src;
-	if (shmet_retired_area(seg, active, &src, res->err) != SHMET_OK)
-		res->corrupt++; /* an unreadable half reads as empty: start again from zero */
 	struct target t;
+	struct shmet_registry reg;
 	memset(&t, 0, sizeof t);
+	memset(&reg, 0, sizeof reg);
+	char *key = NULL;
+	int rc = SHMET_OK;
+	if (shmet_retired_area(seg, active, &src, res->err) != SHMET_OK) {
+		/* never start the totals again from zero: stop until an operator looks */
+		res->corrupt++;
+		res->blocked = true;
+		res->to_free = 0;
+		return SHMET_E_CORRUPT;
+	}
+	if (shmet_registry_update(seg, &reg) != SHMET_OK || !(key = malloc(KEY_CAP))) {
+		rc = shmet__fail(res->err, SHMET_E_SYS, "out of memory while folding");
+		goto fail;
+	}
 	t.size = src.size;
 	t.dir_end = src.dir_end;
 	t.cell_low = src.cell_low;
@@ -232,11 +297,16 @@ int shmet_fold_dead(struct shmet_segment *seg, struct shmet_fold_result *res)
 	memcpy(t.base + sizeof(struct shmet_region_header), src.base + sizeof(struct shmet_region_header),
 	       src.dir_end - sizeof(struct shmet_region_header));
 	memcpy(t.base + src.cell_low, src.base + src.cell_low, src.size - src.cell_low);
-	char *key = malloc(KEY_CAP);
-	int rc = SHMET_OK;
-	if (!key || index_target(&t, res, key) != 0) {
+	int ix = index_target(&t, &reg, res, key);
+	if (ix < 0) {
 		rc = shmet__fail(res->err, SHMET_E_SYS, "out of memory while folding");
-		goto out;
+		goto fail;
+	}
+	if (ix > 0) {
+		res->blocked = true;
+		res->to_free = 0;
+		rc = SHMET_E_CORRUPT;
+		goto fail;
 	}
 	for (uint32_t k = 0; k < ndead; k++) {
 		uint32_t d = dead[k];
@@ -248,7 +318,7 @@ int shmet_fold_dead(struct shmet_segment *seg, struct shmet_fold_result *res)
 				snprintf(res->err, sizeof res->err, "region %u: %s", d, why);
 		}
 		struct keymap seen = {0};
-		uint64_t need = room_needed(&t, &da, key, &seen);
+		uint64_t need = room_needed(&t, &da, &reg, key, &seen);
 		keymap_free(&seen);
 		if (need > t.cell_low - t.dir_end) {
 			res->skipped++;
@@ -271,15 +341,17 @@ int shmet_fold_dead(struct shmet_segment *seg, struct shmet_fold_result *res)
 			}
 			if (r.kind != SHMET_REC_SERIES || !keeps(&r.fam))
 				continue;
-			size_t klen = shmet_series_key(&r, key, KEY_CAP);
-			int f = klen ? fold_series(&t, &da, &r, key, klen) : 1;
-			if (f == 1)
-				res->conflicts++;
-			if (f < 0) {
+			const struct shmet_family_view *rf = shmet_registry_check(&reg, &r.fam);
+			size_t klen = rf ? shmet_series_key(&r, key, KEY_CAP) : 0;
+			if (!klen) {
+				res->conflicts++; /* never exposed by any reader: nothing to keep */
+				continue;
+			}
+			if (fold_series(&t, &da, &r, &reg, rf, key, klen, res) < 0) {
 				/* The room was counted beforehand, so only a region changed
 				 * under us gets here: give up without flipping. */
 				rc = shmet__fail(res->err, SHMET_E_REGION_FULL, "retired area full while folding region %u", d);
-				goto out;
+				goto fail;
 			}
 		}
 		const struct shmet_region_header *rg = (const struct shmet_region_header *)da.base;
@@ -297,9 +369,17 @@ int shmet_fold_dead(struct shmet_segment *seg, struct shmet_fold_result *res)
 		/* release: the whole inactive half before the flip that makes it
 		 * the one readers use. */
 		__atomic_store_n(&seg->map.hdr->sh_retired_active, (uint64_t)inactive, __ATOMIC_RELEASE);
+		res->flipped = true;
 	}
+	goto out;
+fail:
+	/* nothing was flipped: the regions this pass added are in no half */
+	if (!res->blocked)
+		res->to_free = safe_to_free;
+	res->folded = 0;
 out:
 	free(key);
+	shmet_registry_free(&reg);
 	keymap_free(&t.families);
 	keymap_free(&t.series);
 	return rc;

@@ -23,11 +23,15 @@ int shmet_segment_open(const char *path, int flags, const struct shmet_seg_confi
 	seg->retired_off = h->sh_retired_off;
 	seg->retired_half_size = h->sh_retired_half_size;
 	seg->retired_hdr_size = shmet_retired_header_size(seg->regions);
+	seg->registry_off = h->sh_registry_off;
+	seg->registry_size = h->sh_registry_size;
 	/* The attach validated these against the file once; re-derive so that a
 	 * header rewritten since cannot move anything out of the mapping. */
 	struct shmet_seg_geometry g;
-	shmet_seg_geometry(seg->regions, seg->region_size, seg->retired_half_size - seg->retired_hdr_size, &g);
-	if (g.total != seg->map.size || g.regions_off != seg->regions_off || g.retired_off != seg->retired_off) {
+	shmet_seg_geometry(seg->regions, seg->region_size, seg->retired_half_size - seg->retired_hdr_size,
+			   seg->registry_size, &g);
+	if (g.total != seg->map.size || g.regions_off != seg->regions_off || g.retired_off != seg->retired_off ||
+	    g.registry_off != seg->registry_off) {
 		shmet_seg_detach(&seg->map);
 		return shmet__fail(err, SHMET_E_CORRUPT, "%s: header changed while being opened", path);
 	}
@@ -103,6 +107,7 @@ void shmet_region_info(const struct shmet_segment *seg, uint32_t i, struct shmet
 static int area_from(const unsigned char *base, uint64_t size, struct shmet_area *a, char *err)
 {
 	const struct shmet_region_header *rg = (const struct shmet_region_header *)base;
+	a->retired = false;
 	a->base = base;
 	a->size = size;
 	/* acquire: pairs with the owner's release of rg_dir_end, so every record
@@ -149,5 +154,14 @@ const struct shmet_retired_header *shmet_retired_header(const struct shmet_segme
 int shmet_retired_area(const struct shmet_segment *seg, unsigned half, struct shmet_area *a, char *err)
 {
 	const unsigned char *base = (const unsigned char *)shmet_retired_header(seg, half) + seg->retired_hdr_size;
-	return area_from(base, seg->retired_half_size - seg->retired_hdr_size, a, err);
+	int rc = area_from(base, seg->retired_half_size - seg->retired_hdr_size, a, err);
+	a->retired = true;
+	return rc;
+}
+
+int shmet_registry_area(const struct shmet_segment *seg, struct shmet_area *a, char *err)
+{
+	int rc = area_from(seg->map.base + seg->registry_off, seg->registry_size, a, err);
+	a->cell_low = a->size; /* the registry has no cells */
+	return rc;
 }

@@ -399,6 +399,11 @@ static void test_collector_scrape_sees_series_created_just_before(void **state)
 		fr.fam_name_len = sizeof name - 1;
 		memcpy(rg + 64, &fr, sizeof fr);
 		memcpy(rg + 64 + sizeof fr, name, sizeof name - 1);
+		/* and in the family registry, as the writer records it first */
+		unsigned char *reg = s.map.base + s.registry_off;
+		memcpy(reg + 64, rg + 64, fr.fam_rec.rec_size);
+		__atomic_store_n(&((struct shmet_region_header *)(void *)reg)->rg_dir_end, (uint64_t)(64 + fr.fam_rec.rec_size),
+				 __ATOMIC_RELEASE);
 		uint32_t soff = 64 + fr.fam_rec.rec_size, cell = (uint32_t)s.region_size - 16;
 		struct shmet_rec_series sr;
 		memset(&sr, 0, sizeof sr);

@@ -125,7 +125,7 @@ sum_before=$(md5sum <"$live")
 
 dump "$live"
 expect_rc 0 "text dump of a live segment"
-expect_in "$out" "layout 1.0" "the header is printed"
+expect_in "$out" "layout 2.0" "the header is printed"
 if grep -qE '^ +0 live +[0-9]+ alive' "$out"; then ok "region 0 is live, its owner alive"; else not_ok "region 0 is live, its owner alive"; fi
 if grep -qE '^ +1 dead +[0-9]+ dead' "$out"; then ok "region 1 is listed dead"; else not_ok "region 1 is listed dead"; fi
 expect_in "$out" 'requests_total{method="GET",code="200"}' "a labelled series is printed"
@@ -141,7 +141,7 @@ expect_in "$out" '= worker="0"' "a per-worker gauge is exposed per live worker"
 dump --json "$live"
 expect_rc 0 "--json dump of a live segment"
 json_ok "--json: header, regions and aggregates" "
-j['header']['region_count'] == 4 and j['header']['version_major'] == 1
+j['header']['region_count'] == 4 and j['header']['version_major'] == 2
 j['header']['mode'] == '0600'
 [r['state'] for r in j['regions']] == ['live', 'dead', 'free', 'free']
 j['regions'][0]['alive'] and not j['regions'][1]['alive']
@@ -285,7 +285,7 @@ bad-name|invalid metric name
 nul-value|a label value holds a NUL byte
 worker-label|invalid label name
 duplicate-series|duplicates the one at
-conflict|differs from the one in region 0
+conflict|region 1: family temperature is not in the family registry
 retired-active|sh_retired_active is 5
 bad-state|unknown state 7
 folded-gen|generation 99 as folded
@@ -303,7 +303,7 @@ while IFS='|' read -r kind words; do
   if [ -s "$out" ]; then not_ok "$kind: nothing on stdout"; else ok "$kind: nothing on stdout"; fi
 done <<'EOF'
 bad-magic|not a shmetrics segment
-bad-version|layout version 2.0
+bad-version|layout version 3.0
 truncated|file is truncated
 tiny|no initialised segment
 EOF

@@ -465,7 +465,7 @@ static const struct kind kinds[] = {
 	{"nul-value", k_nul_value, "holds a NUL byte", "a label value holds a NUL byte"},
 	{"worker-label", k_worker_label, "invalid label name", "invalid label name"},
 	{"duplicate-series", k_duplicate_series, "duplicates the one at", NULL},
-	{"conflict", k_conflict, "differs from the one in", NULL},
+	{"conflict", k_conflict, "is not in the family registry with this", NULL},
 	{"retired-active", k_retired_active, "sh_retired_active is 5", NULL},
 	{"bad-state", k_bad_state, "unknown state 7", NULL},
 	{"folded-gen", k_folded_gen, "generation 99 as folded", NULL},
@@ -685,8 +685,8 @@ static void test_reader_hostile_magic_and_version_refused(void **state)
 	if (rc != SHMET_E_NOT_SEGMENT)
 		fail_msg("expected %d, got %d \"%s\"", SHMET_E_NOT_SEGMENT, rc, err);
 	rc = shmet_segment_open(made("version", "bad-version"), SHMET_ATTACH_READONLY, NULL, &s, err);
-	if (rc != SHMET_E_VERSION || !strstr(err, "version 2"))
-		fail_msg("expected %d \"version 2\", got %d \"%s\"", SHMET_E_VERSION, rc, err);
+	if (rc != SHMET_E_VERSION || !strstr(err, "version 3"))
+		fail_msg("expected %d \"version 3\", got %d \"%s\"", SHMET_E_VERSION, rc, err);
 }
 
 static void test_reader_hostile_family_self_reference_skipped(void **state)

@@ -67,7 +67,7 @@ static void test_segment_other_major_version_refused(void **state)
 	const char *p = fresh("version");
 	uint32_t v = SHMET_VERSION_MAJOR + 1;
 	poke(p, offsetof(struct shmet_seg_header, sh_version_major), &v, 4);
-	expect_refused(p, SHMET_E_VERSION, "layout version 2");
+	expect_refused(p, SHMET_E_VERSION, "layout version 3");
 }
 
 static void test_segment_truncated_refused(void **state)

@@ -312,6 +312,7 @@ struct dump {
 	struct shmet_snapshot snap;
 	struct keymap snap_by_key; /* name 0xff value 0xff ... -> snap series */
 	struct msgs problems, info;
+	struct shmet_registry reg; /* the shape of every family */
 	uint64_t corrupt, conflicts;
 	bool oom;
 };
@@ -346,6 +347,7 @@ static void dump_free(struct dump *d)
 	keymap_free(&d->series_by_key);
 	keymap_free(&d->snap_by_key);
 	shmet_snapshot_free(&d->snap);
+	shmet_registry_free(&d->reg);
 	msgs_free(&d->problems);
 	msgs_free(&d->info);
 	free(d->ri);
@@ -363,19 +365,6 @@ static char *dup_bytes(const char *s, size_t n)
 	return p;
 }
 
-static bool fam_same(const struct d_family *f, const struct shmet_family_view *v)
-{
-	if (f->type != v->type || f->mode != v->mode || f->nlabels != v->nlabels || f->nbuckets != v->nbuckets)
-		return false;
-	for (uint32_t i = 0; i < f->nlabels; i++)
-		if (f->label_lens[i] != v->label_lens[i] || memcmp(f->label_names[i], v->label_names[i], f->label_lens[i]))
-			return false;
-	for (uint32_t i = 0; i < f->nbuckets; i++)
-		if (f->bounds[i] != shmet_bound(v, i))
-			return false;
-	return true;
-}
-
 static const char *area_name(int32_t area, char *buf, size_t cap)
 {
 	if (area == DUMP_RETIRED)
@@ -385,25 +374,29 @@ static const char *area_name(int32_t area, char *buf, size_t cap)
 	return buf;
 }
 
-/* The family of this name, created from v when new; NULL when v conflicts
- * with the family seen first (reported once per area) or out of memory. */
+/* The family of this name, created from the registry's record when new;
+ * NULL when v does not have the registered shape (reported once per area)
+ * or out of memory. */
 static struct d_family *index_family(struct dump *d, const struct shmet_family_view *v, int32_t area)
 {
 	struct d_family *f = dmap_get(&d->fam_by_name, v->name, v->name_len);
-	if (f) {
-		if (fam_same(f, v))
-			return f;
+	const struct shmet_family_view *reg = shmet_registry_check(&d->reg, v);
+	if (!reg) {
 		d->conflicts++;
-		if (f->conflict_area != area) {
-			char a1[32], a2[32];
-			f->conflict_area = area;
+		if (!f || f->conflict_area != area) {
+			char a1[32];
+			if (f)
+				f->conflict_area = area;
 			msgs_add(&d->problems,
-				 "%s: family %s differs from the one in %s (type, gauge mode, labels or buckets); "
-				 "the collector drops its series",
-				 area_name(area, a1, sizeof a1), f->name, area_name(f->first_area, a2, sizeof a2));
+				 "%s: family %.*s is not in the family registry with this type, gauge mode, labels and "
+				 "buckets; the collector drops its series",
+				 area_name(area, a1, sizeof a1), (int)v->name_len, v->name);
 		}
 		return NULL;
 	}
+	if (f)
+		return f;
+	v = reg;
 	if (dump_grow(&d->fams, &d->capf, d->nfams + 1, sizeof *d->fams) != 0 || !(f = calloc(1, sizeof *f)))
 		goto oom;
 	d->fams[d->nfams++] = f;
@@ -696,6 +689,11 @@ static void dump_read(struct dump *d, const struct shmet_segment *seg, const str
 
 	/* The aggregate first, as the collector would compute it now. */
 	shmet_snapshot_take(seg, &d->snap);
+	if (shmet_registry_update(seg, &d->reg) != SHMET_OK)
+		d->oom = true;
+	if (d->reg.corrupt)
+		msgs_add(&d->problems, "%llu family registry records are damaged or clash (%s)",
+			 (unsigned long long)d->reg.corrupt, d->reg.err);
 	char *key = malloc(DUMP_KEY_CAP + 16);
 	if (!key)
 		d->oom = true;
@@ -908,9 +906,17 @@ static struct pvals pv_of_value(const struct d_value *v)
 	return p;
 }
 
-static struct pvals pv_of_agg(const struct shmet_agg *a)
+/* An aggregate's counter value is one exact total, already rounded: shown
+ * as the whole count when that is all it holds, else as the double. */
+static struct pvals pv_of_agg(const struct shmet_agg *a, enum shmet_type type)
 {
 	struct pvals p = {a->whole, a->stamp_ns, a->value, a->buckets};
+	if (type == SHMET_COUNTER) {
+		if (a->value == (double)a->whole)
+			p.value = 0;
+		else
+			p.whole = 0;
+	}
 	return p;
 }
 
@@ -1108,7 +1114,7 @@ static void print_text(FILE *o, const struct dump *d)
 					char label[48];
 					snprintf(label, sizeof label, "= worker=\"%d\"", (int)s->v[k].area);
 					fprintf(o, "    %-22s ", label);
-					struct pvals p = pv_of_agg(&ss->agg);
+					struct pvals p = pv_of_agg(&ss->agg, f->type);
 					t_vals(o, f, &p);
 					fputc('\n', o);
 					any = true;
@@ -1124,7 +1130,7 @@ static void print_text(FILE *o, const struct dump *d)
 			else if (f->type == SHMET_GAUGE && !ss->agg.has)
 				fputs("no value (only dead processes had it)", o);
 			else {
-				struct pvals p = pv_of_agg(&ss->agg);
+				struct pvals p = pv_of_agg(&ss->agg, f->type);
 				t_vals(o, f, &p);
 			}
 			fputc('\n', o);
@@ -1309,7 +1315,7 @@ static void print_json(FILE *o, const struct dump *d)
 					if (!ss || !ss->agg.has)
 						continue;
 					fprintf(o, "%s{\"worker\":\"%d\",", any ? "," : "", (int)s->v[k].area);
-					struct pvals p = pv_of_agg(&ss->agg);
+					struct pvals p = pv_of_agg(&ss->agg, f->type);
 					j_vals(o, f, &p);
 					fputc('}', o);
 					any = true;
@@ -1323,7 +1329,7 @@ static void print_json(FILE *o, const struct dump *d)
 				continue;
 			}
 			fputc('{', o);
-			struct pvals p = pv_of_agg(&ss->agg);
+			struct pvals p = pv_of_agg(&ss->agg, f->type);
 			j_vals(o, f, &p);
 			fputs("}}", o);
 		}

@@ -1,0 +1,150 @@
+/* libshm: the family registry as readers see it.
+ *
+ * Each record is copied into private memory once, validated there by the
+ * same parser as a region's records, and trusted from then on: what a
+ * worker writes into the registry later cannot change a shape a reader has
+ * already adopted.  The registry only grows, so an update reads only the
+ * bytes appended since the last one.
+ */
+#include "shmetrics_reader.h"
+
+#include "keymap.h"
+
+#include <stdlib.h>
+
+static int add_entry(struct shmet_registry *r, const unsigned char *rec, uint32_t size)
+{
+	const size_t hdr = sizeof(struct shmet_region_header);
+	unsigned char *copy = malloc(hdr + size);
+	if (!copy)
+		return SHMET_E_SYS;
+	memset(copy, 0, hdr);
+	memcpy(copy + hdr, rec, size);
+	struct shmet_area a = {copy, hdr + size, hdr + size, hdr + size, false};
+	struct shmet_family_view fam;
+	char why[SHMET_ERRBUF];
+	if (shmet_parse_family(&a, hdr, &fam, why) != SHMET_OK) {
+		free(copy);
+		r->corrupt++;
+		if (!r->err[0])
+			snprintf(r->err, sizeof r->err, "family registry: %s", why);
+		return SHMET_OK;
+	}
+	/* A name already registered, or any sample name in common with one:
+	 * only a hostile writer gets such a record past the registry lock. */
+	char names[5][SHMET__SAMPLE_NAME_MAX];
+	size_t lens[5];
+	int n = shmet__sample_names(fam.name, fam.name_len, fam.type, names, lens);
+	for (int i = 0; i < n; i++)
+		if (keymap_find(r->samples, names[i], lens[i])) {
+			free(copy);
+			r->corrupt++;
+			if (!r->err[0])
+				snprintf(r->err, sizeof r->err, "family registry: %.*s clashes with an earlier family; ignored",
+					 (int)fam.name_len, fam.name);
+			return SHMET_OK;
+		}
+	if (r->n == r->cap) {
+		uint32_t cap = r->cap ? 2 * r->cap : 64;
+		struct shmet_registry_entry *e = realloc(r->e, cap * sizeof *e);
+		if (!e) {
+			free(copy);
+			return SHMET_E_SYS;
+		}
+		r->e = e;
+		r->cap = cap;
+	}
+	for (int i = 0; i < n; i++)
+		if (keymap_put(r->samples, names[i], lens[i], r->n) != 0) {
+			free(copy);
+			return SHMET_E_SYS;
+		}
+	if (keymap_put(r->names, fam.name, fam.name_len, r->n) != 0) {
+		free(copy);
+		return SHMET_E_SYS;
+	}
+	r->e[r->n].copy = copy;
+	r->e[r->n].fam = fam;
+	r->n++;
+	return SHMET_OK;
+}
+
+int shmet_registry_update(const struct shmet_segment *seg, struct shmet_registry *r)
+{
+	if (!r->names && !(r->names = calloc(1, sizeof *r->names)))
+		return SHMET_E_SYS;
+	if (!r->samples && !(r->samples = calloc(1, sizeof *r->samples)))
+		return SHMET_E_SYS;
+	if (r->end == 0)
+		r->end = sizeof(struct shmet_region_header);
+	if (r->stopped)
+		return SHMET_OK;
+	struct shmet_area a;
+	char why[SHMET_ERRBUF];
+	if (shmet_registry_area(seg, &a, why) != SHMET_OK) {
+		r->corrupt++;
+		if (!r->err[0])
+			snprintf(r->err, sizeof r->err, "family registry: %s", why);
+		return SHMET_OK; /* keep what was read: it cannot have changed */
+	}
+	/* records from r->end to the end acquired now; each bounded by it */
+	static _Thread_local unsigned char rec[SHMET_FAMILY_REC_MAX];
+	while (r->end < a.dir_end) {
+		uint32_t size;
+		memcpy(&size, a.base + r->end, 4);
+		if (size < sizeof(struct shmet_rec_family) || size % 8 || size > a.dir_end - r->end ||
+		    size > sizeof rec) {
+			r->stopped = true; /* no trustworthy size: nothing after it can be read */
+			r->corrupt++;
+			if (!r->err[0])
+				snprintf(r->err, sizeof r->err, "family registry: record at %llu has size %u",
+					 (unsigned long long)r->end, size);
+			return SHMET_OK;
+		}
+		memcpy(rec, a.base + r->end, size);
+		int rc = add_entry(r, rec, size);
+		if (rc != SHMET_OK)
+			return rc;
+		r->end += size;
+	}
+	return SHMET_OK;
+}
+
+void shmet_registry_free(struct shmet_registry *r)
+{
+	for (uint32_t i = 0; i < r->n; i++)
+		free(r->e[i].copy);
+	free(r->e);
+	if (r->names)
+		keymap_free(r->names);
+	if (r->samples)
+		keymap_free(r->samples);
+	free(r->names);
+	free(r->samples);
+	memset(r, 0, sizeof *r);
+}
+
+const struct shmet_family_view *shmet_registry_find(const struct shmet_registry *r, const char *name, size_t len)
+{
+	struct kv *kv = r->names ? keymap_find(r->names, name, len) : NULL;
+	return kv ? &r->e[kv->val].fam : NULL;
+}
+
+const struct shmet_family_view *shmet_registry_check(const struct shmet_registry *r, const struct shmet_family_view *f)
+{
+	const struct shmet_family_view *reg = shmet_registry_find(r, f->name, f->name_len);
+	return reg && shmet_family_same(reg, f) ? reg : NULL;
+}
+
+const unsigned char *shmet_registry_record(const struct shmet_registry *r, const struct shmet_family_view *reg,
+					   uint32_t *size)
+{
+	const struct shmet_registry_entry *e = (const struct shmet_registry_entry *)(const void *)((const char *)reg -
+							offsetof(struct shmet_registry_entry, fam));
+	uintptr_t at = (uintptr_t)e, lo = (uintptr_t)r->e;
+	if (!r->n || at < lo || at >= lo + r->n * sizeof *r->e)
+		return NULL;
+	const unsigned char *rec = e->copy + sizeof(struct shmet_region_header);
+	memcpy(size, rec, 4); /* validated when the copy was parsed */
+	return rec;
+}
