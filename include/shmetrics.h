@@ -549,7 +549,7 @@ static int shmet__init_locked(const struct shmet_options *o)
 	if (rc != SHMET_OK)
 		return shmet__err(rc, "%s", why);
 	strcpy(shmet__st.path, path);
-	shmet__st.region_size = shmet__st.map.hdr->sh_region_size;
+	shmet__st.region_size = shmet__st.map.region_size; /* validated at attach; never the live header */
 	/* Enough buckets for every series a region can hold, at ~64 bytes each. */
 	size_t want = (size_t)(shmet__st.region_size / 64), n = 64;
 	while (n < want && n < ((size_t)1 << 20))

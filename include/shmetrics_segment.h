@@ -87,6 +87,12 @@ struct shmet_seg_config {
 	uint64_t retired_size; /* bytes per retired half's area; 0: 2 * region_size */
 	unsigned mode;         /* 0: 0600; 0660 shares with the group */
 	int wait_ms;           /* how long a late opener waits for the creator; 0: 2000 */
+	/* An existing segment must be owned by our effective uid, or (for an
+	 * opener that is not root) be shared with our group by its mode.
+	 * allow_owner != 0 also accepts one owned by owner_uid; nothing else
+	 * does, not even for root. */
+	int allow_owner;
+	uid_t owner_uid;
 };
 
 enum shmet_attach_flags {
@@ -101,7 +107,29 @@ struct shmet_seg_map {
 	unsigned char *base;
 	uint64_t size;
 	struct shmet_seg_header *hdr;
+	/* Geometry validated once at attach (computed, when creating) and kept
+	 * in private memory: every worker can rewrite the header, so nothing
+	 * after attach reads its sizes or offsets again.  The accessors below
+	 * use only these. */
+	uint32_t regions;
+	uint64_t region_size;
+	uint64_t table_off;
+	uint64_t regions_off;
+	uint64_t retired_off;
+	uint64_t retired_half_size;
 };
+
+static inline void shmet__seg_keep(struct shmet_seg_map *m, uint32_t regions, uint64_t region_size,
+				   uint64_t table_off, uint64_t regions_off, uint64_t retired_off,
+				   uint64_t retired_half_size)
+{
+	m->regions = regions;
+	m->region_size = region_size;
+	m->table_off = table_off;
+	m->regions_off = regions_off;
+	m->retired_off = retired_off;
+	m->retired_half_size = retired_half_size;
+}
 
 static inline int shmet__fail(char *err, int code, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -242,6 +270,7 @@ static inline int shmet__init_segment(int fd, const struct shmet_seg_config *cfg
 	m->base = (unsigned char *)p;
 	m->size = g.total;
 	m->hdr = h;
+	shmet__seg_keep(m, n, rs, g.table_off, g.regions_off, g.retired_off, g.retired_half_size);
 	return SHMET_OK;
 }
 
@@ -361,6 +390,8 @@ static inline int shmet_seg_attach(const char *path, const struct shmet_seg_conf
 	m->base = (unsigned char *)p;
 	m->size = hcopy.sh_total_size;
 	m->hdr = (struct shmet_seg_header *)p;
+	shmet__seg_keep(m, hcopy.sh_region_count, hcopy.sh_region_size, hcopy.sh_region_table_off,
+			hcopy.sh_regions_off, hcopy.sh_retired_off, hcopy.sh_retired_half_size);
 	/* A hostile writer could change the header after our validation; every
 	 * later reader uses m->size and its own copy of the geometry, so check
 	 * the mapped one matches what we validated once more. */
@@ -387,25 +418,26 @@ static inline void shmet_seg_detach(struct shmet_seg_map *m)
 	m->fd = -1;
 }
 
+/* The accessors use the geometry kept at attach, never the live header.
+ * i must be below shmet_seg_regions(m). */
 static inline uint32_t shmet_seg_regions(const struct shmet_seg_map *m)
 {
-	return m->hdr->sh_region_count;
+	return m->regions;
 }
 
 static inline struct shmet_region_slot *shmet_seg_slot(const struct shmet_seg_map *m, uint32_t i)
 {
-	return (struct shmet_region_slot *)(m->base + m->hdr->sh_region_table_off +
-					    (uint64_t)i * SHMET_CACHELINE);
+	return (struct shmet_region_slot *)(m->base + m->table_off + (uint64_t)i * SHMET_CACHELINE);
 }
 
 static inline unsigned char *shmet_seg_region(const struct shmet_seg_map *m, uint32_t i)
 {
-	return m->base + m->hdr->sh_regions_off + (uint64_t)i * m->hdr->sh_region_size;
+	return m->base + m->regions_off + (uint64_t)i * m->region_size;
 }
 
 static inline off_t shmet_seg_lock_off(const struct shmet_seg_map *m, uint32_t i)
 {
-	return (off_t)(m->hdr->sh_region_table_off + (uint64_t)i * SHMET_CACHELINE);
+	return (off_t)(m->table_off + (uint64_t)i * SHMET_CACHELINE);
 }
 
 /* One byte of the header that only a collector (the folder) locks. */
@@ -450,7 +482,7 @@ static inline int shmet_seg_claim(const struct shmet_seg_map *m, int lock_fd, ui
 				  uint32_t *index, char *err)
 {
 	uint32_t n = shmet_seg_regions(m);
-	uint64_t rs = m->hdr->sh_region_size;
+	uint64_t rs = m->region_size;
 	for (uint32_t i = 0; i < n; i++) {
 		struct shmet_region_slot *slot = shmet_seg_slot(m, i);
 		int rc; /* declared before the gotos: C++ may not jump past an initialisation */
@@ -468,7 +500,7 @@ static inline int shmet_seg_claim(const struct shmet_seg_map *m, int lock_fd, ui
 		sg = __atomic_load_n(&slot->rs_state_gen, __ATOMIC_ACQUIRE);
 		if (shmet_state_of(sg) != SHMET_REGION_FREE)
 			goto next;
-		rc = posix_fallocate(m->fd, (off_t)(m->hdr->sh_regions_off + (uint64_t)i * rs), (off_t)rs);
+		rc = posix_fallocate(m->fd, (off_t)(m->regions_off + (uint64_t)i * rs), (off_t)rs);
 		if (rc != 0) {
 			shmet__ofd_lock(lock_fd, shmet_seg_lock_off(m, i), F_UNLCK, F_OFD_SETLK);
 			__atomic_fetch_add(&m->hdr->sh_claim_failures, 1, __ATOMIC_RELAXED);

@@ -1056,6 +1056,96 @@ static void test_reader_hostile_every_damage_read_and_folded(void **state)
 	}
 }
 
+/* ---- header bytes rewritten after open (issue 11, item 1) ---- */
+
+/* Where a hostile worker points the region table and the regions: far
+ * outside any mapping, so a store through the live header crashes. */
+#define FAR_AWAY UINT64_C(0x400000000000)
+
+static void rewrite_geometry(struct shmet_seg_header *h)
+{
+	/* plain stores: a worker's rewrite, seen by the code under test later
+	 * in this same thread */
+	h->sh_region_table_off = FAR_AWAY;
+	h->sh_regions_off = FAR_AWAY + SHMET_PAGE;
+	h->sh_region_size = FAR_AWAY;
+	h->sh_region_count = SHMET_MAX_REGIONS;
+}
+
+/* A worker rewrites the header's offsets after the collector opened the
+ * segment; folding and freeing use only the geometry validated at open. */
+static void test_reader_hostile_header_rewritten_after_open_ignored(void **state)
+{
+	(void)state;
+	const char *p = made("hdr", "clean");
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct shmet_segment s;
+		static struct shmet_fold_result res;
+		if (open_rw(p, &s) != 0 || shmet_segment_lock_collector(&s, NULL) != SHMET_OK)
+			_exit(30);
+		struct shmet_seg_header saved = *s.map.hdr;
+		rewrite_geometry(s.map.hdr);
+		if (shmet_fold_dead(&s, &res) != SHMET_OK || res.to_free == 0)
+			_exit(31);
+		shmet_free_folded(&s, &res);
+		/* the real slots, where the validated geometry says they are */
+		for (uint32_t k = 0; k < res.to_free; k++) {
+			const struct shmet_region_slot *slot = (const struct shmet_region_slot *)(const void *)(
+				s.map.base + s.table_off + (uint64_t)res.regions[k] * SHMET_CACHELINE);
+			if (shmet_state_of(slot->rs_state_gen) != SHMET_REGION_FREE)
+				_exit(32);
+		}
+		memcpy(s.map.hdr, &saved, offsetof(struct shmet_seg_header, sh_reserved0)); /* geometry only */
+		shmet_segment_close(&s);
+		_exit(0);
+	}
+	int st = tsupport_wait(pid);
+	if (st != 0)
+		fail_msg("the folder %s %d after the header was rewritten", st > 128 ? "died of signal" : "exited",
+			 st > 128 ? st - 128 : st);
+	assert_double_equal_exact(value_of(p, "requests_total", (const char *[]){"GET", "200", NULL}), 15);
+}
+
+/* The same for the writer: a process attached before the header was
+ * rewritten forks a child, whose first write claims a region through the
+ * geometry its parent validated. */
+static void test_reader_hostile_header_rewritten_writer_claims_safely(void **state)
+{
+	(void)state;
+	const char *p = tag_path("hdrw");
+	unlink(p);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct shmet_options o = {p, HOSTILE_REGIONS, FUZZ_REGION_SIZE, 0, false};
+		shmet_family *f;
+		if (shmet_init(&o) != SHMET_OK || shmet_counter_register(&f, "hits_total", "Hits.", 0, NULL) != SHMET_OK)
+			_exit(40);
+		shmet_counter c = shmet_counter_get(f, NULL);
+		shmet_counter_inc(c);
+		struct shmet_segment s;
+		if (open_rw(p, &s) != 0)
+			_exit(41);
+		struct shmet_seg_header saved = *s.map.hdr;
+		rewrite_geometry(s.map.hdr);
+		pid_t child = fork();
+		if (child == 0) {
+			shmet_counter_inc(c); /* claims a region now */
+			_exit(shmet_region_index() >= 0 ? 0 : 43);
+		}
+		int cst = tsupport_wait(child);
+		memcpy(s.map.hdr, &saved, offsetof(struct shmet_seg_header, sh_reserved0));
+		shmet_segment_close(&s);
+		_exit(cst == 0 ? 0 : cst > 128 ? 50 + cst - 128 : 42);
+	}
+	int st = tsupport_wait(pid);
+	if (st != 0)
+		fail_msg("the writer's child failed after the header was rewritten: status %d (50+n: signal n)", st);
+	assert_double_equal_exact(value_of(p, "hits_total", NULL), 2);
+}
+
 /* ---- command-line modes ---- */
 
 static volatile sig_atomic_t stop;
@@ -1257,6 +1347,8 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_reader_hostile_fold_stays_inside_inactive_half),
 		cmocka_unit_test(test_reader_hostile_every_damage_read_and_folded),
 		cmocka_unit_test(test_reader_hostile_random_damage_survived),
+		cmocka_unit_test(test_reader_hostile_header_rewritten_after_open_ignored),
+		cmocka_unit_test(test_reader_hostile_header_rewritten_writer_claims_safely),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
