@@ -166,7 +166,7 @@ int collector_open(struct collector *c, const struct collector_config *cfg, char
 	pthread_mutex_init(&c->wake_mu, NULL);
 	pthread_cond_init(&c->wake, NULL);
 	pthread_cond_init(&c->scanned, NULL);
-	struct shmet_seg_config sc = {cfg->regions, cfg->region_size, 0, 0, 0};
+	struct shmet_seg_config sc = {cfg->regions, cfg->region_size, 0, 0, 0, cfg->allow_owner, cfg->owner_uid};
 	char why[SHMET_ERRBUF];
 	int rc = shmet_segment_open(cfg->segment, SHMET_ATTACH_CREATE, &sc, &c->seg, why);
 	if (rc != SHMET_OK) {

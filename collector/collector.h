@@ -80,6 +80,8 @@ struct collector_config {
 	size_t push_body_limit;
 	double push_rate; /* requests per second per client */
 	double push_burst;
+	bool allow_owner; /* --segment-owner: also accept a segment owned by owner_uid */
+	uid_t owner_uid;
 };
 
 struct collector {

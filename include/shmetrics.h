@@ -16,6 +16,8 @@
  *
  * Options (compile time): none.  Environment: SHMETRICS_SEGMENT names the
  * segment (default /dev/shm/shmetrics); shmet_init() with options overrides.
+ * An existing segment owned by another user is refused (root included)
+ * unless SHMETRICS_SEGMENT_OWNER=<uid> names that owner.
  *
  * Contract:
  *  - Registration and label lookup return an error code (0 or negative; see
@@ -543,6 +545,13 @@ static int shmet__init_locked(const struct shmet_options *o)
 		cfg.regions = o->regions;
 		cfg.region_size = o->region_size;
 		cfg.mode = o->mode;
+	}
+	const char *owner = getenv(SHMET_ENV_SEGMENT_OWNER);
+	if (owner && *owner) {
+		if (shmet_parse_uid(owner, &cfg.owner_uid) != 0)
+			return shmet__err(SHMET_E_INVALID_ARG, "%s=\"%s\" is not a numeric uid", SHMET_ENV_SEGMENT_OWNER,
+					  owner);
+		cfg.allow_owner = 1;
 	}
 	char why[SHMET_ERRBUF];
 	int rc = shmet_seg_attach(path, &cfg, o && o->no_create ? 0 : SHMET_ATTACH_CREATE, &shmet__st.map, why);

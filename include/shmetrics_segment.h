@@ -151,6 +151,27 @@ static inline uint64_t shmet__now_ns(clockid_t clk)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* The writer's way to accept a segment owned by another user (the
+ * collector and the dump tool have --segment-owner UID instead). */
+#define SHMET_ENV_SEGMENT_OWNER "SHMETRICS_SEGMENT_OWNER"
+
+/* Parse a numeric uid for cfg->owner_uid: 0 ok, -1 not a uid. */
+static inline int shmet_parse_uid(const char *s, uid_t *uid)
+{
+	unsigned long long v = 0;
+	if (!s || !*s)
+		return -1;
+	for (const char *p = s; *p; p++) {
+		if (*p < '0' || *p > '9' || v > 0xffffffffull / 10)
+			return -1;
+		v = v * 10 + (unsigned)(*p - '0');
+	}
+	if (v >= 0xffffffffull) /* (uid_t)-1 means "no uid" to the kernel */
+		return -1;
+	*uid = (uid_t)v;
+	return 0;
+}
+
 static inline const char *shmet_default_path(void)
 {
 	const char *p = getenv(SHMET_ENV_SEGMENT);
@@ -274,6 +295,18 @@ static inline int shmet__init_segment(int fd, const struct shmet_seg_config *cfg
 	return SHMET_OK;
 }
 
+/* What a file that is not a regular file is, for the message refusing it. */
+static inline const char *shmet__file_kind(mode_t mode)
+{
+	return S_ISFIFO(mode)	 ? "a FIFO"
+	       : S_ISDIR(mode)	 ? "a directory"
+	       : S_ISCHR(mode)	 ? "a character device"
+	       : S_ISBLK(mode)	 ? "a block device"
+	       : S_ISSOCK(mode) ? "a socket"
+	       : S_ISLNK(mode)	 ? "a symbolic link"
+				 : "not a regular file";
+}
+
 /* Open (and, with SHMET_ATTACH_CREATE, create) the segment at path and map it.
  * On failure returns a negative code, leaves *m closed and writes a reason
  * into err (SHMET_ERRBUF bytes). */
@@ -289,6 +322,7 @@ static inline int shmet_seg_attach(const char *path, const struct shmet_seg_conf
 	if (mode & 0007)
 		return shmet__fail(err, SHMET_E_INVALID_ARG, "mode %04o: other users may not have access", mode);
 	int fd = -1, created = 0;
+	struct stat st;
 	for (int attempt = 0; attempt < 100 && fd < 0; attempt++) {
 		if (!ro && (flags & SHMET_ATTACH_CREATE)) {
 			fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
@@ -299,7 +333,14 @@ static inline int shmet_seg_attach(const char *path, const struct shmet_seg_conf
 			if (errno != EEXIST)
 				break;
 		}
-		fd = open(path, (ro ? O_RDONLY : O_RDWR) | O_NOFOLLOW | O_CLOEXEC);
+		/* Only a regular file is opened: opening a FIFO for reading blocks
+		 * until a writer comes, and opening a device can act on it.  lstat
+		 * first, then O_NONBLOCK in case it was swapped meanwhile (fstat
+		 * below decides). */
+		if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode))
+			return shmet__fail(err, SHMET_E_PERMISSION, "%s is %s, not a regular file; refused", path,
+					   shmet__file_kind(st.st_mode));
+		fd = open(path, (ro ? O_RDONLY : O_RDWR) | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 		if (fd < 0 && !(errno == ENOENT && (flags & SHMET_ATTACH_CREATE)))
 			break; /* ENOENT with CREATE: it was removed meanwhile; try again */
 	}
@@ -308,6 +349,11 @@ static inline int shmet_seg_attach(const char *path, const struct shmet_seg_conf
 		if (e == ELOOP)
 			return shmet__fail(err, SHMET_E_PERMISSION, "%s is a symbolic link; refused", path);
 		return shmet__fail(err, SHMET_E_SYS, "cannot open %s: %s", path, strerror(e));
+	}
+	if (!created) {
+		int fl = fcntl(fd, F_GETFL);
+		if (fl >= 0)
+			fcntl(fd, F_SETFL, fl & ~O_NONBLOCK); /* a regular file's I/O never blocks anyway */
 	}
 	m->fd = fd;
 	m->readonly = ro;
@@ -324,13 +370,12 @@ static inline int shmet_seg_attach(const char *path, const struct shmet_seg_conf
 		}
 		return SHMET_OK;
 	}
-	struct stat st;
 	if (fstat(fd, &st) != 0) {
 		rc = shmet__fail(why, SHMET_E_SYS, "fstat: %s", strerror(errno));
 		goto fail;
 	}
 	if (!S_ISREG(st.st_mode)) {
-		rc = shmet__fail(why, SHMET_E_PERMISSION, "not a regular file");
+		rc = shmet__fail(why, SHMET_E_PERMISSION, "%s, not a regular file; refused", shmet__file_kind(st.st_mode));
 		goto fail;
 	}
 	if (st.st_mode & S_IWOTH) {
@@ -338,9 +383,16 @@ static inline int shmet_seg_attach(const char *path, const struct shmet_seg_conf
 				 (unsigned)(st.st_mode & 07777));
 		goto fail;
 	}
-	if (st.st_uid != geteuid() && geteuid() != 0 && !(st.st_gid == getegid() && (st.st_mode & 0060))) {
-		rc = shmet__fail(why, SHMET_E_PERMISSION, "owned by uid %u, not shared with us",
-				 (unsigned)st.st_uid);
+	/* Whoever owns the segment can rewrite every byte of it, and so read,
+	 * forge or break our metrics: accept our own, one the caller names, or
+	 * (not for root) one shared with our group by its mode.  Root is not
+	 * exempt: it would trust any user's file. */
+	if (st.st_uid != geteuid() && !(cfg && cfg->allow_owner && st.st_uid == cfg->owner_uid) &&
+	    (geteuid() == 0 || !(st.st_gid == getegid() && (st.st_mode & 0060)))) {
+		rc = shmet__fail(why, SHMET_E_PERMISSION,
+				 "owned by uid %u, not by us (uid %u)%s; refused (allow that owner explicitly)",
+				 (unsigned)st.st_uid, (unsigned)geteuid(),
+				 geteuid() == 0 ? "" : " and not shared with our group");
 		goto fail;
 	}
 	/* The creator sizes the file, initialises it and publishes the magic
