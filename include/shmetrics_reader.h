@@ -78,8 +78,23 @@ unsigned shmet_retired_active(const struct shmet_segment *seg);
 int shmet_retired_area(const struct shmet_segment *seg, unsigned half, struct shmet_area *a, char *err);
 const struct shmet_retired_header *shmet_retired_header(const struct shmet_segment *seg, unsigned half);
 
+/* The largest records a writer makes within the SHMET_MAX_* limits.  A
+ * reader copies a record into private memory before it validates it (a
+ * worker may change the bytes between a check and a later use), so a record
+ * larger than these is corrupt. */
+#define SHMET_FAMILY_REC_MAX                                                                        \
+	((sizeof(struct shmet_rec_family) + 8u * SHMET_MAX_BUCKETS + SHMET_MAX_NAME_LEN + SHMET_MAX_HELP_LEN + \
+	  SHMET_MAX_LABELS * (2u + SHMET_MAX_NAME_LEN) + 7u) & ~(size_t)7)
+#define SHMET_SERIES_REC_MAX \
+	((sizeof(struct shmet_rec_series) + SHMET_MAX_LABELS * (2u + SHMET_MAX_VALUE_LEN) + 7u) & ~(size_t)7)
+
+/* A parsed family record.  Every pointer points into rec, this view's own
+ * copy of the record's bytes, which is what was validated: never into the
+ * segment.  So a view must not be copied by value (its pointers would still
+ * point into the original); pass it by pointer. */
 struct shmet_family_view {
 	uint32_t off;
+	uint32_t rec_size; /* bytes of rec in use: the whole record, header included */
 	enum shmet_type type;
 	enum shmet_gauge_mode mode;
 	uint32_t nlabels, nbuckets;
@@ -88,15 +103,19 @@ struct shmet_family_view {
 	uint32_t name_len, help_len;
 	const char *label_names[SHMET_MAX_LABELS];
 	uint32_t label_lens[SHMET_MAX_LABELS];
+	unsigned char rec[SHMET_FAMILY_REC_MAX]; /* last: only rec_size bytes are written */
 };
 
+/* A parsed series record; values point into rec, as for a family. */
 struct shmet_series_view {
 	uint32_t off;
 	uint32_t family_off;
 	uint32_t cell_off, cell_size;
 	uint32_t nvalues;
+	uint32_t rec_size;
 	const char *values[SHMET_MAX_LABELS];
 	uint32_t value_lens[SHMET_MAX_LABELS];
+	unsigned char rec[SHMET_SERIES_REC_MAX];
 };
 
 struct shmet_record {

@@ -62,15 +62,11 @@ static int fold_series(struct target *t, const struct shmet_area *src, const str
 			return 1;
 		fam_off = fam->val;
 	} else {
-		struct shmet_rec_header h;
-		memcpy(&h, src->base + r->fam.off, sizeof h);
-		/* read again: the size parsed a moment ago may have changed since */
-		if (h.rec_size < sizeof(struct shmet_rec_family) || h.rec_size > src->dir_end - r->fam.off)
-			return 1;
-		unsigned char *p = append(t, h.rec_size);
+		/* the validated private copy, never the segment's bytes again */
+		unsigned char *p = append(t, r->fam.rec_size);
 		if (!p)
 			return -1;
-		memcpy(p, src->base + r->fam.off, h.rec_size);
+		memcpy(p, r->fam.rec, r->fam.rec_size);
 		fam_off = (uint32_t)(p - t->base);
 		if (keymap_put(&t->families, r->fam.name, r->fam.name_len, fam_off) != 0)
 			return -1;
@@ -151,9 +147,7 @@ static uint64_t room_needed(struct target *t, const struct shmet_area *src, char
 			continue;
 		if (!keymap_find(&t->families, r.fam.name, r.fam.name_len) &&
 		    !keymap_find(seen, r.fam.name, r.fam.name_len)) {
-			struct shmet_rec_header h;
-			memcpy(&h, src->base + r.fam.off, sizeof h);
-			need += h.rec_size;
+			need += r.fam.rec_size;
 			keymap_put(seen, r.fam.name, r.fam.name_len, 0);
 		}
 		size_t klen = shmet_series_key(&r, key, KEY_CAP);

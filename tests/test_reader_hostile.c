@@ -17,8 +17,11 @@
  */
 #include "tsupport.h"
 #include "shmetrics.h"
+#include "collector.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <regex.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1146,6 +1149,160 @@ static void test_reader_hostile_header_rewritten_writer_claims_safely(void **sta
 	assert_double_equal_exact(value_of(p, "hits_total", NULL), 2);
 }
 
+/* ---- bytes flipped between the check and the copy (issue 11, item 2) ---- */
+
+/* A worker flips bytes of its own records while the collector reads them:
+ * a label name's byte between 'm' and '\n', a metric name's between 'r'
+ * and '\n', a label value's between 'G' and 0xff.  Whatever moment the
+ * reader copies at, each record is valid (and exposed) or corrupt (and
+ * skipped): no body may hold a byte that was not validated. */
+struct flipper {
+	unsigned char *at[3];
+	unsigned char good[3], bad[3];
+	int stop;
+	uint64_t rounds;
+};
+
+static void *flip_loop(void *arg)
+{
+	struct flipper *f = arg;
+	/* relaxed: the bytes are the attack, not a protocol; stop is a flag */
+	for (uint64_t k = 0; !__atomic_load_n(&f->stop, __ATOMIC_RELAXED); k++) {
+		for (int i = 0; i < 3; i++)
+			__atomic_store_n(f->at[i], (k >> i) & 1 ? f->bad[i] : f->good[i], __ATOMIC_RELAXED);
+		for (volatile int spin = 0; spin < (int)(k % 7) * 8; spin++)
+			;
+		f->rounds = k;
+	}
+	for (int i = 0; i < 3; i++)
+		__atomic_store_n(f->at[i], f->good[i], __ATOMIC_RELAXED);
+	return NULL;
+}
+
+/* NULL when every line of the body is a well-formed exposition line, else
+ * the first bad one (in line, cap bytes). */
+static const char *bad_body_line(const char *body, size_t len, regex_t *re, char *line, size_t cap)
+{
+	if (!shmet_valid_utf8(body, len)) {
+		snprintf(line, cap, "(the body is not valid UTF-8)");
+		return line;
+	}
+	const char *p = body, *end = body + len;
+	while (p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		if (!nl) {
+			snprintf(line, cap, "(no newline at the end: \"%.*s\")", (int)(end - p), p);
+			return line;
+		}
+		size_t n = (size_t)(nl - p);
+		if (n >= cap)
+			n = cap - 1;
+		memcpy(line, p, n);
+		line[n] = 0;
+		if (regexec(re, line, 0, NULL, 0) != 0)
+			return line;
+		p = nl + 1;
+	}
+	return NULL;
+}
+
+static void test_reader_hostile_flipped_bytes_never_rendered(void **state)
+{
+	(void)state;
+	const char *p = tag_path("flip");
+	unlink(p);
+	int ready[2], hold[2];
+	assert_int_equal(pipe(ready), 0);
+	assert_int_equal(pipe(hold), 0);
+	pid_t w = fork();
+	assert_true(w >= 0);
+	if (w == 0) {
+		close(ready[0]);
+		close(hold[1]);
+		struct shmet_options o = {p, HOSTILE_REGIONS, FUZZ_REGION_SIZE, 0, false};
+		shmet_family *f;
+		const char *l[] = {"method"};
+		if (shmet_init(&o) != SHMET_OK || shmet_counter_register(&f, "race_total", "Raced.", 1, l) != SHMET_OK)
+			_exit(1);
+		shmet_counter_inc(shmet_counter_labels(f, "GET"));
+		int idx = shmet_region_index();
+		if (write(ready[1], &idx, sizeof idx) != (ssize_t)sizeof idx)
+			_exit(2);
+		char c;
+		while (read(hold[0], &c, 1) < 0 && errno == EINTR)
+			;
+		_exit(0);
+	}
+	close(ready[1]);
+	close(hold[0]);
+	int idx = -1;
+	assert_int_equal(read(ready[0], &idx, sizeof idx), (ssize_t)sizeof idx);
+	close(ready[0]);
+	assert_true(idx >= 0);
+
+	static struct collector c;
+	struct collector_config cfg = {.segment = p, .listen_host = "127.0.0.1", .scan_interval = 1};
+	char err[256];
+	if (collector_open(&c, &cfg, err, sizeof err) != SHMET_OK)
+		fail_msg("collector_open: %s", err);
+	uint64_t fam = find_rec_in(&c.seg, (uint32_t)idx, SHMET_REC_FAMILY, "race_total", NULL);
+	uint64_t ser = find_rec_in(&c.seg, (uint32_t)idx, SHMET_REC_SERIES, "race_total", "GET");
+	assert_true(fam && ser);
+	unsigned char *rg = c.seg.map.base + c.seg.regions_off + (uint64_t)idx * c.seg.region_size;
+	unsigned char *name = rg + fam + sizeof(struct shmet_rec_family); /* no buckets: the name first */
+	unsigned char *label = name + strlen("race_total") + strlen("Raced.") + 2; /* after its u16 length */
+	unsigned char *value = rg + ser + sizeof(struct shmet_rec_series) + 2;
+	assert_int_equal(*name, 'r');
+	assert_int_equal(*label, 'm');
+	assert_int_equal(*value, 'G');
+	struct flipper fl = {{label, name, value}, {'m', 'r', 'G'}, {'\n', '\n', 0xff}, 0, 0};
+
+	regex_t re;
+	const char *line_re =
+		"^(# HELP [a-zA-Z_:][a-zA-Z0-9_:]* .*"
+		"|# TYPE [a-zA-Z_:][a-zA-Z0-9_:]* (counter|gauge|histogram|summary|unknown|untyped)"
+		"|# EOF"
+		"|[a-zA-Z_:][a-zA-Z0-9_:]*"
+		"(\\{[a-zA-Z_][a-zA-Z0-9_]*=\"([^\"\\\\]|\\\\.)*\"(,[a-zA-Z_][a-zA-Z0-9_]*=\"([^\"\\\\]|\\\\.)*\")*\\})?"
+		" [^ ]+)$";
+	assert_int_equal(regcomp(&re, line_re, REG_EXTENDED | REG_NOSUB), 0);
+	pthread_t th;
+	assert_int_equal(pthread_create(&th, NULL, flip_loop, &fl), 0);
+	shmet_buf b;
+	shmet_buf_init(&b);
+	char line[512];
+	const char *bad = NULL;
+	uint64_t builds = 0, shown = 0, t0 = shmet__now_ns(CLOCK_MONOTONIC);
+	while (!bad && shmet__now_ns(CLOCK_MONOTONIC) - t0 < 3000000000ull) {
+		struct view *v = view_build(&c);
+		if (!v)
+			continue;
+		for (int fmt = 0; fmt < 2 && !bad; fmt++) {
+			shmet_buf_reset(&b);
+			render_metrics(&c, v, &b, fmt ? SHMET_EXPO_OPENMETRICS : SHMET_EXPO_TEXT);
+			assert_false(b.oom);
+			bad = bad_body_line(b.data, b.len, &re, line, sizeof line);
+			if (memmem(b.data, b.len, "race_total{method=\"GET\"} 1", 26))
+				shown++;
+		}
+		view_free(v);
+		builds++;
+	}
+	__atomic_store_n(&fl.stop, 1, __ATOMIC_RELAXED);
+	pthread_join(th, NULL);
+	shmet_buf_free(&b);
+	regfree(&re);
+	collector_close(&c);
+	close(hold[1]);
+	tsupport_wait(w);
+	if (bad)
+		fail_msg("after %llu builds (%llu flips), a body held the line \"%s\"", (unsigned long long)builds,
+			 (unsigned long long)fl.rounds, bad);
+	print_message("%llu builds, %llu flips, the series shown intact %llu times\n", (unsigned long long)builds,
+		      (unsigned long long)fl.rounds, (unsigned long long)shown);
+	assert_true(builds > 100);
+}
+
 /* ---- command-line modes ---- */
 
 static volatile sig_atomic_t stop;
@@ -1349,6 +1506,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_reader_hostile_random_damage_survived),
 		cmocka_unit_test(test_reader_hostile_header_rewritten_after_open_ignored),
 		cmocka_unit_test(test_reader_hostile_header_rewritten_writer_claims_safely),
+		cmocka_unit_test(test_reader_hostile_flipped_bytes_never_rendered),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

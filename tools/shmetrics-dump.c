@@ -570,9 +570,8 @@ static bool wanted_family(const struct dump *d, const char *name, size_t len)
 
 static void walk_family(struct walk *w, const struct shmet_record *r)
 {
-	const unsigned char *rec = w->a->base + r->fam.off;
 	struct shmet_rec_family raw;
-	memcpy(&raw, rec, sizeof raw);
+	memcpy(&raw, r->fam.rec, sizeof raw); /* the copy libshm validated */
 	if (raw.fam_rec.rec_flags != 0 || raw.fam_zero != 0)
 		walk_problem(w, "family %.*s at %u: reserved fields are not zero", (int)r->fam.name_len, r->fam.name,
 			     r->fam.off);
@@ -595,7 +594,7 @@ static void walk_series(struct walk *w, const struct shmet_record *r)
 	const struct shmet_area *a = w->a;
 	const struct shmet_series_view *s = &r->series;
 	struct shmet_rec_series raw;
-	memcpy(&raw, a->base + s->off, sizeof raw);
+	memcpy(&raw, s->rec, sizeof raw);
 	int name_len = (int)r->fam.name_len;
 	const char *name = r->fam.name;
 	bool ok = true;
