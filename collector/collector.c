@@ -2,9 +2,12 @@
  * changed, publish it under RCU, and free what no reader can still see. */
 #include "http.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <urcu-bp.h>
 
@@ -22,6 +25,113 @@ void collector_log(const char *fmt, ...)
 	vsnprintf(line + n, sizeof line - n, fmt, ap);
 	va_end(ap);
 	fprintf(stderr, "%s\n", line);
+}
+
+/* ---- SIGBUS guard (collector.h says what it is for) ---- */
+
+uintptr_t collector_seg_end;
+uint64_t collector_bus_errors;
+/* The segment's mapping [guard_lo, guard_hi): relaxed, set at open and close. */
+static uintptr_t guard_lo, guard_hi;
+static int guard_patched; /* a zero page replaced a segment page: map the file again */
+static __thread sigjmp_buf *guard_jb;
+
+static void on_sigbus(int sig, siginfo_t *si, void *uctx)
+{
+	(void)uctx;
+	uintptr_t a = (uintptr_t)si->si_addr;
+	uintptr_t lo = __atomic_load_n(&guard_lo, __ATOMIC_RELAXED), hi = __atomic_load_n(&guard_hi, __ATOMIC_RELAXED);
+	if (a >= lo && a < hi) {
+		/* relaxed: a statistic */
+		__atomic_fetch_add(&collector_bus_errors, 1, __ATOMIC_RELAXED);
+		if (guard_jb)
+			siglongjmp(*guard_jb, 1); /* SA_NODEFER: SIGBUS stays unblocked */
+		/* Outside a guard: a private zero page over the faulting one lets
+		 * the access complete.  mmap is a plain system call here. */
+		void *page = (void *)(a & ~(uintptr_t)(SHMET_PAGE - 1));
+		if (mmap(page, SHMET_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) !=
+		    MAP_FAILED) {
+			__atomic_store_n(&guard_patched, 1, __ATOMIC_RELAXED);
+			return;
+		}
+	}
+	/* Not the segment's: die of it as if there were no handler. */
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+static void guard_install(void)
+{
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_sigaction = on_sigbus;
+	sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGBUS, &sa, NULL);
+}
+
+void collector_guard_enter(sigjmp_buf *jb) { guard_jb = jb; }
+void collector_guard_leave(void) { guard_jb = NULL; }
+
+bool collector_check_size(struct collector *c, bool updater)
+{
+	const struct shmet_seg_map *m = &c->seg.map;
+	struct stat st;
+	if (fstat(m->fd, &st) != 0)
+		return true; /* cannot tell: carry on, the guards still hold */
+	uint64_t size = (uint64_t)st.st_size, need = m->size;
+	uintptr_t end = (uintptr_t)m->base + (size < need ? (uintptr_t)size : (uintptr_t)need);
+	__atomic_store_n(&collector_seg_end, end, __ATOMIC_RELAXED);
+	if (!updater)
+		return size >= need;
+	__atomic_store_n(&c->file_size, size, __ATOMIC_RELAXED);
+	if (size < need) {
+		if (!c->truncated) {
+			c->truncated = true;
+			__atomic_fetch_add(&c->truncations, 1, __ATOMIC_RELAXED);
+			collector_log("segment %s was truncated to %llu bytes (it needs %llu): keeping the last good view "
+				      "and reading nothing past the end; restore its size or recreate it",
+				      c->seg.path, (unsigned long long)size, (unsigned long long)need);
+		}
+		return false;
+	}
+	if (__atomic_load_n(&guard_patched, __ATOMIC_RELAXED)) {
+		/* Put the file back under the pages a zero page replaced (one
+		 * atomic replacement of the whole mapping). */
+		void *p = mmap(m->base, m->size, m->readonly ? PROT_READ : PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
+			       m->fd, 0);
+		if (p == MAP_FAILED)
+			collector_log("cannot map segment %s again: %s", c->seg.path, strerror(errno));
+		else
+			__atomic_store_n(&guard_patched, 0, __ATOMIC_RELAXED);
+	}
+	if (c->truncated) {
+		c->truncated = false;
+		collector_log("segment %s has its size again (%llu bytes); what lay past the cut reads as zero",
+			      c->seg.path, (unsigned long long)size);
+	}
+	return true;
+}
+
+bool collector_render(struct collector *c, shmet_buf *b, enum shmet_expo_format fmt)
+{
+	for (int attempt = 0; attempt < 2; attempt++) {
+		sigjmp_buf jb;
+		const struct view *v = view_enter(c);
+		if (sigsetjmp(jb, 0) == 0) {
+			collector_guard_enter(&jb);
+			render_metrics(c, v, b, fmt);
+			collector_guard_leave();
+			view_leave(c);
+			return true;
+		}
+		/* The file shrank while we read it: find its end, render again. */
+		collector_guard_leave();
+		view_leave(c);
+		shmet_buf_reset(b);
+		collector_check_size(c, false);
+	}
+	return false;
 }
 
 const struct view *view_enter(struct collector *c)
@@ -74,7 +184,8 @@ static uint64_t fingerprint(struct collector *c)
 static struct shmet_fold_result fold_res;
 static uint64_t last_fingerprint;
 
-bool collector_scan(struct collector *c)
+/* The scan proper: every access to segment memory of the updater. */
+static bool scan_guarded(struct collector *c)
 {
 	int rc = shmet_fold_dead(&c->seg, &fold_res);
 	if (rc != SHMET_OK || fold_res.err[0])
@@ -99,6 +210,27 @@ bool collector_scan(struct collector *c)
 	if (fold_res.to_free && changed) {
 		shmet_free_folded(&c->seg, &fold_res);
 		last_fingerprint = 0; /* the freed regions change the counts: rebuild next scan */
+	}
+	return changed;
+}
+
+bool collector_scan(struct collector *c)
+{
+	volatile bool changed = false; /* volatile: set between sigsetjmp and a possible siglongjmp */
+	if (collector_check_size(c, true)) {
+		sigjmp_buf jb;
+		if (sigsetjmp(jb, 0) == 0) {
+			collector_guard_enter(&jb);
+			changed = scan_guarded(c);
+			collector_guard_leave();
+		} else {
+			/* The file shrank during the scan: nothing new was published
+			 * (or what was is complete); the next scan's size check
+			 * reports it. */
+			collector_guard_leave();
+			last_fingerprint = 0;
+			collector_log("segment %s: a read past its end was caught during a scan", c->seg.path);
+		}
 	}
 	__atomic_store_n(&c->last_scan_ns, shmet__now_ns(CLOCK_MONOTONIC), __ATOMIC_RELAXED);
 	return changed;
@@ -183,6 +315,9 @@ int collector_open(struct collector *c, const struct collector_config *cfg, char
 		shmet_segment_close(&c->seg);
 		return rc;
 	}
+	__atomic_store_n(&guard_lo, (uintptr_t)c->seg.map.base, __ATOMIC_RELAXED);
+	__atomic_store_n(&guard_hi, (uintptr_t)c->seg.map.base + c->seg.map.size, __ATOMIC_RELAXED);
+	guard_install();
 	collector_log("segment %s: %s, %u regions of %llu bytes", c->seg.path,
 		      c->seg.map.created ? "created" : "opened", c->seg.regions, (unsigned long long)c->seg.region_size);
 	collector_scan(c);
@@ -226,5 +361,8 @@ void collector_close(struct collector *c)
 	keymap_free(&c->problems);
 	view_free(c->view);
 	c->view = NULL;
+	__atomic_store_n(&guard_hi, (uintptr_t)0, __ATOMIC_RELAXED);
+	__atomic_store_n(&guard_lo, (uintptr_t)0, __ATOMIC_RELAXED);
+	__atomic_store_n(&collector_seg_end, (uintptr_t)0, __ATOMIC_RELAXED);
 	shmet_segment_close(&c->seg);
 }

@@ -401,14 +401,20 @@ void view_free(struct view *v)
 	free(v);
 }
 
-void view_series_agg(const struct view_family *f, const struct view_series *s, struct shmet_agg *acc)
+bool view_series_agg(const struct view_family *f, const struct view_series *s, struct shmet_agg *acc)
 {
+	bool whole = true;
 	memset(acc, 0, offsetof(struct shmet_agg, buckets));
 	if (f->type == SHMET_HISTOGRAM)
 		memset(acc->buckets, 0, (f->nbuckets + 1) * sizeof acc->buckets[0]);
+	uint32_t cell_size = shmet_cell_size(f->type, f->nbuckets);
 	for (uint32_t i = 0; i < s->nrefs; i++) {
 		const uint64_t *c = s->refs[i].cells;
 		struct shmet_values v;
+		if (!collector_readable(c, cell_size)) {
+			whole = false; /* past the end of a truncated segment: never touched */
+			continue;
+		}
 		/* relaxed: each cell is one value; see shmet_read_cells. */
 		switch (f->type) {
 		case SHMET_COUNTER:
@@ -431,4 +437,5 @@ void view_series_agg(const struct view_family *f, const struct view_series *s, s
 			break;
 		}
 	}
+	return whole;
 }

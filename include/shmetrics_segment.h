@@ -8,6 +8,17 @@
  *
  * Needs _GNU_SOURCE-level declarations only for constants that it defines
  * itself when missing (the F_OFD_* lock commands, Linux >= 3.15).
+ *
+ * Trust: whoever can open the file for writing can rewrite every byte and
+ * can shrink the file.  So the opener accepts only a regular file owned by
+ * its own uid, by one it names (shmet_seg_config.owner_uid), or (not for
+ * root) shared with its group by mode; after attach it uses only the
+ * geometry it validated (struct shmet_seg_map), never the header again.
+ * Shrinking cannot be prevented: Linux seals (F_ADD_SEALS) exist for memfd
+ * only, and a page mapped past the new end raises SIGBUS in whoever touches
+ * it.  The collector survives that (collector.h); a writer does not, by
+ * design of a header-only library that installs no signal handler: the
+ * operator keeps the file private and restarts what died.
  */
 #ifndef SHMETRICS_SEGMENT_H
 #define SHMETRICS_SEGMENT_H

@@ -1209,7 +1209,7 @@ static const char *bad_body_line(const char *body, size_t len, regex_t *re, char
 static void test_reader_hostile_flipped_bytes_never_rendered(void **state)
 {
 	(void)state;
-	const char *p = tag_path("flip");
+	const char *p = tag_path("hdrw") /* shared, as above */;
 	unlink(p);
 	int ready[2], hold[2];
 	assert_int_equal(pipe(ready), 0);
@@ -1301,6 +1301,101 @@ static void test_reader_hostile_flipped_bytes_never_rendered(void **state)
 	print_message("%llu builds, %llu flips, the series shown intact %llu times\n", (unsigned long long)builds,
 		      (unsigned long long)fl.rounds, (unsigned long long)shown);
 	assert_true(builds > 100);
+}
+
+/* ---- the segment file truncated under the collector (issue 11, item 4) ---- */
+
+static bool body_has(const shmet_buf *b, const char *text)
+{
+	return b->len && memmem(b->data, b->len, text, strlen(text)) != NULL;
+}
+
+/* Runs in a child (it installs a SIGBUS handler); exit status says which
+ * check failed. */
+static int truncated_child(const char *p)
+{
+	static struct collector c;
+	struct collector_config cfg = {.segment = p, .listen_host = "127.0.0.1", .scan_interval = 1};
+	char err[256];
+	if (collector_open(&c, &cfg, err, sizeof err) != SHMET_OK)
+		return 10;
+	uint64_t size = c.seg.map.size;
+	shmet_buf b;
+	shmet_buf_init(&b);
+	/* everything folded into the retired totals, at the file's far end */
+	if (!collector_render(&c, &b, SHMET_EXPO_TEXT) || !body_has(&b, "requests_total{method=\"GET\",code=\"200\"} 15"))
+		return 11;
+	int fd = open(p, O_RDWR);
+	if (fd < 0 || ftruncate(fd, 8192) != 0)
+		return 12;
+	/* 1. a render before any scan noticed: the guard catches the SIGBUS,
+	 * the render is done again below the file's end */
+	shmet_buf_reset(&b);
+	const struct view *before = c.view;
+	if (!collector_render(&c, &b, SHMET_EXPO_TEXT))
+		return 13;
+	if (__atomic_load_n(&collector_bus_errors, __ATOMIC_RELAXED) == 0)
+		return 14;
+	if (body_has(&b, "requests_total{") || !body_has(&b, "shmetricsd_series "))
+		return 15;
+	/* 2. the scan sees it, touches nothing, keeps the view, counts it */
+	collector_scan(&c);
+	if (!c.truncated || c.truncations != 1 || c.view != before || c.file_size != 8192)
+		return 16;
+	collector_scan(&c);
+	if (c.truncations != 1)
+		return 17; /* one event, not one per scan */
+	/* 3. renders now read nothing past the end: no more faults */
+	uint64_t faults = collector_bus_errors;
+	shmet_buf_reset(&b);
+	if (!collector_render(&c, &b, SHMET_EXPO_TEXT) || collector_bus_errors != faults)
+		return 18;
+	if (!body_has(&b, "shmetricsd_segment_truncations_total 1"))
+		return 19;
+	/* 4. outside a guard (the API's reads): a zero page, no death */
+	const struct view *v = view_enter(&c);
+	__atomic_store_n(&collector_seg_end, (uintptr_t)0, __ATOMIC_RELAXED); /* as if no check had run */
+	struct shmet_agg acc;
+	uint32_t zeros = 0;
+	for (uint32_t i = 0; i < v->nfamilies; i++)
+		for (uint32_t k = 0; k < v->families[i].nseries; k++) {
+			view_series_agg(&v->families[i], &v->families[i].series[k], &acc);
+			zeros += acc.whole == 0;
+		}
+	view_leave(&c);
+	if (collector_bus_errors == faults || zeros == 0)
+		return 20;
+	/* 5. the size comes back: ready again, the file mapped again */
+	if (ftruncate(fd, (off_t)size) != 0)
+		return 21;
+	collector_scan(&c);
+	if (c.truncated)
+		return 22;
+	uint64_t mark = UINT64_C(0x1122334455667788), off = size - SHMET_PAGE;
+	if (pwrite(fd, &mark, sizeof mark, (off_t)off) != (ssize_t)sizeof mark)
+		return 23;
+	uint64_t seen;
+	memcpy(&seen, c.seg.map.base + off, sizeof seen);
+	if (seen != mark)
+		return 24; /* still a private zero page */
+	close(fd);
+	shmet_buf_free(&b);
+	collector_close(&c);
+	return 0;
+}
+
+static void test_reader_hostile_truncated_under_collector_survived(void **state)
+{
+	(void)state;
+	const char *p = made("hdr", "clean") /* tsupport keeps 16 paths: share one */;
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0)
+		_exit(truncated_child(p));
+	int st = tsupport_wait(pid);
+	if (st != 0)
+		fail_msg("the collector %s %d after the segment was truncated (see truncated_child)",
+			 st > 128 ? "died of signal" : "failed check", st > 128 ? st - 128 : st);
 }
 
 /* ---- command-line modes ---- */
@@ -1507,6 +1602,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_reader_hostile_header_rewritten_after_open_ignored),
 		cmocka_unit_test(test_reader_hostile_header_rewritten_writer_claims_safely),
 		cmocka_unit_test(test_reader_hostile_flipped_bytes_never_rendered),
+		cmocka_unit_test(test_reader_hostile_truncated_under_collector_survived),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
