@@ -309,13 +309,19 @@ static inline int shmet__init_segment(int fd, const struct shmet_seg_config *cfg
 /* What a file that is not a regular file is, for the message refusing it. */
 static inline const char *shmet__file_kind(mode_t mode)
 {
-	return S_ISFIFO(mode)	 ? "a FIFO"
-	       : S_ISDIR(mode)	 ? "a directory"
-	       : S_ISCHR(mode)	 ? "a character device"
-	       : S_ISBLK(mode)	 ? "a block device"
-	       : S_ISSOCK(mode) ? "a socket"
-	       : S_ISLNK(mode)	 ? "a symbolic link"
-				 : "not a regular file";
+	if (S_ISFIFO(mode))
+		return "a FIFO";
+	if (S_ISDIR(mode))
+		return "a directory";
+	if (S_ISCHR(mode))
+		return "a character device";
+	if (S_ISBLK(mode))
+		return "a block device";
+	if (S_ISSOCK(mode))
+		return "a socket";
+	if (S_ISLNK(mode))
+		return "a symbolic link";
+	return "a special file";
 }
 
 /* Open (and, with SHMET_ATTACH_CREATE, create) the segment at path and map it.
