@@ -136,6 +136,9 @@ int main(int argc, char **argv)
 				return 2;
 			}
 			cfg.allow_owner = true;
+			/* the push API's writer attaches through shmet_init, which
+			 * takes the owner from the environment */
+			setenv(SHMET_ENV_SEGMENT_OWNER, optarg, 1);
 			break;
 		case OPT_BATCH:
 			if (parse_u64(optarg, 100000, &u) != 0 || u == 0) {

@@ -109,11 +109,13 @@ if [ "$(id -u)" -eq 0 ]; then
   rc=$?
   [ "$rc" = 1 ] && grep -q "owned by uid 65534" "$TMP/owner.log" && ok "root's shmetricsd refuses a segment owned by uid 65534 (exit 1)" ||
     { not_ok "root's shmetricsd refuses a segment owned by uid 65534 (exit $rc)"; diag <"$TMP/owner.log"; }
-  "$BIN/shmetricsd" --segment "$OWNED" --segment-owner 65534 --listen 127.0.0.1:0 2>"$TMP/owner2.log" &
+  (umask 077 && echo "truncate-test-token-0123456789abcdef" >"$TMP/token")
+  "$BIN/shmetricsd" --segment "$OWNED" --segment-owner 65534 --push-token-file "$TMP/token" \
+    --listen 127.0.0.1:0 2>"$TMP/owner2.log" &
   OPID=$!
   pids+=("$OPID")
   if OPORT=$(port_from_log "$TMP/owner2.log" "$OPID"); then
-    ok "--segment-owner 65534 allows it"
+    ok "--segment-owner 65534 allows it (the push API's writer too)"
     PORT=$OPORT http /metrics
     grep -q '^requests_total{method="GET",code="200"} 15$' "$TMP/body" && ok "and serves its series" || not_ok "and serves its series"
   else
