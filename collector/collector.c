@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <time.h>
 #include <urcu-bp.h>
 
@@ -45,12 +47,14 @@ static void on_sigbus(int sig, siginfo_t *si, void *uctx)
 		/* relaxed: a statistic */
 		__atomic_fetch_add(&collector_bus_errors, 1, __ATOMIC_RELAXED);
 		if (guard_jb)
-			siglongjmp(*guard_jb, 1); /* SA_NODEFER: SIGBUS stays unblocked */
+			siglongjmp(*guard_jb, 1); /* sigsetjmp(jb, 1) unblocks SIGBUS again */
 		/* Outside a guard: a private zero page over the faulting one lets
-		 * the access complete.  mmap is a plain system call here. */
-		void *page = (void *)(a & ~(uintptr_t)(SHMET_PAGE - 1));
-		if (mmap(page, SHMET_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) !=
-		    MAP_FAILED) {
+		 * the access complete.  The raw system call: no library (nor a
+		 * sanitizer's interceptor) runs inside this handler. */
+		uintptr_t page = a & ~(uintptr_t)(SHMET_PAGE - 1);
+		long r = syscall(SYS_mmap, page, (size_t)SHMET_PAGE, PROT_READ | PROT_WRITE,
+				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, (off_t)0);
+		if (r == (long)page) {
 			__atomic_store_n(&guard_patched, 1, __ATOMIC_RELAXED);
 			return;
 		}
@@ -65,7 +69,7 @@ static void guard_install(void)
 	struct sigaction sa;
 	memset(&sa, 0, sizeof sa);
 	sa.sa_sigaction = on_sigbus;
-	sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+	sa.sa_flags = SA_SIGINFO | SA_NODEFER; /* a fault in a zero-page retry is handled too */
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGBUS, &sa, NULL);
 }
@@ -118,7 +122,7 @@ bool collector_render(struct collector *c, shmet_buf *b, enum shmet_expo_format 
 	for (int attempt = 0; attempt < 2; attempt++) {
 		sigjmp_buf jb;
 		const struct view *v = view_enter(c);
-		if (sigsetjmp(jb, 0) == 0) {
+		if (sigsetjmp(jb, 1) == 0) { /* 1: restore the signal mask on the way back */
 			collector_guard_enter(&jb);
 			render_metrics(c, v, b, fmt);
 			collector_guard_leave();
@@ -219,7 +223,7 @@ bool collector_scan(struct collector *c)
 	volatile bool changed = false; /* volatile: set between sigsetjmp and a possible siglongjmp */
 	if (collector_check_size(c, true)) {
 		sigjmp_buf jb;
-		if (sigsetjmp(jb, 0) == 0) {
+		if (sigsetjmp(jb, 1) == 0) { /* 1: restore the signal mask on the way back */
 			collector_guard_enter(&jb);
 			changed = scan_guarded(c);
 			collector_guard_leave();

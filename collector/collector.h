@@ -188,7 +188,7 @@ static inline bool collector_readable(const void *p, size_t n)
 }
 
 /* Guard a section on this thread: a SIGBUS on segment memory inside it
- * returns from the sigsetjmp(jb, 0) that preceded collector_guard_enter
+ * returns from the sigsetjmp(jb, 1) that preceded collector_guard_enter
  * with 1.  Call collector_guard_leave on both paths.  Guards do not nest. */
 void collector_guard_enter(sigjmp_buf *jb);
 void collector_guard_leave(void);
