@@ -77,6 +77,13 @@ static void guard_install(void)
 void collector_guard_enter(sigjmp_buf *jb) { guard_jb = jb; }
 void collector_guard_leave(void) { guard_jb = NULL; }
 
+/* Log the 1st..10th event of a kind, then the 16th, 32nd, ...: a file whose
+ * size flaps must not flood the log. */
+static bool worth_logging(uint64_t n)
+{
+	return n <= 10 || (n & (n - 1)) == 0;
+}
+
 bool collector_check_size(struct collector *c, bool updater)
 {
 	const struct shmet_seg_map *m = &c->seg.map;
@@ -92,10 +99,13 @@ bool collector_check_size(struct collector *c, bool updater)
 	if (size < need) {
 		if (!c->truncated) {
 			c->truncated = true;
-			__atomic_fetch_add(&c->truncations, 1, __ATOMIC_RELAXED);
-			collector_log("segment %s was truncated to %llu bytes (it needs %llu): keeping the last good view "
-				      "and reading nothing past the end; restore its size or recreate it",
-				      c->seg.path, (unsigned long long)size, (unsigned long long)need);
+			uint64_t n = __atomic_add_fetch(&c->truncations, 1, __ATOMIC_RELAXED);
+			if (worth_logging(n))
+				collector_log("segment %s was truncated to %llu bytes (it needs %llu): keeping the last good "
+					      "view and reading nothing past the end; restore its size or recreate it "
+					      "(truncation %llu)",
+					      c->seg.path, (unsigned long long)size, (unsigned long long)need,
+					      (unsigned long long)n);
 		}
 		return false;
 	}
@@ -111,8 +121,9 @@ bool collector_check_size(struct collector *c, bool updater)
 	}
 	if (c->truncated) {
 		c->truncated = false;
-		collector_log("segment %s has its size again (%llu bytes); what lay past the cut reads as zero",
-			      c->seg.path, (unsigned long long)size);
+		if (worth_logging(__atomic_load_n(&c->truncations, __ATOMIC_RELAXED)))
+			collector_log("segment %s has its size again (%llu bytes); what lay past the cut reads as zero",
+				      c->seg.path, (unsigned long long)size);
 	}
 	return true;
 }
@@ -231,9 +242,12 @@ bool collector_scan(struct collector *c)
 			/* The file shrank during the scan: nothing new was published
 			 * (or what was is complete); the next scan's size check
 			 * reports it. */
+			static uint64_t scan_faults; /* updater only */
 			collector_guard_leave();
 			last_fingerprint = 0;
-			collector_log("segment %s: a read past its end was caught during a scan", c->seg.path);
+			if (worth_logging(++scan_faults))
+				collector_log("segment %s: a read past its end was caught during a scan (%llu so far)",
+					      c->seg.path, (unsigned long long)scan_faults);
 		}
 	}
 	__atomic_store_n(&c->last_scan_ns, shmet__now_ns(CLOCK_MONOTONIC), __ATOMIC_RELAXED);

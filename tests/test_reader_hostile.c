@@ -1402,6 +1402,74 @@ static void test_reader_hostile_truncated_under_collector_survived(void **state)
 			 st > 128 ? "died of signal" : "failed check", st > 128 ? st - 128 : st);
 }
 
+/* The file's size flips between 8192 bytes and whole while the collector
+ * scans and renders in a loop: whatever instant a read lands on, it
+ * survives, and once the size stays it is ready and faultless again. */
+static int truncation_race_child(const char *p)
+{
+	static struct collector c;
+	struct collector_config cfg = {.segment = p, .listen_host = "127.0.0.1", .scan_interval = 1};
+	char err[256];
+	if (collector_open(&c, &cfg, err, sizeof err) != SHMET_OK)
+		return 10;
+	uint64_t size = c.seg.map.size;
+	pid_t cutter = fork();
+	if (cutter < 0)
+		return 11;
+	if (cutter == 0) {
+		int fd = open(p, O_RDWR);
+		for (unsigned k = 0;; k++) {
+			if (fd < 0 || ftruncate(fd, (k & 1) ? (off_t)size : 8192) != 0)
+				_exit(1);
+			for (volatile unsigned spin = 0; spin < (k % 13) * 500; spin++)
+				;
+		}
+	}
+	shmet_buf b;
+	shmet_buf_init(&b);
+	uint64_t t0 = shmet__now_ns(CLOCK_MONOTONIC), rounds = 0;
+	while (shmet__now_ns(CLOCK_MONOTONIC) - t0 < 1500000000ull) {
+		collector_scan(&c);
+		shmet_buf_reset(&b);
+		collector_render(&c, &b, SHMET_EXPO_TEXT);
+		rounds++;
+	}
+	kill(cutter, SIGKILL);
+	if (tsupport_wait(cutter) != 128 + SIGKILL)
+		return 12;
+	int fd = open(p, O_RDWR);
+	if (fd < 0 || ftruncate(fd, (off_t)size) != 0)
+		return 13;
+	close(fd);
+	collector_scan(&c);
+	if (c.truncated || c.truncations == 0)
+		return 14;
+	uint64_t faults = collector_bus_errors;
+	collector_scan(&c);
+	shmet_buf_reset(&b);
+	if (!collector_render(&c, &b, SHMET_EXPO_TEXT) || collector_bus_errors != faults)
+		return 15;
+	fprintf(stderr, "%llu scans and renders, %llu truncations seen, %llu bus errors caught\n",
+		(unsigned long long)rounds, (unsigned long long)c.truncations, (unsigned long long)faults);
+	shmet_buf_free(&b);
+	collector_close(&c);
+	return 0;
+}
+
+static void test_reader_hostile_truncation_race_survived(void **state)
+{
+	(void)state;
+	const char *p = made("hdr", "clean");
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0)
+		_exit(truncation_race_child(p));
+	int st = tsupport_wait(pid);
+	if (st != 0)
+		fail_msg("the collector %s %d while the segment's size flipped", st > 128 ? "died of signal" : "failed check",
+			 st > 128 ? st - 128 : st);
+}
+
 /* ---- command-line modes ---- */
 
 static volatile sig_atomic_t stop;
@@ -1607,6 +1675,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_reader_hostile_header_rewritten_writer_claims_safely),
 		cmocka_unit_test(test_reader_hostile_flipped_bytes_never_rendered),
 		cmocka_unit_test(test_reader_hostile_truncated_under_collector_survived),
+		cmocka_unit_test(test_reader_hostile_truncation_race_survived),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
