@@ -31,19 +31,43 @@ void collector_log(const char *fmt, ...)
 
 /* ---- SIGBUS guard (collector.h says what it is for) ---- */
 
-uintptr_t collector_seg_end;
-uint64_t collector_bus_errors;
-/* The segment's mapping [guard_lo, guard_hi): relaxed, set at open and close. */
-static uintptr_t guard_lo, guard_hi;
-static int guard_patched; /* a zero page replaced a segment page: map the file again */
+uintptr_t collector_seg_end;    /* relaxed: a hint for readers; a stale one is caught by the guards */
+uint64_t collector_bus_errors; /* relaxed: a statistic */
+
+/* The mappings of the segment in this process: the collector's own
+ * (slot 0) and the push API's writer's.  Relaxed: each is set before the
+ * threads that may fault in it start, and cleared after they stopped. */
+#define GUARD_MAPS 2
+static struct guard_map {
+	uintptr_t lo, hi;
+	const struct shmet_seg_map *map; /* for mapping the file again */
+} guard_maps[GUARD_MAPS];
+static int guard_patched; /* relaxed: a zero page replaced a segment page; the updater maps the file again */
 static __thread sigjmp_buf *guard_jb;
+
+static bool in_segment(uintptr_t a)
+{
+	for (int i = 0; i < GUARD_MAPS; i++)
+		if (a >= __atomic_load_n(&guard_maps[i].lo, __ATOMIC_RELAXED) &&
+		    a < __atomic_load_n(&guard_maps[i].hi, __ATOMIC_RELAXED))
+			return true;
+	return false;
+}
+
+static void guard_map_set(int i, const struct shmet_seg_map *m)
+{
+	guard_maps[i].map = m;
+	__atomic_store_n(&guard_maps[i].lo, m ? (uintptr_t)m->base : 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&guard_maps[i].hi, m ? (uintptr_t)m->base + m->size : 0, __ATOMIC_RELAXED);
+}
+
+void collector_guard_writer(const struct shmet_seg_map *m) { guard_map_set(1, m); }
 
 static void on_sigbus(int sig, siginfo_t *si, void *uctx)
 {
 	(void)uctx;
 	uintptr_t a = (uintptr_t)si->si_addr;
-	uintptr_t lo = __atomic_load_n(&guard_lo, __ATOMIC_RELAXED), hi = __atomic_load_n(&guard_hi, __ATOMIC_RELAXED);
-	if (a >= lo && a < hi) {
+	if (in_segment(a)) {
 		/* relaxed: a statistic */
 		__atomic_fetch_add(&collector_bus_errors, 1, __ATOMIC_RELAXED);
 		if (guard_jb)
@@ -110,13 +134,18 @@ bool collector_check_size(struct collector *c, bool updater)
 		return false;
 	}
 	if (__atomic_load_n(&guard_patched, __ATOMIC_RELAXED)) {
-		/* Put the file back under the pages a zero page replaced (one
-		 * atomic replacement of the whole mapping). */
-		void *p = mmap(m->base, m->size, m->readonly ? PROT_READ : PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
-			       m->fd, 0);
-		if (p == MAP_FAILED)
-			collector_log("cannot map segment %s again: %s", c->seg.path, strerror(errno));
-		else
+		/* Put the file back under the pages a zero page replaced: one
+		 * atomic replacement of each whole mapping, at its address. */
+		bool all = true;
+		for (int i = 0; i < GUARD_MAPS; i++) {
+			const struct shmet_seg_map *g = guard_maps[i].map;
+			if (g && mmap(g->base, g->size, g->readonly ? PROT_READ : PROT_READ | PROT_WRITE,
+				      MAP_SHARED | MAP_FIXED, g->fd, 0) == MAP_FAILED) {
+				collector_log("cannot map segment %s again: %s", c->seg.path, strerror(errno));
+				all = false;
+			}
+		}
+		if (all)
 			__atomic_store_n(&guard_patched, 0, __ATOMIC_RELAXED);
 	}
 	if (c->truncated) {
@@ -333,8 +362,7 @@ int collector_open(struct collector *c, const struct collector_config *cfg, char
 		shmet_segment_close(&c->seg);
 		return rc;
 	}
-	__atomic_store_n(&guard_lo, (uintptr_t)c->seg.map.base, __ATOMIC_RELAXED);
-	__atomic_store_n(&guard_hi, (uintptr_t)c->seg.map.base + c->seg.map.size, __ATOMIC_RELAXED);
+	guard_map_set(0, &c->seg.map);
 	guard_install();
 	collector_log("segment %s: %s, %u regions of %llu bytes", c->seg.path,
 		      c->seg.map.created ? "created" : "opened", c->seg.regions, (unsigned long long)c->seg.region_size);
@@ -379,8 +407,8 @@ void collector_close(struct collector *c)
 	keymap_free(&c->problems);
 	view_free(c->view);
 	c->view = NULL;
-	__atomic_store_n(&guard_hi, (uintptr_t)0, __ATOMIC_RELAXED);
-	__atomic_store_n(&guard_lo, (uintptr_t)0, __ATOMIC_RELAXED);
+	guard_map_set(0, NULL);
+	guard_map_set(1, NULL);
 	__atomic_store_n(&collector_seg_end, (uintptr_t)0, __ATOMIC_RELAXED);
 	shmet_segment_close(&c->seg);
 }

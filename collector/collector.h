@@ -192,6 +192,10 @@ static inline bool collector_readable(const void *p, size_t n)
  * with 1.  Call collector_guard_leave on both paths.  Guards do not nest. */
 void collector_guard_enter(sigjmp_buf *jb);
 void collector_guard_leave(void);
+/* The push API's writer maps the segment a second time (m: its mapping,
+ * from shmetd_writer_map; NULL to forget it): cover that one too. */
+void collector_guard_writer(const struct shmet_seg_map *m);
+const struct shmet_seg_map *shmetd_writer_map(void); /* writer_impl.c */
 
 /* fstat the segment: true when it is at least as large as the mapping.
  * Updates collector_seg_end; from the updater it also logs, counts, and maps

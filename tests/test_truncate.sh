@@ -24,6 +24,11 @@ done
 
 # http PATH: status in CODE, body in $TMP/body
 http() { CODE=$(curl -s -m 10 -o "$TMP/body" -w '%{http_code}' "http://127.0.0.1:$PORT$1"); }
+# push JSON: a push of one sample through the collector's own writer
+push() {
+  CODE=$(curl -s -m 10 -o "$TMP/body" -w '%{http_code}' -H "Authorization: Bearer $TOKEN" \
+    -H 'Content-Type: application/json' --data-binary "$1" "http://127.0.0.1:$PORT/api/v1/metrics/custom")
+}
 alive() { kill -0 "$DPID" 2>/dev/null; }
 # the body of /metrics is a valid exposition (promtool) and every line well formed
 metrics_valid() {
@@ -42,7 +47,9 @@ for _ in $(seq 200); do [ -f "$SEG.ready" ] && break; sleep 0.05; done
 size=$(stat -c %s "$SEG")
 
 LOG=$TMP/daemon.log
-"$BIN/shmetricsd" --segment "$SEG" --listen 127.0.0.1:0 --scan-interval 0.05 2>"$LOG" &
+TOKEN=truncate-test-token-0123456789abcdef
+(umask 077 && echo "$TOKEN" >"$TMP/token")
+"$BIN/shmetricsd" --segment "$SEG" --listen 127.0.0.1:0 --scan-interval 0.05 --push-token-file "$TMP/token" 2>"$LOG" &
 DPID=$!
 pids+=("$DPID")
 PORT=$(port_from_log "$LOG" "$DPID") && ok "shmetricsd serves" || { not_ok "shmetricsd serves"; diag <"$LOG"; finish; }
@@ -54,6 +61,9 @@ else
 fi
 http /-/ready
 [ "$CODE" = 200 ] && ok "before: ready" || not_ok "before: ready (status $CODE)"
+
+push '{"name":"t_pushed_total","type":"counter","help":"Pushed.","labels":{"k":"v"},"inc":1}'
+[ "$CODE" = 200 ] && ok "before: a push is taken" || { not_ok "before: a push is taken (status $CODE)"; diag <"$TMP/body"; }
 
 # ---- truncate it ----
 truncate -s 8192 "$SEG"
@@ -84,6 +94,11 @@ http /metrics
 now=$(sed -n 's/^shmetricsd_segment_bus_errors_total //p' "$TMP/body")
 [ -n "$faults" ] && [ "$faults" = "$now" ] && ok "renders read nothing past the end (bus errors stay at $now)" ||
   not_ok "renders read nothing past the end (bus errors $faults, then $now)"
+push '{"name":"t_pushed_total","type":"counter","help":"Pushed.","labels":{"k":"v"},"inc":1}'
+alive && ok "a push (the collector's own writer, its region past the end) does not kill it (status $CODE)" ||
+  { not_ok "a push past the end kills it"; diag <"$LOG"; finish; }
+http /api/v1/metrics/health
+[ "$CODE" = 200 ] && ok "the JSON API still answers" || not_ok "the JSON API still answers (status $CODE)"
 kill -0 "$WPID" 2>/dev/null && ok "the idle writer is still alive (it touched no page past the end)" ||
   not_ok "the idle writer is still alive"
 
