@@ -364,7 +364,7 @@ static struct {
 	uint32_t deferred_parent; /* region of the parent a fork child came from */
 	void *sink; /* private memory that absorbs writes when a child got no region */
 	char path[4096];
-} shmet__st = {PTHREAD_MUTEX_INITIALIZER, 0, 0, {-1, 0, 0, NULL, 0, NULL}, -1, 0, 0, 0, 0, NULL, 0, NULL, 0,
+} shmet__st = {PTHREAD_MUTEX_INITIALIZER, 0, 0, {-1, 0, 0, NULL, 0, NULL, 0, 0, 0, 0, 0, 0}, -1, 0, 0, 0, 0, NULL, 0, NULL, 0,
 	       SHMET_NO_PARENT, NULL, {0}};
 
 static __thread char shmet__errmsg[SHMET_ERRBUF];
