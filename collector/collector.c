@@ -273,6 +273,7 @@ bool collector_scan(struct collector *c)
 			 * reports it. */
 			static uint64_t scan_faults; /* updater only */
 			collector_guard_leave();
+			view_build_abandon(c); /* if the fault came while building */
 			last_fingerprint = 0;
 			if (worth_logging(++scan_faults))
 				collector_log("segment %s: a read past its end was caught during a scan (%llu so far)",

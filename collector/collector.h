@@ -102,6 +102,7 @@ struct collector {
 	uint64_t corrupt_records; /* distinct bad records seen (each is re-met at every rebuild) */
 	uint64_t conflicts;       /* distinct series skipped for a family clash */
 	struct keymap problems;   /* updater only: (kind, region, generation, offset) already counted */
+	struct builder *building; /* updater only: the view being built, for view_build_abandon */
 	uint64_t last_scan_ns;
 	uint64_t last_scrape_ns; /* duration of the last /metrics render */
 	/* Truncation (see collector_check_size): the file's size at the last
@@ -116,6 +117,8 @@ struct collector {
 
 /* Build a view of the segment as it is now (updater thread). */
 struct view *view_build(struct collector *c);
+/* Free what a build left when a SIGBUS ended it (siglongjmp). */
+void view_build_abandon(struct collector *c);
 void view_free(struct view *v);
 
 /* Open the segment, take the collector lock, build the first view. */
@@ -170,8 +173,9 @@ void collector_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  *  - the sections that touch segment memory (the whole scan: fold, view
  *    build, free; the /metrics render) run under a guard: a SIGBUS there
  *    (the file shrank during the section) siglongjmp()s out of it, and the
- *    section is abandoned (the scan: nothing published, a little memory of
- *    its builder leaked; the render: done again below the new end);
+ *    section is abandoned (the scan: nothing published; the view being
+ *    built is freed, a fold's scratch, a key buffer and two hash maps, is
+ *    not; the render: done again below the new end);
  *  - a SIGBUS on a segment page outside a guard (the API's reads, the push
  *    API's writer) gets a private zero page mapped over the faulting page,
  *    so the access completes; the file is mapped again over the whole
