@@ -352,6 +352,7 @@ int api_push_init(struct api *a, char *err, size_t errlen)
 		return rc;
 	}
 	a->region = shmet_region_index();
+	collector_guard_writer(shmetd_writer_map()); /* its pages past a truncated end must not kill us */
 	a->rate = calloc(RATE_SETS * RATE_WAYS, sizeof *a->rate);
 	if (!a->rate) {
 		snprintf(err, errlen, "out of memory");

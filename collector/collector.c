@@ -2,9 +2,14 @@
  * changed, publish it under RCU, and free what no reader can still see. */
 #include "http.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <time.h>
 #include <urcu-bp.h>
 
@@ -22,6 +27,155 @@ void collector_log(const char *fmt, ...)
 	vsnprintf(line + n, sizeof line - n, fmt, ap);
 	va_end(ap);
 	fprintf(stderr, "%s\n", line);
+}
+
+/* ---- SIGBUS guard (collector.h says what it is for) ---- */
+
+uintptr_t collector_seg_end;    /* relaxed: a hint for readers; a stale one is caught by the guards */
+uint64_t collector_bus_errors; /* relaxed: a statistic */
+
+/* The mappings of the segment in this process: the collector's own
+ * (slot 0) and the push API's writer's.  Relaxed: each is set before the
+ * threads that may fault in it start, and cleared after they stopped. */
+#define GUARD_MAPS 2
+static struct guard_map {
+	uintptr_t lo, hi;
+	const struct shmet_seg_map *map; /* for mapping the file again */
+} guard_maps[GUARD_MAPS];
+static int guard_patched; /* relaxed: a zero page replaced a segment page; the updater maps the file again */
+static __thread sigjmp_buf *guard_jb;
+
+static bool in_segment(uintptr_t a)
+{
+	for (int i = 0; i < GUARD_MAPS; i++)
+		if (a >= __atomic_load_n(&guard_maps[i].lo, __ATOMIC_RELAXED) &&
+		    a < __atomic_load_n(&guard_maps[i].hi, __ATOMIC_RELAXED))
+			return true;
+	return false;
+}
+
+static void guard_map_set(int i, const struct shmet_seg_map *m)
+{
+	guard_maps[i].map = m;
+	__atomic_store_n(&guard_maps[i].lo, m ? (uintptr_t)m->base : 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&guard_maps[i].hi, m ? (uintptr_t)m->base + m->size : 0, __ATOMIC_RELAXED);
+}
+
+void collector_guard_writer(const struct shmet_seg_map *m) { guard_map_set(1, m); }
+
+static void on_sigbus(int sig, siginfo_t *si, void *uctx)
+{
+	(void)uctx;
+	uintptr_t a = (uintptr_t)si->si_addr;
+	if (in_segment(a)) {
+		/* relaxed: a statistic */
+		__atomic_fetch_add(&collector_bus_errors, 1, __ATOMIC_RELAXED);
+		if (guard_jb)
+			siglongjmp(*guard_jb, 1); /* sigsetjmp(jb, 1) unblocks SIGBUS again */
+		/* Outside a guard: a private zero page over the faulting one lets
+		 * the access complete.  The raw system call: no library (nor a
+		 * sanitizer's interceptor) runs inside this handler. */
+		uintptr_t page = a & ~(uintptr_t)(SHMET_PAGE - 1);
+		long r = syscall(SYS_mmap, page, (size_t)SHMET_PAGE, PROT_READ | PROT_WRITE,
+				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, (off_t)0);
+		if (r == (long)page) {
+			__atomic_store_n(&guard_patched, 1, __ATOMIC_RELAXED);
+			return;
+		}
+	}
+	/* Not the segment's: die of it as if there were no handler. */
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+static void guard_install(void)
+{
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_sigaction = on_sigbus;
+	sa.sa_flags = SA_SIGINFO | SA_NODEFER; /* a fault in a zero-page retry is handled too */
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGBUS, &sa, NULL);
+}
+
+void collector_guard_enter(sigjmp_buf *jb) { guard_jb = jb; }
+void collector_guard_leave(void) { guard_jb = NULL; }
+
+/* Log the 1st..10th event of a kind, then the 16th, 32nd, ...: a file whose
+ * size flaps must not flood the log. */
+static bool worth_logging(uint64_t n)
+{
+	return n <= 10 || (n & (n - 1)) == 0;
+}
+
+bool collector_check_size(struct collector *c, bool updater)
+{
+	const struct shmet_seg_map *m = &c->seg.map;
+	struct stat st;
+	if (fstat(m->fd, &st) != 0)
+		return true; /* cannot tell: carry on, the guards still hold */
+	uint64_t size = (uint64_t)st.st_size, need = m->size;
+	uintptr_t end = (uintptr_t)m->base + (size < need ? (uintptr_t)size : (uintptr_t)need);
+	__atomic_store_n(&collector_seg_end, end, __ATOMIC_RELAXED);
+	if (!updater)
+		return size >= need;
+	__atomic_store_n(&c->file_size, size, __ATOMIC_RELAXED);
+	if (size < need) {
+		if (!c->truncated) {
+			c->truncated = true;
+			uint64_t n = __atomic_add_fetch(&c->truncations, 1, __ATOMIC_RELAXED);
+			if (worth_logging(n))
+				collector_log("segment %s was truncated to %llu bytes (it needs %llu): keeping the last good "
+					      "view and reading nothing past the end; restore its size or recreate it "
+					      "(truncation %llu)",
+					      c->seg.path, (unsigned long long)size, (unsigned long long)need,
+					      (unsigned long long)n);
+		}
+		return false;
+	}
+	if (__atomic_load_n(&guard_patched, __ATOMIC_RELAXED)) {
+		/* Put the file back under the pages a zero page replaced: one
+		 * atomic replacement of each whole mapping, at its address. */
+		bool all = true;
+		for (int i = 0; i < GUARD_MAPS; i++) {
+			const struct shmet_seg_map *g = guard_maps[i].map;
+			if (g && mmap(g->base, g->size, g->readonly ? PROT_READ : PROT_READ | PROT_WRITE,
+				      MAP_SHARED | MAP_FIXED, g->fd, 0) == MAP_FAILED) {
+				collector_log("cannot map segment %s again: %s", c->seg.path, strerror(errno));
+				all = false;
+			}
+		}
+		if (all)
+			__atomic_store_n(&guard_patched, 0, __ATOMIC_RELAXED);
+	}
+	if (c->truncated) {
+		c->truncated = false;
+		if (worth_logging(__atomic_load_n(&c->truncations, __ATOMIC_RELAXED)))
+			collector_log("segment %s has its size again (%llu bytes); what lay past the cut reads as zero",
+				      c->seg.path, (unsigned long long)size);
+	}
+	return true;
+}
+
+bool collector_render(struct collector *c, shmet_buf *b, enum shmet_expo_format fmt)
+{
+	for (int attempt = 0; attempt < 2; attempt++) {
+		sigjmp_buf jb;
+		const struct view *v = view_enter(c);
+		if (sigsetjmp(jb, 1) == 0) { /* 1: restore the signal mask on the way back */
+			collector_guard_enter(&jb);
+			render_metrics(c, v, b, fmt);
+			collector_guard_leave();
+			view_leave(c);
+			return true;
+		}
+		/* The file shrank while we read it: find its end, render again. */
+		collector_guard_leave();
+		view_leave(c);
+		shmet_buf_reset(b);
+		collector_check_size(c, false);
+	}
+	return false;
 }
 
 const struct view *view_enter(struct collector *c)
@@ -97,7 +251,8 @@ static void note_fold(struct collector *c, int rc)
 	}
 }
 
-bool collector_scan(struct collector *c)
+/* The scan proper: every access to segment memory of the updater. */
+static bool scan_guarded(struct collector *c)
 {
 	/* After a flip, the published view still reads the previous half and
 	 * the folded regions until a view of the new half replaces it: folding
@@ -135,6 +290,31 @@ bool collector_scan(struct collector *c)
 		shmet_free_folded(&c->seg, &fold_res);
 		fold_res.to_free = 0;
 		last_fingerprint = 0; /* the freed regions change the counts: rebuild next scan */
+	}
+	return changed;
+}
+
+bool collector_scan(struct collector *c)
+{
+	volatile bool changed = false; /* volatile: set between sigsetjmp and a possible siglongjmp */
+	if (collector_check_size(c, true)) {
+		sigjmp_buf jb;
+		if (sigsetjmp(jb, 1) == 0) { /* 1: restore the signal mask on the way back */
+			collector_guard_enter(&jb);
+			changed = scan_guarded(c);
+			collector_guard_leave();
+		} else {
+			/* The file shrank during the scan: nothing new was published
+			 * (or what was is complete); the next scan's size check
+			 * reports it. */
+			static uint64_t scan_faults; /* updater only */
+			collector_guard_leave();
+			view_build_abandon(c); /* if the fault came while building */
+			last_fingerprint = 0;
+			if (worth_logging(++scan_faults))
+				collector_log("segment %s: a read past its end was caught during a scan (%llu so far)",
+					      c->seg.path, (unsigned long long)scan_faults);
+		}
 	}
 	__atomic_store_n(&c->last_scan_ns, shmet__now_ns(CLOCK_MONOTONIC), __ATOMIC_RELAXED);
 	return changed;
@@ -202,7 +382,12 @@ int collector_open(struct collector *c, const struct collector_config *cfg, char
 	pthread_mutex_init(&c->wake_mu, NULL);
 	pthread_cond_init(&c->wake, NULL);
 	pthread_cond_init(&c->scanned, NULL);
-	struct shmet_seg_config sc = {cfg->regions, cfg->region_size, 0, 0, 0};
+	struct shmet_seg_config sc;
+	memset(&sc, 0, sizeof sc);
+	sc.regions = cfg->regions;
+	sc.region_size = cfg->region_size;
+	sc.allow_owner = cfg->allow_owner;
+	sc.owner_uid = cfg->owner_uid;
 	char why[SHMET_ERRBUF];
 	int rc = shmet_segment_open(cfg->segment, SHMET_ATTACH_CREATE, &sc, &c->seg, why);
 	if (rc != SHMET_OK) {
@@ -219,6 +404,8 @@ int collector_open(struct collector *c, const struct collector_config *cfg, char
 		shmet_segment_close(&c->seg);
 		return rc;
 	}
+	guard_map_set(0, &c->seg.map);
+	guard_install();
 	collector_log("segment %s: %s, %u regions of %llu bytes", c->seg.path,
 		      c->seg.map.created ? "created" : "opened", c->seg.regions, (unsigned long long)c->seg.region_size);
 	collector_scan(c);
@@ -263,5 +450,8 @@ void collector_close(struct collector *c)
 	shmet_registry_free(&c->registry);
 	view_free(c->view);
 	c->view = NULL;
+	guard_map_set(0, NULL);
+	guard_map_set(1, NULL);
+	__atomic_store_n(&collector_seg_end, (uintptr_t)0, __ATOMIC_RELAXED);
 	shmet_segment_close(&c->seg);
 }

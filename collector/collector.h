@@ -23,8 +23,10 @@
 #include "shmetrics_reader.h"
 
 #include <pthread.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 /* One process's cells for a series. */
 struct view_ref {
@@ -81,6 +83,8 @@ struct collector_config {
 	size_t push_body_limit;
 	double push_rate; /* requests per second per client */
 	double push_burst;
+	bool allow_owner; /* --segment-owner: also accept a segment owned by owner_uid */
+	uid_t owner_uid;
 };
 
 struct collector {
@@ -104,8 +108,14 @@ struct collector {
 	bool fold_blocked;        /* relaxed: the active retired half is damaged, folding stopped */
 	uint64_t folds_inexact;   /* relaxed: float totals a fold had to round */
 	uint64_t registry_corrupt_logged;
+	struct builder *building; /* updater only: the view being built, for view_build_abandon */
 	uint64_t last_scan_ns;
 	uint64_t last_scrape_ns; /* duration of the last /metrics render */
+	/* Truncation (see collector_check_size): the file's size at the last
+	 * check, and how often it was found shorter than the mapping. */
+	uint64_t file_size;   /* relaxed: written by the updater, read by /-/ready */
+	uint64_t truncations; /* relaxed, updater only writes */
+	bool truncated;       /* updater only */
 	struct api *api;         /* push endpoints and dashboard history (api.c) */
 	struct MHD_Daemon *httpd;
 	int bound_port;
@@ -116,6 +126,8 @@ extern unsigned collector_test_fail_view_builds;
 
 /* Build a view of the segment as it is now (updater thread). */
 struct view *view_build(struct collector *c);
+/* Free what a build left when a SIGBUS ended it (siglongjmp). */
+void view_build_abandon(struct collector *c);
 void view_free(struct view *v);
 
 /* Open the segment, take the collector lock, build the first view. */
@@ -132,8 +144,9 @@ bool collector_fresh_scan(struct collector *c, int timeout_ms);
 
 /* Render /metrics from the current view (caller holds rcu_read_lock). */
 void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enum shmet_expo_format fmt);
-/* Aggregate one series' refs. */
-void view_series_agg(const struct view_family *f, const struct view_series *s, struct shmet_agg *acc);
+/* Aggregate one series' refs.  False when some of its cells lie past the
+ * end of a truncated segment and were left out (acc is then partial). */
+bool view_series_agg(const struct view_family *f, const struct view_series *s, struct shmet_agg *acc);
 
 /* Reading the view: view_enter/view_leave bracket a read-side critical
  * section; the pointer is loaded with acquire order (what rcu_dereference
@@ -155,5 +168,55 @@ void view_publish(struct collector *c, struct view *v);
 void view_grace_period(struct collector *c);
 
 void collector_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ---- surviving a truncated segment ----
+ *
+ * Anyone who can write the segment file can also shrink it (truncate -s),
+ * and touching a mapped page past the file's end raises SIGBUS.  The
+ * collector survives it:
+ *  - each scan fstat()s the file first; while it is shorter than the
+ *    mapping, the scan touches nothing, keeps the last good view, logs and
+ *    counts the event, and /-/ready answers 503 with the reason;
+ *  - readers read only below collector_seg_end (the file's end, or the
+ *    mapping's): cells past it are left out of /metrics and the API;
+ *  - the sections that touch segment memory (the whole scan: fold, view
+ *    build, free; the /metrics render) run under a guard: a SIGBUS there
+ *    (the file shrank during the section) siglongjmp()s out of it, and the
+ *    section is abandoned (the scan: nothing published; the view being
+ *    built is freed, a fold's scratch, a key buffer and two hash maps, is
+ *    not; the render: done again below the new end);
+ *  - a SIGBUS on a segment page outside a guard (the API's reads, the push
+ *    API's writer) gets a private zero page mapped over the faulting page,
+ *    so the access completes; the file is mapped again over the whole
+ *    segment once it has its size back.
+ * Every SIGBUS caught is counted (shmetricsd_segment_bus_errors_total). */
+extern uintptr_t collector_seg_end; /* relaxed loads; 0 before collector_open */
+extern uint64_t collector_bus_errors;
+
+/* May a reader touch [p, p + n) of the segment? */
+static inline bool collector_readable(const void *p, size_t n)
+{
+	uintptr_t end = __atomic_load_n(&collector_seg_end, __ATOMIC_RELAXED);
+	return end == 0 || ((uintptr_t)p <= end && end - (uintptr_t)p >= n);
+}
+
+/* Guard a section on this thread: a SIGBUS on segment memory inside it
+ * returns from the sigsetjmp(jb, 1) that preceded collector_guard_enter
+ * with 1.  Call collector_guard_leave on both paths.  Guards do not nest. */
+void collector_guard_enter(sigjmp_buf *jb);
+void collector_guard_leave(void);
+/* The push API's writer maps the segment a second time (m: its mapping,
+ * from shmetd_writer_map; NULL to forget it): cover that one too. */
+void collector_guard_writer(const struct shmet_seg_map *m);
+const struct shmet_seg_map *shmetd_writer_map(void); /* writer_impl.c */
+
+/* fstat the segment: true when it is at least as large as the mapping.
+ * Updates collector_seg_end; from the updater it also logs, counts, and maps
+ * the file again after a zero page was patched in (updater = true). */
+bool collector_check_size(struct collector *c, bool updater);
+
+/* Render /metrics from the current view under a guard (HTTP threads).
+ * False when the segment could not be read (the body is then empty). */
+bool collector_render(struct collector *c, shmet_buf *b, enum shmet_expo_format fmt);
 
 #endif

@@ -51,10 +51,13 @@ static enum MHD_Result serve_metrics(struct collector *c, struct MHD_Connection 
 	uint64_t t0 = shmet__now_ns(CLOCK_MONOTONIC);
 	shmet_buf b;
 	shmet_buf_init(&b);
-	const struct view *v = view_enter(c);
-	render_metrics(c, v, &b, fmt);
-	view_leave(c);
+	bool readable = collector_render(c, &b, fmt);
 	__atomic_store_n(&c->last_scrape_ns, shmet__now_ns(CLOCK_MONOTONIC) - t0, __ATOMIC_RELAXED);
+	if (!readable) {
+		shmet_buf_free(&b);
+		return http_respond_static(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "text/plain; charset=utf-8",
+					   "the segment shrank while it was read; try again\n");
+	}
 	if (b.oom) {
 		shmet_buf_free(&b);
 		return http_respond_static(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8",
@@ -92,6 +95,25 @@ static bool ready(struct collector *c)
 	uint64_t last = __atomic_load_n(&c->last_scan_ns, __ATOMIC_RELAXED);
 	uint64_t limit = (uint64_t)((5 * c->cfg.scan_interval + 5) * 1e9);
 	return last && shmet__now_ns(CLOCK_MONOTONIC) - last < limit;
+}
+
+static enum MHD_Result serve_ready(struct collector *c, struct MHD_Connection *conn)
+{
+	uint64_t size = __atomic_load_n(&c->file_size, __ATOMIC_RELAXED);
+	if (size && size < c->seg.map.size) {
+		char *body = malloc(512);
+		if (!body)
+			return MHD_NO;
+		int n = snprintf(body, 512,
+				 "shmetricsd is not ready: the segment %s was truncated to %llu bytes (it needs %llu); "
+				 "/metrics serves the last good view.\n",
+				 c->seg.path, (unsigned long long)size, (unsigned long long)c->seg.map.size);
+		return http_respond(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", body,
+				    n < 0 ? 0 : n >= 512 ? 511 : (size_t)n);
+	}
+	return ready(c) ? http_respond_static(conn, MHD_HTTP_OK, "text/plain; charset=utf-8", "shmetricsd is Ready.\n")
+			: http_respond_static(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "text/plain; charset=utf-8",
+					      "shmetricsd is not ready: the segment has not been scanned recently.\n");
 }
 
 static const char index_page[] =
@@ -132,10 +154,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
 	if (strcmp(url, "/-/healthy") == 0)
 		return http_respond_static(conn, MHD_HTTP_OK, "text/plain; charset=utf-8", "shmetricsd is Healthy.\n");
 	if (strcmp(url, "/-/ready") == 0)
-		return ready(c) ? http_respond_static(conn, MHD_HTTP_OK, "text/plain; charset=utf-8",
-						     "shmetricsd is Ready.\n")
-				: http_respond_static(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "text/plain; charset=utf-8",
-						     "shmetricsd is not ready: the segment has not been scanned recently.\n");
+		return serve_ready(c, conn);
 	if (strcmp(url, "/") == 0)
 		return http_respond_static(conn, MHD_HTTP_OK, "text/html; charset=utf-8", index_page);
 	return http_respond_static(conn, MHD_HTTP_NOT_FOUND, "text/plain; charset=utf-8",

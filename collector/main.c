@@ -26,6 +26,7 @@ static void usage(FILE *out)
 		"      --regions N             regions, if this process creates the segment (default %u)\n"
 		"      --region-size BYTES     bytes per region, if this process creates the segment (default %llu)\n"
 		"      --scan-interval SECONDS how often to look for new series and dead workers (default 1)\n"
+		"      --segment-owner UID     also accept a segment owned by this uid (default: only our own)\n"
 		"      --push-token-file PATH  enable the push API; bearer token read from PATH\n"
 		"      --push-max-batch N      samples per /api/v1/metrics/batch request (default 1000)\n"
 		"      --push-series-limit N   series per pushed family (default 1000)\n"
@@ -73,13 +74,14 @@ int main(int argc, char **argv)
 		.push_max_batch = 1000, .push_series_limit = 1000, .push_body_limit = 4u << 20,
 		.push_rate = 50, .push_burst = 100,
 	};
-	enum { OPT_REGIONS = 256, OPT_REGION_SIZE, OPT_SCAN, OPT_TOKEN, OPT_BATCH, OPT_SERIES, OPT_RATE };
+	enum { OPT_REGIONS = 256, OPT_REGION_SIZE, OPT_SCAN, OPT_TOKEN, OPT_BATCH, OPT_SERIES, OPT_RATE, OPT_OWNER };
 	static const struct option opts[] = {
 		{"segment", required_argument, NULL, 's'},
 		{"listen", required_argument, NULL, 'l'},
 		{"regions", required_argument, NULL, OPT_REGIONS},
 		{"region-size", required_argument, NULL, OPT_REGION_SIZE},
 		{"scan-interval", required_argument, NULL, OPT_SCAN},
+		{"segment-owner", required_argument, NULL, OPT_OWNER},
 		{"push-token-file", required_argument, NULL, OPT_TOKEN},
 		{"push-max-batch", required_argument, NULL, OPT_BATCH},
 		{"push-series-limit", required_argument, NULL, OPT_SERIES},
@@ -127,6 +129,16 @@ int main(int argc, char **argv)
 			break;
 		case OPT_TOKEN:
 			cfg.push_token_file = optarg;
+			break;
+		case OPT_OWNER:
+			if (shmet_parse_uid(optarg, &cfg.owner_uid) != 0) {
+				fprintf(stderr, "shmetricsd: --segment-owner wants a numeric uid (got \"%s\")\n", optarg);
+				return 2;
+			}
+			cfg.allow_owner = true;
+			/* the push API's writer attaches through shmet_init, which
+			 * takes the owner from the environment */
+			setenv(SHMET_ENV_SEGMENT_OWNER, optarg, 1);
 			break;
 		case OPT_BATCH:
 			if (parse_u64(optarg, 100000, &u) != 0 || u == 0) {

@@ -57,7 +57,8 @@ static void render_family(shmet_buf *b, enum shmet_expo_format fmt, const struct
 	struct shmet_agg acc;
 	for (uint32_t i = 0; i < f->nseries; i++) {
 		const struct view_series *s = &f->series[i];
-		view_series_agg(f, s, &acc);
+		if (!view_series_agg(f, s, &acc))
+			continue; /* partly past a truncated segment's end: a partial sum would read as a reset */
 		switch (f->type) {
 		case SHMET_COUNTER:
 			put_line(b, fmt, f->name, nl, "", 0, s, NULL, shmet_agg_value(&acc, f->type), false);
@@ -112,6 +113,9 @@ void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enu
 {
 	const struct view_stats *st = &v->stats;
 	const struct shmet_seg_header *h = c->seg.map.hdr;
+	double claim_failures = collector_readable(h, sizeof *h) /* a truncated file may have lost even the header */
+					? (double)__atomic_load_n(&h->sh_claim_failures, __ATOMIC_RELAXED)
+					: 0;
 	double last_scrape = (double)__atomic_load_n(&c->last_scrape_ns, __ATOMIC_RELAXED) / 1e9;
 	const struct own own[] = {
 		{"shmetricsd_build_info", "Build of this collector; the value is always 1.", SHMET_EXPO_GAUGE,
@@ -124,13 +128,19 @@ void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enu
 		{"shmetricsd_folds_total", "Dead worker regions folded into the retired totals, since the segment was created.",
 		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)st->folds}, {0}, 0},
 		{"shmetricsd_region_claim_failures_total", "Processes that found no free region (or no memory) in the segment.",
-		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)__atomic_load_n(&h->sh_claim_failures, __ATOMIC_RELAXED)}, {0}, 0},
+		 SHMET_EXPO_COUNTER, NULL, NULL, {claim_failures}, {0}, 0},
 		{"shmetricsd_regions", "Regions of the segment by state.", SHMET_EXPO_GAUGE, "state", NULL,
 		 {st->regions_dead, st->regions_free, st->regions_live}, {"dead", "free", "live"}, 3},
 		{"shmetricsd_scrape_duration_seconds", "Time the previous /metrics render took.", SHMET_EXPO_GAUGE, NULL,
 		 NULL, {last_scrape}, {0}, 0},
+		{"shmetricsd_segment_bus_errors_total",
+		 "Reads or writes of segment pages past the end of a truncated segment file, caught (SIGBUS).",
+		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)__atomic_load_n(&collector_bus_errors, __ATOMIC_RELAXED)}, {0}, 0},
 		{"shmetricsd_segment_size_bytes", "Size of the segment file.", SHMET_EXPO_GAUGE, NULL, NULL,
 		 {(double)st->bytes_total}, {0}, 0},
+		{"shmetricsd_segment_truncations_total",
+		 "Times the segment file was found shorter than the segment; while it is, the last good view is served.",
+		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)__atomic_load_n(&c->truncations, __ATOMIC_RELAXED)}, {0}, 0},
 		{"shmetricsd_segment_used_bytes", "Bytes of the segment in use by headers, retired totals and live or unfolded regions.",
 		 SHMET_EXPO_GAUGE, NULL, NULL, {(double)st->bytes_used}, {0}, 0},
 		{"shmetricsd_series", "Series exposed from the segment.", SHMET_EXPO_GAUGE, NULL, NULL,

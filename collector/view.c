@@ -74,8 +74,24 @@ struct builder {
 	struct bfamily *fams;
 	uint32_t nfams, cap;
 	char *key;
+	shmet_buf tmp;
 	bool oom;
 };
+
+/* Everything a builder holds but its view. */
+static void builder_free(struct builder *b)
+{
+	for (uint32_t i = 0; i < b->nfams; i++) {
+		for (uint32_t k = 0; k < b->fams[i].nseries; k++)
+			free(b->fams[i].series[k].refs);
+		free(b->fams[i].series);
+		keymap_free(&b->fams[i].index);
+	}
+	free(b->fams);
+	keymap_free(&b->fam_index);
+	free(b->key);
+	shmet_buf_free(&b->tmp);
+}
 
 static struct bfamily *family_for(struct builder *b, const struct shmet_family_view *r)
 {
@@ -304,16 +320,21 @@ static bool finish_family(struct builder *b, struct bfamily *bf, shmet_buf *tmp)
 struct view *view_build(struct collector *c)
 {
 	struct shmet_segment *seg = &c->seg;
-	struct builder b;
-	memset(&b, 0, sizeof b);
-	b.c = c;
-	b.v = calloc(1, sizeof *b.v);
-	b.key = malloc(SHMET_SERIES_KEY_MAX);
-	shmet_buf tmp;
-	shmet_buf_init(&tmp);
-	if (!b.v || !b.key)
+	/* On the heap and known to the collector: a SIGBUS in the middle of a
+	 * build leaves through siglongjmp, and view_build_abandon frees it. */
+	struct builder *b = calloc(1, sizeof *b);
+	if (!b) {
+		collector_log("out of memory while building the view; keeping the previous one");
+		return NULL;
+	}
+	c->building = b;
+	b->c = c;
+	b->v = calloc(1, sizeof *b->v);
+	b->key = malloc(SHMET_SERIES_KEY_MAX);
+	shmet_buf_init(&b->tmp);
+	if (!b->v || !b->key)
 		goto fail;
-	struct view_stats *st = &b.v->stats;
+	struct view_stats *st = &b->v->stats;
 	if (shmet_registry_update(seg, &c->registry) != SHMET_OK)
 		goto fail;
 	if (c->registry.corrupt > c->registry_corrupt_logged) {
@@ -328,13 +349,13 @@ struct view *view_build(struct collector *c)
 	char why[SHMET_ERRBUF];
 	if (shmet_retired_area(seg, active, &area, why) != SHMET_OK)
 		collector_log("retired totals unreadable: %s", why);
-	add_area(&b, &area, -1, __atomic_load_n(&rh->rh_folds, __ATOMIC_RELAXED) << 1 | active, false);
+	add_area(b, &area, -1, __atomic_load_n(&rh->rh_folds, __ATOMIC_RELAXED) << 1 | active, false);
 	st->dropped = __atomic_load_n(&rh->rh_dropped, __ATOMIC_RELAXED) +
 		      __atomic_load_n(&seg->map.hdr->sh_dropped_orphan, __ATOMIC_RELAXED);
 	st->folds = __atomic_load_n(&rh->rh_folds, __ATOMIC_RELAXED);
 	st->bytes_total = seg->map.size;
 	st->bytes_used = seg->regions_off + 2 * seg->retired_half_size;
-	for (uint32_t i = 0; i < seg->regions && !b.oom; i++) {
+	for (uint32_t i = 0; i < seg->regions && !b->oom; i++) {
 		struct shmet_region_info info;
 		shmet_region_info(seg, i, &info);
 		if (info.state != SHMET_REGION_LIVE) {
@@ -355,39 +376,46 @@ struct view *view_build(struct collector *c)
 		}
 		st->bytes_used += (area.dir_end - sizeof(struct shmet_region_header)) + (area.size - area.cell_low);
 		st->dropped += info.dropped;
-		add_area(&b, &area, (int)i, info.generation, info.alive);
+		add_area(b, &area, (int)i, info.generation, info.alive);
 	}
-	if (b.oom)
+	if (b->oom)
 		goto fail;
-	if (b.nfams)
-		qsort(b.fams, b.nfams, sizeof *b.fams, fam_cmp);
-	b.v->families = arena_alloc(&b.v->arena, (b.nfams + 1) * sizeof *b.v->families);
-	if (!b.v->families)
+	if (b->nfams)
+		qsort(b->fams, b->nfams, sizeof *b->fams, fam_cmp);
+	b->v->families = arena_alloc(&b->v->arena, (b->nfams + 1) * sizeof *b->v->families);
+	if (!b->v->families)
 		goto fail;
-	for (uint32_t i = 0; i < b.nfams; i++) {
-		if (!finish_family(&b, &b.fams[i], &tmp))
+	for (uint32_t i = 0; i < b->nfams; i++) {
+		if (!finish_family(b, &b->fams[i], &b->tmp))
 			goto fail;
-		b.v->families[i] = b.fams[i].out;
+		b->v->families[i] = b->fams[i].out;
 	}
-	b.v->nfamilies = b.nfams;
-	b.v->built_ns = shmet__now_ns(CLOCK_REALTIME);
+	b->v->nfamilies = b->nfams;
+	b->v->built_ns = shmet__now_ns(CLOCK_REALTIME);
 	goto out;
 fail:
 	collector_log("out of memory while building the view; keeping the previous one");
-	view_free(b.v);
-	b.v = NULL;
-out:
-	for (uint32_t i = 0; i < b.nfams; i++) {
-		for (uint32_t k = 0; k < b.fams[i].nseries; k++)
-			free(b.fams[i].series[k].refs);
-		free(b.fams[i].series);
-		keymap_free(&b.fams[i].index);
-	}
-	free(b.fams);
-	keymap_free(&b.fam_index);
-	free(b.key);
-	shmet_buf_free(&tmp);
-	return b.v;
+	view_free(b->v);
+	b->v = NULL;
+out:;
+	struct view *v = b->v;
+	builder_free(b);
+	c->building = NULL;
+	free(b);
+	return v;
+}
+
+void view_build_abandon(struct collector *c)
+{
+	struct builder *b = c->building;
+	if (!b)
+		return;
+	/* Left at a segment read, and no segment is read in the middle of an
+	 * update of the builder: every field is whole. */
+	view_free(b->v);
+	builder_free(b);
+	free(b);
+	c->building = NULL;
 }
 
 void view_free(struct view *v)
@@ -398,13 +426,20 @@ void view_free(struct view *v)
 	free(v);
 }
 
-void view_series_agg(const struct view_family *f, const struct view_series *s, struct shmet_agg *acc)
+bool view_series_agg(const struct view_family *f, const struct view_series *s, struct shmet_agg *acc)
 {
 	shmet_agg_init(acc, f->type == SHMET_HISTOGRAM ? f->nbuckets : 0);
 	uint32_t k = shmet_float_cell(f->type, f->nbuckets);
+	bool whole = true;
 	for (uint32_t i = 0; i < s->nrefs; i++) {
 		const uint64_t *c = s->refs[i].cells;
 		struct shmet_values v;
+		uint32_t cell_size = s->refs[i].retired ? shmet_retired_cell_size(f->type, f->nbuckets)
+						     : shmet_cell_size(f->type, f->nbuckets);
+		if (!collector_readable(c, cell_size)) {
+			whole = false; /* past the end of a truncated segment: never touched */
+			continue;
+		}
 		/* relaxed: each cell is one value; see shmet_read_cells. */
 		v.value_lo[0] = v.value_lo[1] = 0;
 		if (s->refs[i].retired && f->type != SHMET_GAUGE) {
@@ -434,4 +469,5 @@ void view_series_agg(const struct view_family *f, const struct view_series *s, s
 		shmet_agg_add(acc, f->type, f->mode, f->nbuckets, &v, s->refs[i].live);
 	}
 	shmet_agg_finish(acc, f->type);
+	return whole;
 }

@@ -16,6 +16,8 @@
  *
  * Options (compile time): none.  Environment: SHMETRICS_SEGMENT names the
  * segment (default /dev/shm/shmetrics); shmet_init() with options overrides.
+ * An existing segment owned by another user is refused (root included)
+ * unless SHMETRICS_SEGMENT_OWNER=<uid> names that owner.
  *
  * Contract:
  *  - Registration and label lookup return an error code (0 or negative; see
@@ -363,10 +365,9 @@ static struct {
 	size_t table_mask;
 	uint32_t deferred_parent; /* region of the parent a fork child came from */
 	void *sink; /* private memory that absorbs writes when a child got no region */
-	uint64_t registry_off, registry_size; /* validated at attach, never re-read */
 	char path[4096];
-} shmet__st = {PTHREAD_MUTEX_INITIALIZER, 0, 0, {-1, 0, 0, NULL, 0, NULL}, -1, 0, 0, 0, 0, NULL, 0, NULL, 0,
-	       SHMET_NO_PARENT, NULL, 0, 0, {0}};
+} shmet__st = {PTHREAD_MUTEX_INITIALIZER, 0, 0, {-1, 0, 0, NULL, 0, NULL, 0, 0, 0, 0, 0, 0, 0, 0}, -1, 0, 0, 0, 0, NULL, 0,
+	       NULL, 0, SHMET_NO_PARENT, NULL, {0}};
 
 static __thread char shmet__errmsg[SHMET_ERRBUF];
 
@@ -547,14 +548,19 @@ static int shmet__init_locked(const struct shmet_options *o)
 		cfg.region_size = o->region_size;
 		cfg.mode = o->mode;
 	}
+	const char *owner = getenv(SHMET_ENV_SEGMENT_OWNER);
+	if (owner && *owner) {
+		if (shmet_parse_uid(owner, &cfg.owner_uid) != 0)
+			return shmet__err(SHMET_E_INVALID_ARG, "%s=\"%s\" is not a numeric uid", SHMET_ENV_SEGMENT_OWNER,
+					  owner);
+		cfg.allow_owner = 1;
+	}
 	char why[SHMET_ERRBUF];
 	int rc = shmet_seg_attach(path, &cfg, o && o->no_create ? 0 : SHMET_ATTACH_CREATE, &shmet__st.map, why);
 	if (rc != SHMET_OK)
 		return shmet__err(rc, "%s", why);
 	strcpy(shmet__st.path, path);
-	shmet__st.region_size = shmet__st.map.hdr->sh_region_size;
-	shmet__st.registry_off = shmet__st.map.hdr->sh_registry_off;
-	shmet__st.registry_size = shmet__st.map.hdr->sh_registry_size;
+	shmet__st.region_size = shmet__st.map.region_size; /* validated at attach; never the live header */
 	/* Enough buckets for every series a region can hold, at ~64 bytes each. */
 	size_t want = (size_t)(shmet__st.region_size / 64), n = 64;
 	while (n < want && n < ((size_t)1 << 20))
@@ -789,14 +795,14 @@ static int shmet__registry_enter_locked(const unsigned char *rec, size_t size, c
 	}
 	if (!locked)
 		return shmet__err(SHMET_E_TIMEOUT, "%s: the family registry stayed locked for 2 s", shmet__st.path);
-	unsigned char *base = m->base + shmet__st.registry_off;
+	unsigned char *base = m->base + shmet__st.map.registry_off;
 	struct shmet_region_header *rh = (struct shmet_region_header *)(void *)base;
 	/* acquire: pairs with the release below in whichever process appended
 	 * last, so every record under the end is complete. */
 	uint64_t end = __atomic_load_n(&rh->rg_dir_end, __ATOMIC_ACQUIRE), pos = sizeof *rh;
 	int rc = SHMET_OK, found = 0;
 	static unsigned char copy[SHMET_FAMILY_REC_MAX]; /* under shmet__st.mu */
-	if (end < sizeof *rh || end > shmet__st.registry_size || end % 8) {
+	if (end < sizeof *rh || end > shmet__st.map.registry_size || end % 8) {
 		rc = shmet__err(SHMET_E_CORRUPT, "%s: the family registry is damaged (end %llu)", shmet__st.path,
 				(unsigned long long)end);
 		goto out;
@@ -822,10 +828,10 @@ static int shmet__registry_enter_locked(const unsigned char *rec, size_t size, c
 		pos += rs;
 	}
 	if (rc == SHMET_OK && !found) {
-		if (shmet__st.registry_size - end < size) {
+		if (shmet__st.map.registry_size - end < size) {
 			rc = shmet__err(SHMET_E_REGISTRY_FULL, "%s: no room for \"%.*s\" in the family registry (%llu bytes)",
 					shmet__st.path, (int)want->name_len, want->name,
-					(unsigned long long)shmet__st.registry_size);
+					(unsigned long long)shmet__st.map.registry_size);
 		} else {
 			memcpy(base + end, rec, size);
 			/* release: the record's bytes before the end that exposes them */

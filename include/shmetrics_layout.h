@@ -200,10 +200,14 @@ extern "C" {
 #define SHMET_MAX_LABELS       16u
 #define SHMET_MAX_BUCKETS      128u
 #define SHMET_MAX_VALUE_LEN    1024u
-/* The largest FAMILY and SERIES records these limits allow. */
-#define SHMET_FAMILY_REC_MAX   (24u + 8u * SHMET_MAX_BUCKETS + SHMET_MAX_NAME_LEN + SHMET_MAX_HELP_LEN + \
-				SHMET_MAX_LABELS * (2u + SHMET_MAX_NAME_LEN) + 8u)
-#define SHMET_SERIES_REC_MAX   (24u + SHMET_MAX_LABELS * (2u + SHMET_MAX_VALUE_LEN) + 8u)
+/* The largest records a writer makes within these limits.  A reader copies
+ * a record into private memory before it validates it (a worker may change
+ * the bytes between a check and a later use), so a larger one is corrupt. */
+#define SHMET_FAMILY_REC_MAX                                                                        \
+	((sizeof(struct shmet_rec_family) + 8u * SHMET_MAX_BUCKETS + SHMET_MAX_NAME_LEN + SHMET_MAX_HELP_LEN + \
+	  SHMET_MAX_LABELS * (2u + SHMET_MAX_NAME_LEN) + 7u) & ~(size_t)7)
+#define SHMET_SERIES_REC_MAX \
+	((sizeof(struct shmet_rec_series) + SHMET_MAX_LABELS * (2u + SHMET_MAX_VALUE_LEN) + 7u) & ~(size_t)7)
 
 enum shmet_type {
 	SHMET_COUNTER = 1,

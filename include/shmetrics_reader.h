@@ -85,8 +85,13 @@ const struct shmet_retired_header *shmet_retired_header(const struct shmet_segme
 /* The family registry as an area (FAMILY records only). */
 int shmet_registry_area(const struct shmet_segment *seg, struct shmet_area *a, char *err);
 
+/* A parsed family record.  Every pointer points into rec, this view's own
+ * copy of the record's bytes, which is what was validated: never into the
+ * segment.  So a view must not be copied by value (its pointers would still
+ * point into the original); pass it by pointer. */
 struct shmet_family_view {
 	uint32_t off;
+	uint32_t rec_size; /* bytes of rec in use: the whole record, header included */
 	enum shmet_type type;
 	enum shmet_gauge_mode mode;
 	uint32_t nlabels, nbuckets;
@@ -95,15 +100,19 @@ struct shmet_family_view {
 	uint32_t name_len, help_len;
 	const char *label_names[SHMET_MAX_LABELS];
 	uint32_t label_lens[SHMET_MAX_LABELS];
+	unsigned char rec[SHMET_FAMILY_REC_MAX]; /* last: only rec_size bytes are written */
 };
 
+/* A parsed series record; values point into rec, as for a family. */
 struct shmet_series_view {
 	uint32_t off;
 	uint32_t family_off;
 	uint32_t cell_off, cell_size;
 	uint32_t nvalues;
+	uint32_t rec_size;
 	const char *values[SHMET_MAX_LABELS];
 	uint32_t value_lens[SHMET_MAX_LABELS];
+	unsigned char rec[SHMET_SERIES_REC_MAX];
 };
 
 struct shmet_record {
@@ -227,8 +236,7 @@ double shmet_agg_value(const struct shmet_agg *acc, enum shmet_type type);
 /* ---- the family registry, as readers see it ---- */
 
 struct shmet_registry_entry {
-	unsigned char *copy;           /* private copy of the record (behind a region header) */
-	struct shmet_family_view fam;  /* parsed from the copy */
+	struct shmet_family_view *fam; /* parsed (and copied) once; its own heap block */
 };
 
 struct shmet_registry {
@@ -249,7 +257,7 @@ void shmet_registry_free(struct shmet_registry *r);
  * region's series counts), else NULL. */
 const struct shmet_family_view *shmet_registry_check(const struct shmet_registry *r, const struct shmet_family_view *f);
 const struct shmet_family_view *shmet_registry_find(const struct shmet_registry *r, const char *name, size_t len);
-/* The entry whose fam is reg (as returned above): its record bytes. */
+/* The record bytes of reg (as returned above): its validated private copy. */
 const unsigned char *shmet_registry_record(const struct shmet_registry *r, const struct shmet_family_view *reg,
 					   uint32_t *size);
 

@@ -8,6 +8,17 @@
  *
  * Needs _GNU_SOURCE-level declarations only for constants that it defines
  * itself when missing (the F_OFD_* lock commands, Linux >= 3.15).
+ *
+ * Trust: whoever can open the file for writing can rewrite every byte and
+ * can shrink the file.  So the opener accepts only a regular file owned by
+ * its own uid, by one it names (shmet_seg_config.owner_uid), or (not for
+ * root) shared with its group by mode; after attach it uses only the
+ * geometry it validated (struct shmet_seg_map), never the header again.
+ * Shrinking cannot be prevented: Linux seals (F_ADD_SEALS) exist for memfd
+ * only, and a page mapped past the new end raises SIGBUS in whoever touches
+ * it.  The collector survives that (collector.h); a writer does not, by
+ * design of a header-only library that installs no signal handler: the
+ * operator keeps the file private and restarts what died.
  */
 #ifndef SHMETRICS_SEGMENT_H
 #define SHMETRICS_SEGMENT_H
@@ -89,6 +100,12 @@ struct shmet_seg_config {
 	unsigned mode;         /* 0: 0600; 0660 shares with the group */
 	int wait_ms;           /* how long a late opener waits for the creator; 0: 2000 */
 	uint64_t registry_size; /* bytes of the family registry; 0: SHMET_DEFAULT_REGISTRY_SIZE */
+	/* An existing segment must be owned by our effective uid, or (for an
+	 * opener that is not root) be shared with our group by its mode.
+	 * allow_owner != 0 also accepts one owned by owner_uid; nothing else
+	 * does, not even for root. */
+	int allow_owner;
+	uid_t owner_uid;
 };
 
 enum shmet_attach_flags {
@@ -103,7 +120,33 @@ struct shmet_seg_map {
 	unsigned char *base;
 	uint64_t size;
 	struct shmet_seg_header *hdr;
+	/* Geometry validated once at attach (computed, when creating) and kept
+	 * in private memory: every worker can rewrite the header, so nothing
+	 * after attach reads its sizes or offsets again.  The accessors below
+	 * use only these. */
+	uint32_t regions;
+	uint64_t region_size;
+	uint64_t table_off;
+	uint64_t regions_off;
+	uint64_t retired_off;
+	uint64_t retired_half_size;
+	uint64_t registry_off;
+	uint64_t registry_size;
 };
+
+static inline void shmet__seg_keep(struct shmet_seg_map *m, uint32_t regions, uint64_t region_size,
+				   uint64_t table_off, uint64_t regions_off, uint64_t retired_off,
+				   uint64_t retired_half_size, uint64_t registry_off, uint64_t registry_size)
+{
+	m->registry_off = registry_off;
+	m->registry_size = registry_size;
+	m->regions = regions;
+	m->region_size = region_size;
+	m->table_off = table_off;
+	m->regions_off = regions_off;
+	m->retired_off = retired_off;
+	m->retired_half_size = retired_half_size;
+}
 
 static inline int shmet__fail(char *err, int code, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -123,6 +166,27 @@ static inline uint64_t shmet__now_ns(clockid_t clk)
 	struct timespec ts;
 	clock_gettime(clk, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The writer's way to accept a segment owned by another user (the
+ * collector and the dump tool have --segment-owner UID instead). */
+#define SHMET_ENV_SEGMENT_OWNER "SHMETRICS_SEGMENT_OWNER"
+
+/* Parse a numeric uid for cfg->owner_uid: 0 ok, -1 not a uid. */
+static inline int shmet_parse_uid(const char *s, uid_t *uid)
+{
+	unsigned long long v = 0;
+	if (!s || !*s)
+		return -1;
+	for (const char *p = s; *p; p++) {
+		if (*p < '0' || *p > '9' || v > 0xffffffffull / 10)
+			return -1;
+		v = v * 10 + (unsigned)(*p - '0');
+	}
+	if (v >= 0xffffffffull) /* (uid_t)-1 means "no uid" to the kernel */
+		return -1;
+	*uid = (uid_t)v;
+	return 0;
 }
 
 static inline const char *shmet_default_path(void)
@@ -265,7 +329,27 @@ static inline int shmet__init_segment(int fd, const struct shmet_seg_config *cfg
 	m->base = (unsigned char *)p;
 	m->size = g.total;
 	m->hdr = h;
+	shmet__seg_keep(m, n, rs, g.table_off, g.regions_off, g.retired_off, g.retired_half_size, g.registry_off,
+			g.registry_size);
 	return SHMET_OK;
+}
+
+/* What a file that is not a regular file is, for the message refusing it. */
+static inline const char *shmet__file_kind(mode_t mode)
+{
+	if (S_ISFIFO(mode))
+		return "a FIFO";
+	if (S_ISDIR(mode))
+		return "a directory";
+	if (S_ISCHR(mode))
+		return "a character device";
+	if (S_ISBLK(mode))
+		return "a block device";
+	if (S_ISSOCK(mode))
+		return "a socket";
+	if (S_ISLNK(mode))
+		return "a symbolic link";
+	return "a special file";
 }
 
 /* Open (and, with SHMET_ATTACH_CREATE, create) the segment at path and map it.
@@ -283,6 +367,7 @@ static inline int shmet_seg_attach(const char *path, const struct shmet_seg_conf
 	if (mode & 0007)
 		return shmet__fail(err, SHMET_E_INVALID_ARG, "mode %04o: other users may not have access", mode);
 	int fd = -1, created = 0;
+	struct stat st;
 	for (int attempt = 0; attempt < 100 && fd < 0; attempt++) {
 		if (!ro && (flags & SHMET_ATTACH_CREATE)) {
 			fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
@@ -293,7 +378,14 @@ static inline int shmet_seg_attach(const char *path, const struct shmet_seg_conf
 			if (errno != EEXIST)
 				break;
 		}
-		fd = open(path, (ro ? O_RDONLY : O_RDWR) | O_NOFOLLOW | O_CLOEXEC);
+		/* Only a regular file is opened: opening a FIFO for reading blocks
+		 * until a writer comes, and opening a device can act on it.  lstat
+		 * first, then O_NONBLOCK in case it was swapped meanwhile (fstat
+		 * below decides). */
+		if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode))
+			return shmet__fail(err, SHMET_E_PERMISSION, "%s is %s, not a regular file; refused", path,
+					   shmet__file_kind(st.st_mode));
+		fd = open(path, (ro ? O_RDONLY : O_RDWR) | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 		if (fd < 0 && !(errno == ENOENT && (flags & SHMET_ATTACH_CREATE)))
 			break; /* ENOENT with CREATE: it was removed meanwhile; try again */
 	}
@@ -302,6 +394,11 @@ static inline int shmet_seg_attach(const char *path, const struct shmet_seg_conf
 		if (e == ELOOP)
 			return shmet__fail(err, SHMET_E_PERMISSION, "%s is a symbolic link; refused", path);
 		return shmet__fail(err, SHMET_E_SYS, "cannot open %s: %s", path, strerror(e));
+	}
+	if (!created) {
+		int fl = fcntl(fd, F_GETFL);
+		if (fl >= 0)
+			fcntl(fd, F_SETFL, fl & ~O_NONBLOCK); /* a regular file's I/O never blocks anyway */
 	}
 	m->fd = fd;
 	m->readonly = ro;
@@ -318,13 +415,12 @@ static inline int shmet_seg_attach(const char *path, const struct shmet_seg_conf
 		}
 		return SHMET_OK;
 	}
-	struct stat st;
 	if (fstat(fd, &st) != 0) {
 		rc = shmet__fail(why, SHMET_E_SYS, "fstat: %s", strerror(errno));
 		goto fail;
 	}
 	if (!S_ISREG(st.st_mode)) {
-		rc = shmet__fail(why, SHMET_E_PERMISSION, "not a regular file");
+		rc = shmet__fail(why, SHMET_E_PERMISSION, "%s, not a regular file; refused", shmet__file_kind(st.st_mode));
 		goto fail;
 	}
 	if (st.st_mode & S_IWOTH) {
@@ -332,9 +428,16 @@ static inline int shmet_seg_attach(const char *path, const struct shmet_seg_conf
 				 (unsigned)(st.st_mode & 07777));
 		goto fail;
 	}
-	if (st.st_uid != geteuid() && geteuid() != 0 && !(st.st_gid == getegid() && (st.st_mode & 0060))) {
-		rc = shmet__fail(why, SHMET_E_PERMISSION, "owned by uid %u, not shared with us",
-				 (unsigned)st.st_uid);
+	/* Whoever owns the segment can rewrite every byte of it, and so read,
+	 * forge or break our metrics: accept our own, one the caller names, or
+	 * (not for root) one shared with our group by its mode.  Root is not
+	 * exempt: it would trust any user's file. */
+	if (st.st_uid != geteuid() && !(cfg && cfg->allow_owner && st.st_uid == cfg->owner_uid) &&
+	    (geteuid() == 0 || !(st.st_gid == getegid() && (st.st_mode & 0060)))) {
+		rc = shmet__fail(why, SHMET_E_PERMISSION,
+				 "owned by uid %u, not by us (uid %u)%s; refused (allow that owner explicitly)",
+				 (unsigned)st.st_uid, (unsigned)geteuid(),
+				 geteuid() == 0 ? "" : " and not shared with our group");
 		goto fail;
 	}
 	/* The creator sizes the file, initialises it and publishes the magic
@@ -384,6 +487,9 @@ static inline int shmet_seg_attach(const char *path, const struct shmet_seg_conf
 	m->base = (unsigned char *)p;
 	m->size = hcopy.sh_total_size;
 	m->hdr = (struct shmet_seg_header *)p;
+	shmet__seg_keep(m, hcopy.sh_region_count, hcopy.sh_region_size, hcopy.sh_region_table_off,
+			hcopy.sh_regions_off, hcopy.sh_retired_off, hcopy.sh_retired_half_size, hcopy.sh_registry_off,
+			hcopy.sh_registry_size);
 	/* A hostile writer could change the header after our validation; every
 	 * later reader uses m->size and its own copy of the geometry, so check
 	 * the mapped one matches what we validated once more. */
@@ -410,25 +516,26 @@ static inline void shmet_seg_detach(struct shmet_seg_map *m)
 	m->fd = -1;
 }
 
+/* The accessors use the geometry kept at attach, never the live header.
+ * i must be below shmet_seg_regions(m). */
 static inline uint32_t shmet_seg_regions(const struct shmet_seg_map *m)
 {
-	return m->hdr->sh_region_count;
+	return m->regions;
 }
 
 static inline struct shmet_region_slot *shmet_seg_slot(const struct shmet_seg_map *m, uint32_t i)
 {
-	return (struct shmet_region_slot *)(m->base + m->hdr->sh_region_table_off +
-					    (uint64_t)i * SHMET_CACHELINE);
+	return (struct shmet_region_slot *)(m->base + m->table_off + (uint64_t)i * SHMET_CACHELINE);
 }
 
 static inline unsigned char *shmet_seg_region(const struct shmet_seg_map *m, uint32_t i)
 {
-	return m->base + m->hdr->sh_regions_off + (uint64_t)i * m->hdr->sh_region_size;
+	return m->base + m->regions_off + (uint64_t)i * m->region_size;
 }
 
 static inline off_t shmet_seg_lock_off(const struct shmet_seg_map *m, uint32_t i)
 {
-	return (off_t)(m->hdr->sh_region_table_off + (uint64_t)i * SHMET_CACHELINE);
+	return (off_t)(m->table_off + (uint64_t)i * SHMET_CACHELINE);
 }
 
 /* One byte of the header that only a collector (the folder) locks. */
@@ -473,7 +580,7 @@ static inline int shmet_seg_claim(const struct shmet_seg_map *m, int lock_fd, ui
 				  uint32_t *index, char *err)
 {
 	uint32_t n = shmet_seg_regions(m);
-	uint64_t rs = m->hdr->sh_region_size;
+	uint64_t rs = m->region_size;
 	for (uint32_t i = 0; i < n; i++) {
 		struct shmet_region_slot *slot = shmet_seg_slot(m, i);
 		int rc; /* declared before the gotos: C++ may not jump past an initialisation */
@@ -491,7 +598,7 @@ static inline int shmet_seg_claim(const struct shmet_seg_map *m, int lock_fd, ui
 		sg = __atomic_load_n(&slot->rs_state_gen, __ATOMIC_ACQUIRE);
 		if (shmet_state_of(sg) != SHMET_REGION_FREE)
 			goto next;
-		rc = posix_fallocate(m->fd, (off_t)(m->hdr->sh_regions_off + (uint64_t)i * rs), (off_t)rs);
+		rc = posix_fallocate(m->fd, (off_t)(m->regions_off + (uint64_t)i * rs), (off_t)rs);
 		if (rc != 0) {
 			shmet__ofd_lock(lock_fd, shmet_seg_lock_off(m, i), F_UNLCK, F_OFD_SETLK);
 			__atomic_fetch_add(&m->hdr->sh_claim_failures, 1, __ATOMIC_RELAXED);

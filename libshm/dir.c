@@ -25,6 +25,21 @@ static int rec_at(const struct shmet_area *a, uint64_t off, struct shmet_rec_hea
 	return SHMET_OK;
 }
 
+/* Copy the record at off (header h, already checked by rec_at) into the
+ * private buffer buf of cap bytes.  Everything after this reads the copy
+ * only: a worker changing the segment's bytes now cannot change what was
+ * validated.  The copy's header is the one whose size was checked. */
+static int rec_copy(const struct shmet_area *a, uint64_t off, const struct shmet_rec_header *h, unsigned char *buf,
+		    size_t cap, char *err)
+{
+	if (h->rec_size > cap)
+		return shmet__fail(err, SHMET_E_CORRUPT, "record at %llu has size %u, more than any record (%zu)",
+				   (unsigned long long)off, h->rec_size, cap);
+	memcpy(buf, a->base + off, h->rec_size);
+	memcpy(buf, h, sizeof *h);
+	return SHMET_OK;
+}
+
 /* Read a u16-prefixed string at *p inside [.., end). */
 static int take_str(const unsigned char **p, const unsigned char *end, const char **s, uint32_t *len)
 {
@@ -41,19 +56,27 @@ static int take_str(const unsigned char **p, const unsigned char *end, const cha
 	return 1;
 }
 
+/* The header fields of a view, before its buffer: what must be cleared. */
+#define FAMILY_VIEW_FIELDS offsetof(struct shmet_family_view, rec)
+#define SERIES_VIEW_FIELDS offsetof(struct shmet_series_view, rec)
+
 int shmet_parse_family(const struct shmet_area *a, uint64_t off, struct shmet_family_view *f, char *err)
 {
 	struct shmet_rec_header h;
+	memset(f, 0, FAMILY_VIEW_FIELDS);
+	f->off = (uint32_t)off;
 	int rc = rec_at(a, off, &h, err);
 	if (rc != SHMET_OK)
 		return rc;
 	if (h.rec_kind != SHMET_REC_FAMILY)
 		return shmet__fail(err, SHMET_E_CORRUPT, "record at %llu is not a family", (unsigned long long)off);
+	rc = rec_copy(a, off, &h, f->rec, sizeof f->rec, err);
+	if (rc != SHMET_OK)
+		return rc;
+	f->rec_size = h.rec_size;
 	struct shmet_rec_family r;
-	memcpy(&r, a->base + off, sizeof r);
-	const unsigned char *p = a->base + off + sizeof r, *end = a->base + off + h.rec_size;
-	memset(f, 0, sizeof *f);
-	f->off = (uint32_t)off;
+	memcpy(&r, f->rec, sizeof r);
+	const unsigned char *p = f->rec + sizeof r, *end = f->rec + h.rec_size;
 	if (r.fam_type < SHMET_COUNTER || r.fam_type > SHMET_SUMMARY || r.fam_gauge_mode > SHMET_GAUGE_PER_WORKER ||
 	    r.fam_nlabels > SHMET_MAX_LABELS || r.fam_nbuckets > SHMET_MAX_BUCKETS ||
 	    (r.fam_nbuckets && r.fam_type != SHMET_HISTOGRAM))
@@ -77,8 +100,10 @@ int shmet_parse_family(const struct shmet_area *a, uint64_t off, struct shmet_fa
 		if (!take_str(&p, end, &f->label_names[i], &f->label_lens[i]))
 			return shmet__fail(err, SHMET_E_CORRUPT, "family at %llu: label names overrun the record",
 					   (unsigned long long)off);
-	if (!shmet_valid_metric_name(f->name, f->name_len))
+	if (!shmet_valid_metric_name(f->name, f->name_len)) {
+		f->name_len = 0; /* not valid: an error message or a caller must not use it */
 		return shmet__fail(err, SHMET_E_CORRUPT, "family at %llu: invalid metric name", (unsigned long long)off);
+	}
 	if (f->type == SHMET_COUNTER && !(f->name_len > 6 && memcmp(f->name + f->name_len - 6, "_total", 6) == 0))
 		return shmet__fail(err, SHMET_E_CORRUPT, "family at %llu: counter name without _total",
 				   (unsigned long long)off);
@@ -111,18 +136,26 @@ int shmet_parse_family(const struct shmet_area *a, uint64_t off, struct shmet_fa
 	return SHMET_OK;
 }
 
-static int parse_series(const struct shmet_area *a, uint64_t off, uint32_t rec_size, struct shmet_record *rec,
-			char *err)
+static int parse_series(const struct shmet_area *a, uint64_t off, const struct shmet_rec_header *h,
+			struct shmet_record *rec, char *err)
 {
-	struct shmet_rec_series r;
-	memcpy(&r, a->base + off, sizeof r);
 	struct shmet_series_view *s = &rec->series;
-	memset(s, 0, sizeof *s);
+	memset(s, 0, SERIES_VIEW_FIELDS);
 	s->off = (uint32_t)off;
-	if (r.ser_family_off >= off)
+	int rc = rec_copy(a, off, h, s->rec, sizeof s->rec, err);
+	if (rc != SHMET_OK) {
+		memset(&rec->fam, 0, FAMILY_VIEW_FIELDS);
+		return rc;
+	}
+	s->rec_size = h->rec_size;
+	struct shmet_rec_series r;
+	memcpy(&r, s->rec, sizeof r);
+	if (r.ser_family_off >= off) {
+		memset(&rec->fam, 0, FAMILY_VIEW_FIELDS);
 		return shmet__fail(err, SHMET_E_CORRUPT, "series at %llu refers forward to %u", (unsigned long long)off,
 				   r.ser_family_off);
-	int rc = shmet_parse_family(a, r.ser_family_off, &rec->fam, err);
+	}
+	rc = shmet_parse_family(a, r.ser_family_off, &rec->fam, err);
 	if (rc != SHMET_OK)
 		return rc;
 	if (r.ser_nvalues != rec->fam.nlabels)
@@ -138,7 +171,7 @@ static int parse_series(const struct shmet_area *a, uint64_t off, uint32_t rec_s
 		return shmet__fail(err, SHMET_E_CORRUPT, "series at %llu of %.*s: cells at %u outside [%llu, %llu)",
 				   (unsigned long long)off, (int)rec->fam.name_len, rec->fam.name, s->cell_off,
 				   (unsigned long long)a->dir_end, (unsigned long long)a->size);
-	const unsigned char *p = a->base + off + sizeof r, *end = a->base + off + rec_size;
+	const unsigned char *p = s->rec + sizeof r, *end = s->rec + h->rec_size;
 	for (uint32_t i = 0; i < s->nvalues; i++) {
 		if (!take_str(&p, end, &s->values[i], &s->value_lens[i]))
 			return shmet__fail(err, SHMET_E_CORRUPT, "series at %llu: values overrun the record",
@@ -169,13 +202,17 @@ int shmet_dir_next(struct shmet_dir_iter *it, struct shmet_record *rec, char *er
 	uint64_t off = it->pos;
 	it->pos += h.rec_size;
 	rec->kind = (enum shmet_rec_kind)h.rec_kind;
-	if (h.rec_kind == SHMET_REC_FAMILY)
+	if (h.rec_kind == SHMET_REC_FAMILY) {
+		memset(&rec->series, 0, SERIES_VIEW_FIELDS);
 		rc = shmet_parse_family(a, off, &rec->fam, err);
-	else if (h.rec_kind == SHMET_REC_SERIES)
-		rc = parse_series(a, off, h.rec_size, rec, err);
-	else
+	} else if (h.rec_kind == SHMET_REC_SERIES) {
+		rc = parse_series(a, off, &h, rec, err);
+	} else {
+		memset(&rec->fam, 0, FAMILY_VIEW_FIELDS);
+		memset(&rec->series, 0, SERIES_VIEW_FIELDS);
 		rc = shmet__fail(err, SHMET_E_CORRUPT, "record at %llu has unknown kind %u", (unsigned long long)off,
 				 h.rec_kind);
+	}
 	return rc == SHMET_OK ? 1 : rc;
 }
 

@@ -16,15 +16,20 @@ static int add_entry(struct shmet_registry *r, const unsigned char *rec, uint32_
 {
 	const size_t hdr = sizeof(struct shmet_region_header);
 	unsigned char *copy = malloc(hdr + size);
-	if (!copy)
+	struct shmet_family_view *fam = malloc(sizeof *fam);
+	if (!copy || !fam) {
+		free(copy);
+		free(fam);
 		return SHMET_E_SYS;
+	}
 	memset(copy, 0, hdr);
 	memcpy(copy + hdr, rec, size);
 	struct shmet_area a = {copy, hdr + size, hdr + size, hdr + size, false};
-	struct shmet_family_view fam;
 	char why[SHMET_ERRBUF];
-	if (shmet_parse_family(&a, hdr, &fam, why) != SHMET_OK) {
-		free(copy);
+	int prc = shmet_parse_family(&a, hdr, fam, why);
+	free(copy); /* the view keeps its own copy of the record */
+	if (prc != SHMET_OK) {
+		free(fam);
 		r->corrupt++;
 		if (!r->err[0])
 			snprintf(r->err, sizeof r->err, "family registry: %s", why);
@@ -34,21 +39,21 @@ static int add_entry(struct shmet_registry *r, const unsigned char *rec, uint32_
 	 * only a hostile writer gets such a record past the registry lock. */
 	char names[5][SHMET__SAMPLE_NAME_MAX];
 	size_t lens[5];
-	int n = shmet__sample_names(fam.name, fam.name_len, fam.type, names, lens);
+	int n = shmet__sample_names(fam->name, fam->name_len, fam->type, names, lens);
 	for (int i = 0; i < n; i++)
 		if (keymap_find(r->samples, names[i], lens[i])) {
-			free(copy);
 			r->corrupt++;
 			if (!r->err[0])
 				snprintf(r->err, sizeof r->err, "family registry: %.*s clashes with an earlier family; ignored",
-					 (int)fam.name_len, fam.name);
+					 (int)fam->name_len, fam->name);
+			free(fam);
 			return SHMET_OK;
 		}
 	if (r->n == r->cap) {
 		uint32_t cap = r->cap ? 2 * r->cap : 64;
 		struct shmet_registry_entry *e = realloc(r->e, cap * sizeof *e);
 		if (!e) {
-			free(copy);
+			free(fam);
 			return SHMET_E_SYS;
 		}
 		r->e = e;
@@ -56,14 +61,13 @@ static int add_entry(struct shmet_registry *r, const unsigned char *rec, uint32_
 	}
 	for (int i = 0; i < n; i++)
 		if (keymap_put(r->samples, names[i], lens[i], r->n) != 0) {
-			free(copy);
+			free(fam);
 			return SHMET_E_SYS;
 		}
-	if (keymap_put(r->names, fam.name, fam.name_len, r->n) != 0) {
-		free(copy);
+	if (keymap_put(r->names, fam->name, fam->name_len, r->n) != 0) {
+		free(fam);
 		return SHMET_E_SYS;
 	}
-	r->e[r->n].copy = copy;
 	r->e[r->n].fam = fam;
 	r->n++;
 	return SHMET_OK;
@@ -113,7 +117,7 @@ int shmet_registry_update(const struct shmet_segment *seg, struct shmet_registry
 void shmet_registry_free(struct shmet_registry *r)
 {
 	for (uint32_t i = 0; i < r->n; i++)
-		free(r->e[i].copy);
+		free(r->e[i].fam);
 	free(r->e);
 	if (r->names)
 		keymap_free(r->names);
@@ -127,7 +131,7 @@ void shmet_registry_free(struct shmet_registry *r)
 const struct shmet_family_view *shmet_registry_find(const struct shmet_registry *r, const char *name, size_t len)
 {
 	struct kv *kv = r->names ? keymap_find(r->names, name, len) : NULL;
-	return kv ? &r->e[kv->val].fam : NULL;
+	return kv ? r->e[kv->val].fam : NULL;
 }
 
 const struct shmet_family_view *shmet_registry_check(const struct shmet_registry *r, const struct shmet_family_view *f)
@@ -139,12 +143,7 @@ const struct shmet_family_view *shmet_registry_check(const struct shmet_registry
 const unsigned char *shmet_registry_record(const struct shmet_registry *r, const struct shmet_family_view *reg,
 					   uint32_t *size)
 {
-	const struct shmet_registry_entry *e = (const struct shmet_registry_entry *)(const void *)((const char *)reg -
-							offsetof(struct shmet_registry_entry, fam));
-	uintptr_t at = (uintptr_t)e, lo = (uintptr_t)r->e;
-	if (!r->n || at < lo || at >= lo + r->n * sizeof *r->e)
-		return NULL;
-	const unsigned char *rec = e->copy + sizeof(struct shmet_region_header);
-	memcpy(size, rec, 4); /* validated when the copy was parsed */
-	return rec;
+	(void)r;
+	*size = reg->rec_size;
+	return reg->rec;
 }

@@ -15,18 +15,19 @@ int shmet_segment_open(const char *path, int flags, const struct shmet_seg_confi
 	if (rc != SHMET_OK)
 		return rc;
 	strcpy(seg->path, path);
-	const struct shmet_seg_header *h = seg->map.hdr;
-	seg->regions = h->sh_region_count;
-	seg->region_size = h->sh_region_size;
-	seg->regions_off = h->sh_regions_off;
-	seg->table_off = h->sh_region_table_off;
-	seg->retired_off = h->sh_retired_off;
-	seg->retired_half_size = h->sh_retired_half_size;
+	/* The geometry the attach validated and kept, never the live header,
+	 * which any worker may have rewritten since. */
+	const struct shmet_seg_map *m = &seg->map;
+	seg->regions = m->regions;
+	seg->region_size = m->region_size;
+	seg->regions_off = m->regions_off;
+	seg->table_off = m->table_off;
+	seg->retired_off = m->retired_off;
+	seg->retired_half_size = m->retired_half_size;
 	seg->retired_hdr_size = shmet_retired_header_size(seg->regions);
-	seg->registry_off = h->sh_registry_off;
-	seg->registry_size = h->sh_registry_size;
-	/* The attach validated these against the file once; re-derive so that a
-	 * header rewritten since cannot move anything out of the mapping. */
+	seg->registry_off = m->registry_off;
+	seg->registry_size = m->registry_size;
+	/* Re-derive as a last check that everything lies inside the mapping. */
 	struct shmet_seg_geometry g;
 	shmet_seg_geometry(seg->regions, seg->region_size, seg->retired_half_size - seg->retired_hdr_size,
 			   seg->registry_size, &g);

@@ -308,5 +308,38 @@ truncated|file is truncated
 tiny|no initialised segment
 EOF
 
+# ---- not a regular file: refused before it is opened, never waited on ----
+mkfifo "$tmp/fifo"
+mkdir "$tmp/dir"
+while IFS='|' read -r path words; do
+  [ -z "$path" ] && continue
+  timeout 10 "$DUMP" --check "$path" >"$out" 2>"$err"
+  rc=$?
+  expect_rc 2 "$words: --check refuses it at once"
+  expect_in "$err" "is $words, not a regular file" "$words: stderr says what it is"
+done <<EOF
+$tmp/fifo|a FIFO
+$tmp/dir|a directory
+/dev/null|a character device
+EOF
+
+# ---- another user's segment: refused unless --segment-owner names that uid ----
+if [ "$(id -u)" -eq 0 ]; then
+  owned=$tmp/owned
+  "$MAKER" --make-segment "$owned" clean >"$tmp/make.log" 2>&1 || not_ok "make a clean segment to chown"
+  chown 65534:65534 "$owned"
+  dump --check "$owned"
+  expect_rc 2 "a segment owned by uid 65534 is refused, even for root"
+  expect_in "$err" "owned by uid 65534" "the refusal names the owner"
+  dump --check --segment-owner 1234 "$owned"
+  expect_rc 2 "--segment-owner of another uid does not allow it"
+  dump --check --segment-owner 65534 "$owned"
+  expect_rc 0 "--segment-owner 65534 allows it"
+  dump --segment-owner nobody "$owned"
+  expect_rc 2 "--segment-owner wants a numeric uid"
+else
+  ok "# SKIP owner checks need root to chown"
+fi
+
 echo "# $n checks, $failed failed"
 [ "$failed" -eq 0 ]

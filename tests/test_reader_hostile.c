@@ -17,8 +17,11 @@
  */
 #include "tsupport.h"
 #include "shmetrics.h"
+#include "collector.h"
 
 #include <errno.h>
+#include <regex.h>
+#include <sys/mman.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1056,6 +1059,417 @@ static void test_reader_hostile_every_damage_read_and_folded(void **state)
 	}
 }
 
+/* ---- header bytes rewritten after open (issue 11, item 1) ---- */
+
+/* Where a hostile worker points the region table and the regions: far
+ * outside any mapping, so a store through the live header crashes. */
+#define FAR_AWAY UINT64_C(0x400000000000)
+
+static void rewrite_geometry(struct shmet_seg_header *h)
+{
+	/* plain stores: a worker's rewrite, seen by the code under test later
+	 * in this same thread */
+	h->sh_region_table_off = FAR_AWAY;
+	h->sh_regions_off = FAR_AWAY + SHMET_PAGE;
+	h->sh_region_size = FAR_AWAY;
+	h->sh_region_count = SHMET_MAX_REGIONS;
+}
+
+/* A worker rewrites the header's offsets after the collector opened the
+ * segment; folding and freeing use only the geometry validated at open. */
+static void test_reader_hostile_header_rewritten_after_open_ignored(void **state)
+{
+	(void)state;
+	const char *p = made("hdr", "clean");
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct shmet_segment s;
+		static struct shmet_fold_result res;
+		if (open_rw(p, &s) != 0 || shmet_segment_lock_collector(&s, NULL) != SHMET_OK)
+			_exit(30);
+		struct shmet_seg_header saved = *s.map.hdr;
+		rewrite_geometry(s.map.hdr);
+		if (shmet_fold_dead(&s, &res) != SHMET_OK || res.to_free == 0)
+			_exit(31);
+		shmet_free_folded(&s, &res);
+		/* the real slots, where the validated geometry says they are */
+		for (uint32_t k = 0; k < res.to_free; k++) {
+			const struct shmet_region_slot *slot = (const struct shmet_region_slot *)(const void *)(
+				s.map.base + s.table_off + (uint64_t)res.regions[k] * SHMET_CACHELINE);
+			if (shmet_state_of(slot->rs_state_gen) != SHMET_REGION_FREE)
+				_exit(32);
+		}
+		memcpy(s.map.hdr, &saved, offsetof(struct shmet_seg_header, sh_reserved0)); /* geometry only */
+		shmet_segment_close(&s);
+		_exit(0);
+	}
+	int st = tsupport_wait(pid);
+	if (st != 0)
+		fail_msg("the folder %s %d after the header was rewritten", st > 128 ? "died of signal" : "exited",
+			 st > 128 ? st - 128 : st);
+	assert_double_equal_exact(value_of(p, "requests_total", (const char *[]){"GET", "200", NULL}), 15);
+}
+
+/* The same for the writer: a process attached before the header was
+ * rewritten forks a child, whose first write claims a region through the
+ * geometry its parent validated. */
+static void test_reader_hostile_header_rewritten_writer_claims_safely(void **state)
+{
+	(void)state;
+	const char *p = tag_path("hdrw");
+	unlink(p);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct shmet_options o = {p, HOSTILE_REGIONS, FUZZ_REGION_SIZE, 0, false};
+		shmet_family *f;
+		if (shmet_init(&o) != SHMET_OK || shmet_counter_register(&f, "hits_total", "Hits.", 0, NULL) != SHMET_OK)
+			_exit(40);
+		shmet_counter c = shmet_counter_get(f, NULL);
+		shmet_counter_inc(c);
+		struct shmet_segment s;
+		if (open_rw(p, &s) != 0)
+			_exit(41);
+		struct shmet_seg_header saved = *s.map.hdr;
+		rewrite_geometry(s.map.hdr);
+		pid_t child = fork();
+		if (child == 0) {
+			shmet_counter_inc(c); /* claims a region now */
+			_exit(shmet_region_index() >= 0 ? 0 : 43);
+		}
+		int cst = tsupport_wait(child);
+		memcpy(s.map.hdr, &saved, offsetof(struct shmet_seg_header, sh_reserved0));
+		shmet_segment_close(&s);
+		_exit(cst == 0 ? 0 : cst > 128 ? 50 + cst - 128 : 42);
+	}
+	int st = tsupport_wait(pid);
+	if (st != 0)
+		fail_msg("the writer's child failed after the header was rewritten: status %d (50+n: signal n)", st);
+	assert_double_equal_exact(value_of(p, "hits_total", NULL), 2);
+}
+
+/* ---- bytes flipped between the check and the copy (issue 11, item 2) ---- */
+
+/* A worker flips bytes of its own records while the collector reads them:
+ * a label name's byte between 'm' and '\n', a metric name's between 'r'
+ * and '\n', a label value's between 'G' and 0xff.  Whatever moment the
+ * reader copies at, each record is valid (and exposed) or corrupt (and
+ * skipped): no body may hold a byte that was not validated. */
+struct flipper {
+	unsigned char *at[3];
+	unsigned char good[3], bad[3];
+	uint64_t *rounds; /* in shared anonymous memory */
+};
+
+/* A forked process, as a worker is (and invisible to ThreadSanitizer, for
+ * which a thread's stores racing the reader's copies would be a report about
+ * the attack itself).  Runs until killed. */
+static void flip_loop(const struct flipper *f)
+{
+	/* relaxed: the bytes are the attack, not a protocol */
+	for (uint64_t k = 0;; k++) {
+		for (int i = 0; i < 3; i++)
+			__atomic_store_n(f->at[i], (k >> i) & 1 ? f->bad[i] : f->good[i], __ATOMIC_RELAXED);
+		for (volatile int spin = 0; spin < (int)(k % 7) * 8; spin++)
+			;
+		__atomic_store_n(f->rounds, k, __ATOMIC_RELAXED);
+	}
+}
+
+/* NULL when every line of the body is a well-formed exposition line, else
+ * the first bad one (in line, cap bytes). */
+static const char *bad_body_line(const char *body, size_t len, regex_t *re, char *line, size_t cap)
+{
+	if (!shmet_valid_utf8(body, len)) {
+		snprintf(line, cap, "(the body is not valid UTF-8)");
+		return line;
+	}
+	const char *p = body, *end = body + len;
+	while (p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		if (!nl) {
+			snprintf(line, cap, "(no newline at the end: \"%.*s\")", (int)(end - p), p);
+			return line;
+		}
+		size_t n = (size_t)(nl - p);
+		if (n >= cap)
+			n = cap - 1;
+		memcpy(line, p, n);
+		line[n] = 0;
+		if (regexec(re, line, 0, NULL, 0) != 0)
+			return line;
+		p = nl + 1;
+	}
+	return NULL;
+}
+
+static void test_reader_hostile_flipped_bytes_never_rendered(void **state)
+{
+	(void)state;
+	const char *p = tag_path("hdrw") /* shared, as above */;
+	unlink(p);
+	int ready[2], hold[2];
+	assert_int_equal(pipe(ready), 0);
+	assert_int_equal(pipe(hold), 0);
+	pid_t w = fork();
+	assert_true(w >= 0);
+	if (w == 0) {
+		close(ready[0]);
+		close(hold[1]);
+		struct shmet_options o = {p, HOSTILE_REGIONS, FUZZ_REGION_SIZE, 0, false};
+		shmet_family *f;
+		const char *l[] = {"method"};
+		if (shmet_init(&o) != SHMET_OK || shmet_counter_register(&f, "race_total", "Raced.", 1, l) != SHMET_OK)
+			_exit(1);
+		shmet_counter_inc(shmet_counter_labels(f, "GET"));
+		int idx = shmet_region_index();
+		if (write(ready[1], &idx, sizeof idx) != (ssize_t)sizeof idx)
+			_exit(2);
+		char c;
+		while (read(hold[0], &c, 1) < 0 && errno == EINTR)
+			;
+		_exit(0);
+	}
+	close(ready[1]);
+	close(hold[0]);
+	int idx = -1;
+	assert_int_equal(read(ready[0], &idx, sizeof idx), (ssize_t)sizeof idx);
+	close(ready[0]);
+	assert_true(idx >= 0);
+
+	static struct collector c;
+	struct collector_config cfg = {.segment = p, .listen_host = "127.0.0.1", .scan_interval = 1};
+	char err[256];
+	if (collector_open(&c, &cfg, err, sizeof err) != SHMET_OK)
+		fail_msg("collector_open: %s", err);
+	uint64_t fam = find_rec_in(&c.seg, (uint32_t)idx, SHMET_REC_FAMILY, "race_total", NULL);
+	uint64_t ser = find_rec_in(&c.seg, (uint32_t)idx, SHMET_REC_SERIES, "race_total", "GET");
+	assert_true(fam && ser);
+	unsigned char *rg = c.seg.map.base + c.seg.regions_off + (uint64_t)idx * c.seg.region_size;
+	unsigned char *name = rg + fam + sizeof(struct shmet_rec_family); /* no buckets: the name first */
+	unsigned char *label = name + strlen("race_total") + strlen("Raced.") + 2; /* after its u16 length */
+	unsigned char *value = rg + ser + sizeof(struct shmet_rec_series) + 2;
+	assert_int_equal(*name, 'r');
+	assert_int_equal(*label, 'm');
+	assert_int_equal(*value, 'G');
+	uint64_t *rounds = mmap(NULL, sizeof *rounds, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	assert_true(rounds != MAP_FAILED);
+	struct flipper fl = {{label, name, value}, {'m', 'r', 'G'}, {'\n', '\n', 0xff}, rounds};
+
+	regex_t re;
+	const char *line_re =
+		"^(# HELP [a-zA-Z_:][a-zA-Z0-9_:]* .*"
+		"|# TYPE [a-zA-Z_:][a-zA-Z0-9_:]* (counter|gauge|histogram|summary|unknown|untyped)"
+		"|# EOF"
+		"|[a-zA-Z_:][a-zA-Z0-9_:]*"
+		"(\\{[a-zA-Z_][a-zA-Z0-9_]*=\"([^\"\\\\]|\\\\.)*\"(,[a-zA-Z_][a-zA-Z0-9_]*=\"([^\"\\\\]|\\\\.)*\")*\\})?"
+		" [^ ]+)$";
+	assert_int_equal(regcomp(&re, line_re, REG_EXTENDED | REG_NOSUB), 0);
+	pid_t flipper = fork();
+	assert_true(flipper >= 0);
+	if (flipper == 0)
+		flip_loop(&fl);
+	shmet_buf b;
+	shmet_buf_init(&b);
+	char line[512];
+	const char *bad = NULL;
+	uint64_t builds = 0, shown = 0, t0 = shmet__now_ns(CLOCK_MONOTONIC);
+	while (!bad && shmet__now_ns(CLOCK_MONOTONIC) - t0 < 3000000000ull) {
+		struct view *v = view_build(&c);
+		if (!v)
+			continue;
+		for (int fmt = 0; fmt < 2 && !bad; fmt++) {
+			shmet_buf_reset(&b);
+			render_metrics(&c, v, &b, fmt ? SHMET_EXPO_OPENMETRICS : SHMET_EXPO_TEXT);
+			assert_false(b.oom);
+			bad = bad_body_line(b.data, b.len, &re, line, sizeof line);
+			if (memmem(b.data, b.len, "race_total{method=\"GET\"} 1", 26))
+				shown++;
+		}
+		view_free(v);
+		builds++;
+	}
+	kill(flipper, SIGKILL);
+	tsupport_wait(flipper);
+	uint64_t flips = __atomic_load_n(rounds, __ATOMIC_RELAXED);
+	munmap(rounds, sizeof *rounds);
+	shmet_buf_free(&b);
+	regfree(&re);
+	collector_close(&c);
+	close(hold[1]);
+	tsupport_wait(w);
+	if (bad)
+		fail_msg("after %llu builds (%llu flips), a body held the line \"%s\"", (unsigned long long)builds,
+			 (unsigned long long)flips, bad);
+	print_message("%llu builds, %llu flips, the series shown intact %llu times\n", (unsigned long long)builds,
+		      (unsigned long long)flips, (unsigned long long)shown);
+	assert_true(builds > 100 && flips > 1000);
+}
+
+/* ---- the segment file truncated under the collector (issue 11, item 4) ---- */
+
+static bool body_has(const shmet_buf *b, const char *text)
+{
+	return b->len && memmem(b->data, b->len, text, strlen(text)) != NULL;
+}
+
+/* Runs in a child (it installs a SIGBUS handler); exit status says which
+ * check failed. */
+static int truncated_child(const char *p)
+{
+	static struct collector c;
+	struct collector_config cfg = {.segment = p, .listen_host = "127.0.0.1", .scan_interval = 1};
+	char err[256];
+	if (collector_open(&c, &cfg, err, sizeof err) != SHMET_OK)
+		return 10;
+	uint64_t size = c.seg.map.size;
+	shmet_buf b;
+	shmet_buf_init(&b);
+	/* everything folded into the retired totals, at the file's far end */
+	if (!collector_render(&c, &b, SHMET_EXPO_TEXT) || !body_has(&b, "requests_total{method=\"GET\",code=\"200\"} 15"))
+		return 11;
+	int fd = open(p, O_RDWR);
+	if (fd < 0 || ftruncate(fd, 8192) != 0)
+		return 12;
+	/* 1. a render before any scan noticed: the guard catches the SIGBUS,
+	 * the render is done again below the file's end */
+	shmet_buf_reset(&b);
+	const struct view *before = c.view;
+	if (!collector_render(&c, &b, SHMET_EXPO_TEXT))
+		return 13;
+	if (__atomic_load_n(&collector_bus_errors, __ATOMIC_RELAXED) == 0)
+		return 14;
+	if (body_has(&b, "requests_total{") || !body_has(&b, "shmetricsd_series "))
+		return 15;
+	/* 2. the scan sees it, touches nothing, keeps the view, counts it */
+	collector_scan(&c);
+	if (!c.truncated || c.truncations != 1 || c.view != before || c.file_size != 8192)
+		return 16;
+	collector_scan(&c);
+	if (c.truncations != 1)
+		return 17; /* one event, not one per scan */
+	/* 3. renders now read nothing past the end: no more faults */
+	uint64_t faults = collector_bus_errors;
+	shmet_buf_reset(&b);
+	if (!collector_render(&c, &b, SHMET_EXPO_TEXT) || collector_bus_errors != faults)
+		return 18;
+	if (!body_has(&b, "shmetricsd_segment_truncations_total 1"))
+		return 19;
+	/* 4. outside a guard (the API's reads): a zero page, no death */
+	const struct view *v = view_enter(&c);
+	__atomic_store_n(&collector_seg_end, (uintptr_t)0, __ATOMIC_RELAXED); /* as if no check had run */
+	struct shmet_agg acc;
+	uint32_t zeros = 0;
+	for (uint32_t i = 0; i < v->nfamilies; i++)
+		for (uint32_t k = 0; k < v->families[i].nseries; k++) {
+			view_series_agg(&v->families[i], &v->families[i].series[k], &acc);
+			zeros += acc.whole == 0;
+		}
+	view_leave(&c);
+	if (collector_bus_errors == faults || zeros == 0)
+		return 20;
+	/* 5. the size comes back: ready again, the file mapped again */
+	if (ftruncate(fd, (off_t)size) != 0)
+		return 21;
+	collector_scan(&c);
+	if (c.truncated)
+		return 22;
+	uint64_t mark = UINT64_C(0x1122334455667788), off = size - SHMET_PAGE;
+	if (pwrite(fd, &mark, sizeof mark, (off_t)off) != (ssize_t)sizeof mark)
+		return 23;
+	uint64_t seen;
+	memcpy(&seen, c.seg.map.base + off, sizeof seen);
+	if (seen != mark)
+		return 24; /* still a private zero page */
+	close(fd);
+	shmet_buf_free(&b);
+	collector_close(&c);
+	return 0;
+}
+
+static void test_reader_hostile_truncated_under_collector_survived(void **state)
+{
+	(void)state;
+	const char *p = made("hdr", "clean") /* tsupport keeps 16 paths: share one */;
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0)
+		_exit(truncated_child(p));
+	int st = tsupport_wait(pid);
+	if (st != 0)
+		fail_msg("the collector %s %d after the segment was truncated (see truncated_child)",
+			 st > 128 ? "died of signal" : "failed check", st > 128 ? st - 128 : st);
+}
+
+/* The file's size flips between 8192 bytes and whole while the collector
+ * scans and renders in a loop: whatever instant a read lands on, it
+ * survives, and once the size stays it is ready and faultless again. */
+static int truncation_race_child(const char *p)
+{
+	static struct collector c;
+	struct collector_config cfg = {.segment = p, .listen_host = "127.0.0.1", .scan_interval = 1};
+	char err[256];
+	if (collector_open(&c, &cfg, err, sizeof err) != SHMET_OK)
+		return 10;
+	uint64_t size = c.seg.map.size;
+	pid_t cutter = fork();
+	if (cutter < 0)
+		return 11;
+	if (cutter == 0) {
+		int fd = open(p, O_RDWR);
+		for (unsigned k = 0;; k++) {
+			if (fd < 0 || ftruncate(fd, (k & 1) ? (off_t)size : 8192) != 0)
+				_exit(1);
+			for (volatile unsigned spin = 0; spin < (k % 13) * 500; spin++)
+				;
+		}
+	}
+	shmet_buf b;
+	shmet_buf_init(&b);
+	uint64_t t0 = shmet__now_ns(CLOCK_MONOTONIC), rounds = 0;
+	while (shmet__now_ns(CLOCK_MONOTONIC) - t0 < 1500000000ull) {
+		collector_scan(&c);
+		shmet_buf_reset(&b);
+		collector_render(&c, &b, SHMET_EXPO_TEXT);
+		rounds++;
+	}
+	kill(cutter, SIGKILL);
+	if (tsupport_wait(cutter) != 128 + SIGKILL)
+		return 12;
+	int fd = open(p, O_RDWR);
+	if (fd < 0 || ftruncate(fd, (off_t)size) != 0)
+		return 13;
+	close(fd);
+	collector_scan(&c);
+	if (c.truncated || c.truncations == 0)
+		return 14;
+	uint64_t faults = collector_bus_errors;
+	collector_scan(&c);
+	shmet_buf_reset(&b);
+	if (!collector_render(&c, &b, SHMET_EXPO_TEXT) || collector_bus_errors != faults)
+		return 15;
+	fprintf(stderr, "%llu scans and renders, %llu truncations seen, %llu bus errors caught\n",
+		(unsigned long long)rounds, (unsigned long long)c.truncations, (unsigned long long)faults);
+	shmet_buf_free(&b);
+	collector_close(&c);
+	return 0;
+}
+
+static void test_reader_hostile_truncation_race_survived(void **state)
+{
+	(void)state;
+	const char *p = made("hdr", "clean");
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0)
+		_exit(truncation_race_child(p));
+	int st = tsupport_wait(pid);
+	if (st != 0)
+		fail_msg("the collector %s %d while the segment's size flipped", st > 128 ? "died of signal" : "failed check",
+			 st > 128 ? st - 128 : st);
+}
+
 /* ---- command-line modes ---- */
 
 static volatile sig_atomic_t stop;
@@ -1257,6 +1671,11 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_reader_hostile_fold_stays_inside_inactive_half),
 		cmocka_unit_test(test_reader_hostile_every_damage_read_and_folded),
 		cmocka_unit_test(test_reader_hostile_random_damage_survived),
+		cmocka_unit_test(test_reader_hostile_header_rewritten_after_open_ignored),
+		cmocka_unit_test(test_reader_hostile_header_rewritten_writer_claims_safely),
+		cmocka_unit_test(test_reader_hostile_flipped_bytes_never_rendered),
+		cmocka_unit_test(test_reader_hostile_truncated_under_collector_survived),
+		cmocka_unit_test(test_reader_hostile_truncation_race_survived),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,5 +1,6 @@
 /* Opening segments: what is refused, and why. */
 #include "tsupport.h"
+#include "shmetrics.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -116,6 +117,119 @@ static void test_segment_symlink_refused(void **state)
 	expect_refused(link, SHMET_E_PERMISSION, "symbolic link");
 }
 
+/* Open path in a child bounded by an alarm: a blocking open (a FIFO with no
+ * writer) must not hang the test.  Returns the open's code, or 100 + the
+ * signal that ended the child. */
+static int open_bounded(const char *path, int flags, const struct shmet_seg_config *cfg, char *err)
+{
+	int pfd[2];
+	assert_int_equal(pipe(pfd), 0);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		close(pfd[0]);
+		alarm(5);
+		struct shmet_segment s;
+		char why[SHMET_ERRBUF] = "";
+		int rc = shmet_segment_open(path, flags, cfg, &s, why);
+		if (rc == SHMET_OK)
+			shmet_segment_close(&s);
+		if (write(pfd[1], why, sizeof why) < 0)
+			_exit(99);
+		_exit(-rc);
+	}
+	close(pfd[1]);
+	err[0] = 0;
+	ssize_t n = read(pfd[0], err, SHMET_ERRBUF);
+	if (n <= 0)
+		err[0] = 0;
+	err[SHMET_ERRBUF - 1] = 0;
+	close(pfd[0]);
+	int st = tsupport_wait(pid);
+	return st > 128 ? 100 + st - 128 : -st;
+}
+
+static void expect_type_refused(const char *path, const char *words)
+{
+	char err[SHMET_ERRBUF];
+	const int modes[] = {SHMET_ATTACH_READONLY, 0, SHMET_ATTACH_CREATE};
+	for (int i = 0; i < 3; i++) {
+		int rc = open_bounded(path, modes[i], &small, err);
+		if (rc != SHMET_E_PERMISSION)
+			fail_msg("%s (flags %d): expected %d, got %d (>100: killed by signal rc-100) \"%s\"", path, modes[i],
+				 SHMET_E_PERMISSION, rc, err);
+		if (!strstr(err, words) || !strstr(err, "not a regular file"))
+			fail_msg("%s: message \"%s\" lacks \"%s\"", path, err, words);
+	}
+}
+
+static void test_segment_fifo_directory_device_refused(void **state)
+{
+	(void)state;
+	const char *fifo = tsupport_segment("fifo");
+	assert_int_equal(mkfifo(fifo, 0600), 0);
+	expect_type_refused(fifo, "FIFO");
+	const char *dir = tsupport_segment("dir");
+	assert_int_equal(mkdir(dir, 0700), 0);
+	expect_type_refused(dir, "directory");
+	rmdir(dir);
+	expect_type_refused("/dev/null", "character device");
+}
+
+/* Root trusts no other user's segment unless told which one. */
+static void test_segment_other_owner_refused_unless_allowed(void **state)
+{
+	(void)state;
+	if (geteuid() != 0)
+		skip(); /* chown to another uid needs root */
+	const char *p = fresh("owner");
+	assert_int_equal(chown(p, 65534, 65534), 0);
+	char err[SHMET_ERRBUF];
+	const int modes[] = {SHMET_ATTACH_READONLY, 0, SHMET_ATTACH_CREATE};
+	for (int i = 0; i < 3; i++) {
+		int rc = open_bounded(p, modes[i], &small, err);
+		if (rc != SHMET_E_PERMISSION || !strstr(err, "owned by uid 65534"))
+			fail_msg("flags %d: expected %d \"owned by uid 65534\", got %d \"%s\"", modes[i], SHMET_E_PERMISSION,
+				 rc, err);
+	}
+	struct shmet_seg_config other = small;
+	other.allow_owner = 1;
+	other.owner_uid = 1234; /* another owner allowed: still refused */
+	assert_int_equal(open_bounded(p, 0, &other, err), SHMET_E_PERMISSION);
+	other.owner_uid = 65534;
+	for (int i = 0; i < 3; i++) {
+		int rc = open_bounded(p, modes[i], &other, err);
+		if (rc != SHMET_OK)
+			fail_msg("flags %d with owner 65534 allowed: got %d \"%s\"", modes[i], rc, err);
+	}
+	/* the writer: refused, then allowed by SHMETRICS_SEGMENT_OWNER */
+	for (int allow = 0; allow < 2; allow++) {
+		pid_t pid = fork();
+		assert_true(pid >= 0);
+		if (pid == 0) {
+			if (allow)
+				setenv(SHMET_ENV_SEGMENT_OWNER, "65534", 1);
+			else
+				unsetenv(SHMET_ENV_SEGMENT_OWNER);
+			struct shmet_options o = {p, 0, 0, 0, false};
+			int rc = shmet_init(&o);
+			if (rc != SHMET_OK)
+				fprintf(stderr, "writer (allow %d): %s\n", allow, shmet_last_error());
+			_exit(rc == SHMET_OK ? 0 : rc == SHMET_E_PERMISSION && strstr(shmet_last_error(), "65534") ? 1 : 2);
+		}
+		int st = tsupport_wait(pid);
+		if (st != (allow ? 0 : 1))
+			fail_msg("writer with%s SHMETRICS_SEGMENT_OWNER: exit %d", allow ? "" : "out", st);
+	}
+	pid_t pid = fork();
+	if (pid == 0) {
+		setenv(SHMET_ENV_SEGMENT_OWNER, "nobody", 1);
+		struct shmet_options o = {p, 0, 0, 0, false};
+		_exit(shmet_init(&o) == SHMET_E_INVALID_ARG ? 0 : 1);
+	}
+	assert_int_equal(tsupport_wait(pid), 0);
+}
+
 static void test_segment_group_mode_honoured(void **state)
 {
 	(void)state;
@@ -180,6 +294,8 @@ int main(void)
 		cmocka_unit_test(test_segment_world_writable_refused),
 		cmocka_unit_test(test_segment_symlink_refused),
 		cmocka_unit_test(test_segment_group_mode_honoured),
+		cmocka_unit_test(test_segment_fifo_directory_device_refused),
+		cmocka_unit_test(test_segment_other_owner_refused_unless_allowed),
 		cmocka_unit_test(test_segment_liveness_survives_other_close),
 		cmocka_unit_test(test_segment_second_collector_locked_out),
 	};

@@ -55,6 +55,8 @@ struct dump_opts {
 	double watch;       /* seconds between refreshes; 0: print once */
 	long count;         /* refreshes with --watch; 0: until interrupted */
 	int wait_ms;        /* how long to wait for a segment being created */
+	int allow_owner;    /* --segment-owner: also accept a segment owned by owner_uid */
+	uid_t owner_uid;
 };
 
 /* ---- small containers ---- */
@@ -561,9 +563,8 @@ static bool wanted_family(const struct dump *d, const char *name, size_t len)
 
 static void walk_family(struct walk *w, const struct shmet_record *r)
 {
-	const unsigned char *rec = w->a->base + r->fam.off;
 	struct shmet_rec_family raw;
-	memcpy(&raw, rec, sizeof raw);
+	memcpy(&raw, r->fam.rec, sizeof raw); /* the copy libshm validated */
 	if (raw.fam_rec.rec_flags != 0 || raw.fam_zero != 0)
 		walk_problem(w, "family %.*s at %u: reserved fields are not zero", (int)r->fam.name_len, r->fam.name,
 			     r->fam.off);
@@ -586,7 +587,7 @@ static void walk_series(struct walk *w, const struct shmet_record *r)
 	const struct shmet_area *a = w->a;
 	const struct shmet_series_view *s = &r->series;
 	struct shmet_rec_series raw;
-	memcpy(&raw, a->base + s->off, sizeof raw);
+	memcpy(&raw, s->rec, sizeof raw);
 	int name_len = (int)r->fam.name_len;
 	const char *name = r->fam.name;
 	bool ok = true;
@@ -1400,6 +1401,8 @@ static int dump_path(const struct dump_opts *o, FILE *out, char *err)
 	struct shmet_seg_config cfg;
 	memset(&cfg, 0, sizeof cfg);
 	cfg.wait_ms = o->wait_ms;
+	cfg.allow_owner = o->allow_owner;
+	cfg.owner_uid = o->owner_uid;
 	int rc = shmet_segment_open(o->path, SHMET_ATTACH_READONLY, &cfg, &seg, err);
 	if (rc != SHMET_OK)
 		return DUMP_EXIT_TROUBLE;
@@ -1441,6 +1444,7 @@ static void usage(FILE *o)
 		"  -f, --family NAME    show only families whose name matches NAME (a glob)\n"
 		"  -w, --watch SECONDS  refresh every SECONDS until interrupted\n"
 		"  -n, --count N        with --watch, stop after N refreshes\n"
+		"      --segment-owner UID  also accept a segment owned by this uid\n"
 		"  -h, --help           show this help and exit\n"
 		"  -V, --version        show the version and exit\n"
 		"\n"
@@ -1467,7 +1471,8 @@ int main(int argc, char **argv)
 		{"check", no_argument, NULL, 'c'},         {"region", required_argument, NULL, 'r'},
 		{"family", required_argument, NULL, 'f'},  {"watch", required_argument, NULL, 'w'},
 		{"count", required_argument, NULL, 'n'},   {"help", no_argument, NULL, 'h'},
-		{"version", no_argument, NULL, 'V'},       {NULL, 0, NULL, 0},
+		{"version", no_argument, NULL, 'V'},       {"segment-owner", required_argument, NULL, 'O'},
+		{NULL, 0, NULL, 0},
 	};
 	struct dump_opts o;
 	memset(&o, 0, sizeof o);
@@ -1511,6 +1516,13 @@ int main(int argc, char **argv)
 				fprintf(stderr, "shmetrics-dump: --count: \"%s\" is not a positive number\n", optarg);
 				return DUMP_EXIT_TROUBLE;
 			}
+			break;
+		case 'O':
+			if (shmet_parse_uid(optarg, &o.owner_uid) != 0) {
+				fprintf(stderr, "shmetrics-dump: --segment-owner: \"%s\" is not a numeric uid\n", optarg);
+				return DUMP_EXIT_TROUBLE;
+			}
+			o.allow_owner = 1;
 			break;
 		case 'h':
 			usage(stdout);
