@@ -470,15 +470,6 @@ static void shmet__atfork_child(void)
 		pthread_mutex_unlock(&shmet__st.mu);
 		return;
 	}
-	/* A fresh open file description: the inherited one carries the parent's
-	 * liveness lock, which this child must not keep alive. */
-	char proc[64];
-	snprintf(proc, sizeof proc, "/proc/self/fd/%d", shmet__st.map.fd);
-	int fd = open(proc, O_RDWR | O_CLOEXEC);
-	if (fd < 0)
-		fd = open(shmet__st.path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
-	close(shmet__st.map.fd);
-	shmet__st.map.fd = fd;
 	int parent = shmet__st.region;
 	/* The parent's directory (in its region, or in its sink when it had
 	 * none) goes to this child's private sink now, because the parent may
@@ -492,6 +483,32 @@ static void shmet__atfork_child(void)
 		memcpy((unsigned char *)shmet__st.sink + sizeof(struct shmet_region_header),
 		       from + sizeof(struct shmet_region_header), dir_end - sizeof(struct shmet_region_header));
 	shmet__st.deferred_parent = parent >= 0 ? (uint32_t)parent : SHMET_NO_PARENT;
+	/* A fresh open file description: the inherited one carries the parent's
+	 * liveness lock, which this child must not keep alive.  The kernel
+	 * drops an OFD lock with the last reference to its description, and
+	 * the inherited MAP_SHARED mapping holds one as much as the inherited
+	 * descriptor does: close the descriptor, and map the file again from
+	 * the new description at the same address (MAP_FIXED replaces the old
+	 * mapping in one step, so every pointer into it stays valid). */
+	char proc[64];
+	snprintf(proc, sizeof proc, "/proc/self/fd/%d", shmet__st.map.fd);
+	int fd = open(proc, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		fd = open(shmet__st.path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+	close(shmet__st.map.fd);
+	if (fd >= 0 && mmap(shmet__st.map.base, shmet__st.map.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
+			    fd, 0) == MAP_FAILED) {
+		close(fd);
+		fd = -1;
+	}
+	if (fd < 0) {
+		/* No description of its own: this child can neither own a region
+		 * nor keep the parent's mapping, so it lets the segment go. */
+		munmap(shmet__st.map.base, shmet__st.map.size);
+		shmet__st.map.base = NULL;
+		shmet__st.map.hdr = NULL;
+	}
+	shmet__st.map.fd = fd;
 	if (fd >= 0 && (!has_dir || shmet__st.sink))
 		__atomic_store_n(&shmet__base, (unsigned char *)NULL, __ATOMIC_RELAXED); /* claim at first write */
 	pthread_mutex_unlock(&shmet__st.mu);
@@ -521,6 +538,9 @@ static int shmet__init_locked(const struct shmet_options *o)
 	if (shmet__st.initialized) {
 		if (shmet__st.region >= 0)
 			return SHMET_OK;
+		if (!shmet__st.map.base)
+			return shmet__err(SHMET_E_SYS, "%s: this fork child could not open the segment again",
+					  shmet__st.path);
 		/* Retry: room may have freed.  Handles and nodes inherited at
 		 * fork are offsets into the parent's directory, which the sink
 		 * kept: the new region must start with it. */
