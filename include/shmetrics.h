@@ -16,12 +16,17 @@
  *
  * Options (compile time): none.  Environment: SHMETRICS_SEGMENT names the
  * segment (default /dev/shm/shmetrics); shmet_init() with options overrides.
+ * SHMETRICS_QUIET=1 silences the one line the writer prints on stderr (once
+ * per process) when its region is full or it has no region.
  *
  * Contract:
  *  - Registration and label lookup return an error code (0 or negative; see
  *    shmet_strerror, shmet_last_error) and never abort the host program.  On
  *    failure they still hand out a usable "fallback" handle whose writes are
  *    dropped and counted in the segment.
+ *  - A process without a region (the segment was full when it claimed) drops
+ *    every write, through any handle, and counts it in the segment header
+ *    (sh_dropped_orphan); it claims again about once a second, at a write.
  *  - Hot path (inc/add/set/observe through a handle): no syscall, no lock, no
  *    allocation; relaxed atomics on cells that only this process writes.
  *  - fork(): handles made before fork keep working in the child, which keeps
@@ -55,6 +60,9 @@ extern "C" {
 #endif
 
 typedef struct shmet_family shmet_family;
+
+/* Set (to anything but "0") to silence the writer's notices on stderr. */
+#define SHMET_ENV_QUIET "SHMETRICS_QUIET"
 
 /* Handles: offsets into the process's region, valid in fork children too.
  * off == 0 is the fallback handle (writes dropped and counted). */
@@ -360,12 +368,21 @@ static struct {
 	struct shmet__node **table;
 	size_t table_mask;
 	uint32_t deferred_parent; /* region of the parent a fork child came from */
-	void *sink; /* private memory that absorbs writes when a child got no region */
+	void *sink; /* private memory: the writes of a process without a region, and the
+		     * directory a fork child inherited until it claims one */
+	int orphan;        /* 1: no region; every write is dropped and counted (atomic) */
+	uint64_t retry_ns; /* an orphan claims again from this CLOCK_MONOTONIC time on (atomic) */
+	int said_orphan, said_full; /* the stderr notices, once per process (atomic) */
 	char path[4096];
 } shmet__st = {PTHREAD_MUTEX_INITIALIZER, 0, 0, {-1, 0, 0, NULL, 0, NULL}, -1, 0, 0, 0, 0, NULL, 0, NULL, 0,
-	       SHMET_NO_PARENT, NULL, {0}};
+	       SHMET_NO_PARENT, NULL, 0, 0, 0, 0, {0}};
 
 static __thread char shmet__errmsg[SHMET_ERRBUF];
+
+#define SHMET__RETRY_NS UINT64_C(1000000000) /* how often an orphan claims again */
+#define SHMET__NO_REGION                                                                             \
+	"no region in %s (%s): this process's writes are dropped and counted in "                   \
+	"shmetricsd_writes_dropped_total"
 
 const char *shmet_last_error(void) { return shmet__errmsg; }
 
@@ -379,21 +396,51 @@ static int shmet__err(int code, const char *fmt, ...)
 	return code;
 }
 
+static unsigned char *shmet__deferred(int writing);
+
 int shmet_region_index(void)
 {
 	if (!__atomic_load_n(&shmet__base, __ATOMIC_RELAXED) && shmet__st.initialized)
-		shmet__claim_deferred();
+		shmet__deferred(0);
 	return __atomic_load_n(&shmet__st.region, __ATOMIC_RELAXED);
+}
+
+/* A write made without a region: counted in the segment's header. */
+static void shmet__drop_orphan(void)
+{
+	/* relaxed: a statistic; the collector reads it whenever it scans.  The
+	 * header stays mapped for the life of the process once attached. */
+	if (shmet__st.map.hdr)
+		__atomic_fetch_add(&shmet__st.map.hdr->sh_dropped_orphan, 1, __ATOMIC_RELAXED);
 }
 
 void shmet__drop(void)
 {
-	/* relaxed: a statistic; the collector reads it whenever it scans. */
-	if (__atomic_load_n(&shmet__st.region, __ATOMIC_RELAXED) >= 0)
-		__atomic_fetch_add(&((struct shmet_region_header *)(void *)shmet__base)->rg_dropped, 1,
-				   __ATOMIC_RELAXED);
-	else if (shmet__st.map.hdr)
-		__atomic_fetch_add(&shmet__st.map.hdr->sh_dropped_orphan, 1, __ATOMIC_RELAXED);
+	/* relaxed, as in shmet__cell: a region once set stays this process's. */
+	unsigned char *b = __atomic_load_n(&shmet__base, __ATOMIC_RELAXED);
+	if (b) /* relaxed: a statistic, as above */
+		__atomic_fetch_add(&((struct shmet_region_header *)(void *)b)->rg_dropped, 1, __ATOMIC_RELAXED);
+	else
+		shmet__drop_orphan();
+}
+
+/* SHMETRICS_QUIET set (and not "0") silences the writer's stderr notices. */
+static void shmet__notice(int *said, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void shmet__notice(int *said, const char *fmt, ...)
+{
+	/* relaxed: only "once" matters, not what else this thread sees */
+	if (__atomic_exchange_n(said, 1, __ATOMIC_RELAXED))
+		return;
+	const char *q = getenv(SHMET_ENV_QUIET);
+	if (q && *q && strcmp(q, "0") != 0)
+		return;
+	char line[SHMET_ERRBUF + 512];
+	int n = snprintf(line, sizeof line, "shmetrics: pid %d: ", (int)getpid());
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "%s (set " SHMET_ENV_QUIET "=1 to silence this)\n", line);
 }
 
 static void shmet__use_region(uint32_t idx)
@@ -401,11 +448,13 @@ static void shmet__use_region(uint32_t idx)
 	unsigned char *rg = shmet_seg_region(&shmet__st.map, idx);
 	__atomic_store_n(&shmet__base, rg, __ATOMIC_RELAXED);
 	__atomic_store_n(&shmet__st.region, (int)idx, __ATOMIC_RELAXED);
+	/* relaxed: a thread that still sees 1 takes the locked path and finds the base */
+	__atomic_store_n(&shmet__st.orphan, 0, __ATOMIC_RELAXED);
 }
 
-/* Give a region-less process somewhere harmless to write through handles
- * that it inherited. */
-static void shmet__use_sink(void)
+/* Make the private sink (region_size bytes, of which only the pages written
+ * cost memory).  0 when it exists. */
+static int shmet__make_sink(void)
 {
 	if (!shmet__st.sink) {
 		/* A private map of /dev/zero is anonymous memory without
@@ -423,8 +472,24 @@ static void shmet__use_sink(void)
 			close(z);
 		shmet__st.sink = p == MAP_FAILED ? NULL : p;
 	}
-	__atomic_store_n(&shmet__base, (unsigned char *)shmet__st.sink, __ATOMIC_RELAXED);
+	return shmet__st.sink ? 0 : -1;
+}
+
+/* This process has no region: from now on its hot path keeps finding
+ * shmet__base NULL and calls shmet__deferred, which counts each write as
+ * dropped, hands out the sink to write to, and claims again now and then. */
+static void shmet__orphan_locked(void)
+{
+	if (shmet__make_sink() != 0)
+		abort(); /* nowhere to write: cannot happen unless mmap of private memory failed */
 	__atomic_store_n(&shmet__st.region, -1, __ATOMIC_RELAXED);
+	/* relaxed: decides only when some thread claims again */
+	__atomic_store_n(&shmet__st.retry_ns, shmet__now_ns(CLOCK_MONOTONIC) + SHMET__RETRY_NS, __ATOMIC_RELAXED);
+	/* release: the sink made above before the flag that hands it out
+	 * without the mutex (the acquire in shmet__deferred) */
+	__atomic_store_n(&shmet__st.orphan, 1, __ATOMIC_RELEASE);
+	shmet__notice(&shmet__st.said_orphan, SHMET__NO_REGION, shmet__st.path,
+		      shmet__errmsg[0] ? shmet__errmsg : "no segment");
 }
 
 static int shmet__claim_locked(uint32_t parent)
@@ -432,8 +497,11 @@ static int shmet__claim_locked(uint32_t parent)
 	char why[SHMET_ERRBUF];
 	uint32_t idx = 0;
 	int rc = shmet_seg_claim(&shmet__st.map, shmet__st.map.fd, parent, &idx, why);
-	if (rc != SHMET_OK)
-		return shmet__err(rc, "%s: %s", shmet__st.path, why);
+	if (rc != SHMET_OK) {
+		shmet__err(rc, "%s: %s", shmet__st.path, why);
+		shmet__notice(&shmet__st.said_orphan, SHMET__NO_REGION, shmet__st.path, why);
+		return rc;
+	}
 	shmet__use_region(idx);
 	shmet__st.dir_end = sizeof(struct shmet_region_header);
 	shmet__st.cell_low = shmet__st.region_size;
@@ -478,7 +546,8 @@ static void shmet__atfork_child(void)
 						 : (const unsigned char *)shmet__st.sink;
 	uint64_t dir_end = shmet__st.dir_end;
 	int has_dir = from && dir_end > sizeof(struct shmet_region_header);
-	shmet__use_sink();
+	__atomic_store_n(&shmet__st.region, -1, __ATOMIC_RELAXED); /* one thread now: relaxed is enough */
+	shmet__make_sink();
 	if (has_dir && shmet__st.sink && from != shmet__st.sink)
 		memcpy((unsigned char *)shmet__st.sink + sizeof(struct shmet_region_header),
 		       from + sizeof(struct shmet_region_header), dir_end - sizeof(struct shmet_region_header));
@@ -509,26 +578,55 @@ static void shmet__atfork_child(void)
 		shmet__st.map.hdr = NULL;
 	}
 	shmet__st.map.fd = fd;
-	if (fd >= 0 && (!has_dir || shmet__st.sink))
-		__atomic_store_n(&shmet__base, (unsigned char *)NULL, __ATOMIC_RELAXED); /* claim at first write */
+	/* A new process: it claims at its first write, and says once itself
+	 * when it cannot.  (If it cannot open the segment or its directory was
+	 * not kept, that first claim fails and it is an orphan.) */
+	__atomic_store_n(&shmet__base, (unsigned char *)NULL, __ATOMIC_RELAXED);
+	__atomic_store_n(&shmet__st.orphan, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&shmet__st.said_orphan, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&shmet__st.said_full, 0, __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&shmet__st.mu);
 }
 
 static int shmet__init_locked(const struct shmet_options *o);
 
-unsigned char *shmet__claim_deferred(void)
+/* The hot path found no region.  A fork child claims one now (at its first
+ * write); a process that has none (an orphan) counts the write as dropped,
+ * without a lock, and gets the sink to write to: one relaxed add, and a
+ * vDSO clock read that lets one thread claim again about once a second.
+ * writing: 0 when asked by shmet_region_index, which drops nothing. */
+static unsigned char *shmet__deferred(int writing)
 {
-	pthread_mutex_lock(&shmet__st.mu);
-	if (!__atomic_load_n(&shmet__base, __ATOMIC_RELAXED)) {
-		if (shmet__init_locked(NULL) != SHMET_OK)
-			shmet__use_sink(); /* no region: writes go nowhere, and never retry here */
-		if (!__atomic_load_n(&shmet__base, __ATOMIC_RELAXED))
-			abort(); /* no sink either: nowhere to write; cannot happen unless mmap of a page failed */
+	/* acquire: pairs with the release in shmet__orphan_locked, so the sink is visible */
+	if (__atomic_load_n(&shmet__st.orphan, __ATOMIC_ACQUIRE)) {
+		uint64_t now = shmet__now_ns(CLOCK_MONOTONIC);
+		/* relaxed: the CAS only elects the thread that claims again; the
+		 * claim itself runs under the mutex */
+		uint64_t next = __atomic_load_n(&shmet__st.retry_ns, __ATOMIC_RELAXED);
+		if (now < next || !__atomic_compare_exchange_n(&shmet__st.retry_ns, &next, now + SHMET__RETRY_NS, 0,
+							       __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+			if (writing)
+				shmet__drop_orphan();
+			return (unsigned char *)shmet__st.sink;
+		}
 	}
+	pthread_mutex_lock(&shmet__st.mu);
 	unsigned char *b = __atomic_load_n(&shmet__base, __ATOMIC_RELAXED);
+	if (!b) {
+		if (shmet__init_locked(NULL) == SHMET_OK)
+			b = __atomic_load_n(&shmet__base, __ATOMIC_RELAXED);
+		else
+			shmet__orphan_locked();
+	}
 	pthread_mutex_unlock(&shmet__st.mu);
-	return b;
+	if (b)
+		return b;
+	if (writing)
+		shmet__drop_orphan();
+	return (unsigned char *)shmet__st.sink;
 }
+
+unsigned char *shmet__claim_deferred(void) { return shmet__deferred(1); }
 
 static int shmet__init_locked(const struct shmet_options *o)
 {
@@ -599,6 +697,14 @@ int shmet_init(const struct shmet_options *o)
 	int rc = shmet__init_locked(o);
 	pthread_mutex_unlock(&shmet__st.mu);
 	return rc;
+}
+
+static void shmet__notice_full(void)
+{
+	shmet__notice(&shmet__st.said_full,
+		      "region %d of %s is full (%llu bytes): new families and series get fallback handles, whose "
+		      "writes are dropped and counted (shmetricsd_writes_dropped_total)",
+		      shmet__st.region, shmet__st.path, (unsigned long long)shmet__st.region_size);
 }
 
 /* Reserve a directory record of size bytes and, when cells > 0, cells below
@@ -819,6 +925,7 @@ static int shmet__register_locked(const struct shmet_family_spec *s, shmet_famil
 	unsigned char *rec = shmet__reserve(size, 0, NULL);
 	if (!rec) {
 		shmet__free_family(f);
+		shmet__notice_full();
 		return shmet__err(SHMET_E_REGION_FULL, "no room for family \"%s\" in region %d (%llu bytes)", name,
 				  shmet__st.region, (unsigned long long)shmet__st.region_size);
 	}
@@ -976,6 +1083,7 @@ static int shmet__create_series_locked(shmet_family *f, uint64_t h, const char *
 		for (uint32_t i = 0; i < f->nlabels; i++)
 			free(n->values[i]);
 		free(n);
+		shmet__notice_full();
 		return shmet__err(SHMET_E_REGION_FULL, "no room for a series of \"%s\" in region %d (%llu bytes)",
 				  f->name, shmet__st.region, (unsigned long long)shmet__st.region_size);
 	}
