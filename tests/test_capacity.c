@@ -657,6 +657,60 @@ static void test_capacity_orphan_claims_again_when_a_region_frees(void **state)
 	tsupport_fold(seg);
 }
 
+static char *slurp(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return NULL;
+	char *buf = calloc(1, 65536);
+	if (buf)
+		buf[fread(buf, 1, 65535, f)] = 0;
+	fclose(f);
+	return buf;
+}
+
+/* Lost writes are not silent: shmetrics-dump --check lists the drop and
+ * claim-failure counters and a dead region nothing folds as problems (exit
+ * 1), and a collector started on the segment logs them at its first scan. */
+static void test_capacity_losses_reported_by_check_and_collector(void **state)
+{
+	(void)state;
+	tsupport_fold(seg);
+	struct seg_stats st;
+	read_stats(&st);
+	assert_true(st.dropped_orphan > 0 && st.claim_failures > 0 && st.info[master_region].dropped > 0);
+	spawn_holder(1);
+	release_last_holder(); /* a dead region, and no collector to fold it */
+
+	char cmd[512], *out = NULL;
+	snprintf(cmd, sizeof cmd, "%s --check %s 2>&1", tsupport_bin("shmetrics-dump"), seg);
+	int rc = tsupport_run(cmd, &out);
+	char orphan[96], claims[96], region[96];
+	snprintf(orphan, sizeof orphan, "problem: header: %llu writes dropped by processes that had no region",
+		 (unsigned long long)st.dropped_orphan);
+	snprintf(claims, sizeof claims, "problem: header: %llu attempts to claim a region failed",
+		 (unsigned long long)st.claim_failures);
+	snprintf(region, sizeof region, "problem: region %d (pid %u): %llu writes dropped", master_region,
+		 st.info[master_region].pid, (unsigned long long)st.info[master_region].dropped);
+	int found = strstr(out, orphan) && strstr(out, claims) && strstr(out, region) &&
+		    strstr(out, "not yet folded and no collector is running");
+	if (rc != 1 || !found)
+		fail_msg("--check: expected exit 1 listing \"%s\", \"%s\", \"%s\" and the unfolded dead region; got exit %d:\n%s",
+			 orphan, claims, region, rc, out);
+	free(out);
+
+	struct tdaemon d;
+	assert_int_equal(tsupport_daemon_start(&d, seg, NULL), 0);
+	char *log = slurp(d.log);
+	int stopped = tsupport_daemon_stop(&d, 0);
+	char *line = log ? strstr(log, "writes dropped: ") : NULL;
+	if (!line || !strstr(line, "region claims failed: "))
+		fail_msg("collector log: expected a line \"writes dropped: N (+N), region claims failed: M (+M)\", got:\n%s",
+			 log ? log : "(no log)");
+	assert_int_equal(stopped, 0);
+	free(log);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -666,6 +720,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_capacity_late_claim_keeps_inherited_handles, teardown_holders),
 		cmocka_unit_test_teardown(test_capacity_orphan_writes_counted_and_said_once, teardown_holders),
 		cmocka_unit_test_teardown(test_capacity_orphan_claims_again_when_a_region_frees, teardown_holders),
+		cmocka_unit_test_teardown(test_capacity_losses_reported_by_check_and_collector, teardown_holders),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown_holders);
 }
