@@ -129,8 +129,23 @@ shmet_counter shmet_counter_new(const char *name, const char *help);
 shmet_gauge shmet_gauge_new(const char *name, const char *help, enum shmet_gauge_mode mode);
 
 /* Called by the hot path for a dropped write (fallback handle, NaN, negative
- * counter add): counts it in the segment. */
+ * counter add, an add_u64 past SHMET_COUNTER_ADD_MAX): counts it in the
+ * segment. */
 void shmet__drop(void);
+
+/* A counter's whole-increments cell never wraps: an add that would take it
+ * past SHMET_COUNTER_WHOLE_MAX (2^63) leaves it there (saturates), so a
+ * counter never goes down.  Concurrent small adds of this process may pass
+ * it for a moment before they pull it back; a reader takes
+ * min(cell, SHMET_COUNTER_WHOLE_MAX). */
+#define SHMET_COUNTER_WHOLE_MAX (UINT64_C(1) << 63)
+/* The largest increment shmet_counter_add_u64 takes: 2^53, the integers a
+ * double holds exactly.  A larger one, such as a negative difference cast
+ * to uint64_t, is refused (dropped and counted). */
+#define SHMET_COUNTER_ADD_MAX (UINT64_C(1) << 53)
+/* Slow paths of shmet__add_whole: an add of 2^32 or more, and saturation. */
+void shmet__add_whole_big(uint64_t *cell, uint64_t n);
+void shmet__saturate(uint64_t *cell);
 
 /* The hot path reads one process-global pointer: this process's region. */
 extern unsigned char *shmet__base;
@@ -148,6 +163,21 @@ static inline uint64_t *shmet__cell(uint32_t off)
 	if (SHMET__UNLIKELY(!b))
 		b = shmet__claim_deferred();
 	return (uint64_t *)(void *)(b + off);
+}
+
+/* Add n (at most SHMET_COUNTER_ADD_MAX) to a whole-increments cell. */
+static inline void shmet__add_whole(uint64_t *cell, uint64_t n)
+{
+	if (SHMET__UNLIKELY(n > UINT32_MAX)) {
+		shmet__add_whole_big(cell, n);
+		return;
+	}
+	/* relaxed: a counter needs atomicity, not ordering.  Each add that
+	 * passes the maximum pulls the cell back, so it is over by less than
+	 * 2^32 per thread adding at that moment: never near 2^64. */
+	uint64_t old = __atomic_fetch_add(cell, n, __ATOMIC_RELAXED);
+	if (SHMET__UNLIKELY(old > SHMET_COUNTER_WHOLE_MAX - n))
+		shmet__saturate(cell);
 }
 
 static inline void shmet__add_double(uint64_t *cell, double v)
@@ -170,13 +200,14 @@ static inline void shmet_counter_inc(shmet_counter c)
 	__atomic_fetch_add(shmet__cell(c.off), 1, __ATOMIC_RELAXED);
 }
 
+/* n up to SHMET_COUNTER_ADD_MAX; more is refused (dropped and counted). */
 static inline void shmet_counter_add_u64(shmet_counter c, uint64_t n)
 {
-	if (SHMET__UNLIKELY(c.off == 0)) {
+	if (SHMET__UNLIKELY(c.off == 0 || n > SHMET_COUNTER_ADD_MAX)) {
 		shmet__drop();
 		return;
 	}
-	__atomic_fetch_add(shmet__cell(c.off), n, __ATOMIC_RELAXED);
+	shmet__add_whole(shmet__cell(c.off), n);
 }
 
 /* Negative and NaN increments are refused (dropped and counted). */
@@ -187,7 +218,7 @@ static inline void shmet_counter_add(shmet_counter c, double v)
 		return;
 	}
 	if (v < 9007199254740992.0 && v == (double)(uint64_t)v)
-		__atomic_fetch_add(shmet__cell(c.off), (uint64_t)v, __ATOMIC_RELAXED);
+		shmet__add_whole(shmet__cell(c.off), (uint64_t)v);
 	else
 		shmet__add_double(shmet__cell(c.off) + 1, v);
 }
@@ -403,6 +434,26 @@ int shmet_region_index(void)
 	if (!__atomic_load_n(&shmet__base, __ATOMIC_RELAXED) && shmet__st.initialized)
 		shmet__deferred(0);
 	return __atomic_load_n(&shmet__st.region, __ATOMIC_RELAXED);
+}
+
+void shmet__saturate(uint64_t *cell)
+{
+	/* relaxed: as every add to the cell; only the value matters */
+	uint64_t cur = __atomic_load_n(cell, __ATOMIC_RELAXED);
+	while (cur > SHMET_COUNTER_WHOLE_MAX &&
+	       !__atomic_compare_exchange_n(cell, &cur, SHMET_COUNTER_WHOLE_MAX, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+	}
+}
+
+void shmet__add_whole_big(uint64_t *cell, uint64_t n)
+{
+	/* relaxed CAS loop: never past the maximum, not even for a moment */
+	uint64_t cur = __atomic_load_n(cell, __ATOMIC_RELAXED), next;
+	do {
+		next = cur >= SHMET_COUNTER_WHOLE_MAX || n > SHMET_COUNTER_WHOLE_MAX - cur ? SHMET_COUNTER_WHOLE_MAX
+											   : cur + n;
+	} while (next != cur &&
+		 !__atomic_compare_exchange_n(cell, &cur, next, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
 }
 
 /* A write made without a region: counted in the segment's header. */
