@@ -14,10 +14,12 @@
  *   ... fork() ...
  *   shmet_counter_inc(ok);                                 // in any worker, any thread
  *
- * Options (compile time): none.  Environment: SHMETRICS_SEGMENT names the
- * segment (default /dev/shm/shmetrics); shmet_init() with options overrides.
- * SHMETRICS_QUIET=1 silences the one line the writer prints on stderr (once
- * per process) when its region is full or it has no region.
+ * Options (compile time): SHMETRICS_EXPORT_WRITER gives the writer's symbols
+ * default visibility (they are hidden otherwise: see SHMET__API below).
+ * Environment: SHMETRICS_SEGMENT names the segment (default
+ * /dev/shm/shmetrics); shmet_init() with options overrides.  SHMETRICS_QUIET=1
+ * silences the one line the writer prints on stderr (once per process) when
+ * its region is full or it has no region.
  *
  * Contract:
  *  - Registration and label lookup return an error code (0 or negative; see
@@ -59,6 +61,20 @@ extern "C" {
 #define SHMET__UNLIKELY(x) (x)
 #endif
 
+/* The writer's process-wide symbols (its functions and shmet__base) have
+ * hidden visibility: each executable or shared object that compiles the
+ * implementation has a writer of its own, which a same-named writer in
+ * another object (two modules of one server) can neither interpose nor be
+ * mixed with, and a -fPIC hot path reads shmet__base without the GOT.
+ * Define SHMETRICS_EXPORT_WRITER (in every file that includes this header)
+ * to give them default visibility instead: for a shared library whose one
+ * writer other objects of the process use through this header. */
+#if defined(__GNUC__) && !defined(SHMETRICS_EXPORT_WRITER) && !defined(_WIN32)
+#define SHMET__API __attribute__((visibility("hidden")))
+#else
+#define SHMET__API
+#endif
+
 typedef struct shmet_family shmet_family;
 
 /* Set (to anything but "0") to silence the writer's notices on stderr. */
@@ -94,44 +110,44 @@ struct shmet_family_spec {
 /* Attach (creating the segment when absent) and claim this process's region.
  * Called implicitly by the first registration with NULL options; calling it
  * again after success returns 0. */
-int shmet_init(const struct shmet_options *options);
+SHMET__API int shmet_init(const struct shmet_options *options);
 /* The reason for this thread's last failed call, or "". */
-const char *shmet_last_error(void);
+SHMET__API const char *shmet_last_error(void);
 /* Index of this process's region, or -1. */
-int shmet_region_index(void);
+SHMET__API int shmet_region_index(void);
 
-int shmet_register(const struct shmet_family_spec *spec, shmet_family **out);
-int shmet_counter_register(shmet_family **out, const char *name, const char *help, size_t nlabels,
-			   const char *const *label_names);
-int shmet_gauge_register(shmet_family **out, const char *name, const char *help,
-			 enum shmet_gauge_mode mode, size_t nlabels, const char *const *label_names);
-int shmet_histogram_register(shmet_family **out, const char *name, const char *help,
-			     const double *buckets, size_t nbuckets, size_t nlabels,
-			     const char *const *label_names);
-int shmet_summary_register(shmet_family **out, const char *name, const char *help, size_t nlabels,
-			   const char *const *label_names);
+SHMET__API int shmet_register(const struct shmet_family_spec *spec, shmet_family **out);
+SHMET__API int shmet_counter_register(shmet_family **out, const char *name, const char *help, size_t nlabels,
+				      const char *const *label_names);
+SHMET__API int shmet_gauge_register(shmet_family **out, const char *name, const char *help,
+				    enum shmet_gauge_mode mode, size_t nlabels, const char *const *label_names);
+SHMET__API int shmet_histogram_register(shmet_family **out, const char *name, const char *help,
+					const double *buckets, size_t nbuckets, size_t nlabels,
+					const char *const *label_names);
+SHMET__API int shmet_summary_register(shmet_family **out, const char *name, const char *help, size_t nlabels,
+				      const char *const *label_names);
 
 /* Series lookup by label values (an array of family's nlabels strings; NULL
  * for a family without labels).  Lock-free when the series exists. */
-int shmet_series_lookup(shmet_family *f, const char *const *values, uint32_t *off);
-shmet_counter shmet_counter_get(shmet_family *f, const char *const *values);
-shmet_gauge shmet_gauge_get(shmet_family *f, const char *const *values);
-shmet_histogram shmet_histogram_get(shmet_family *f, const char *const *values);
-shmet_summary shmet_summary_get(shmet_family *f, const char *const *values);
+SHMET__API int shmet_series_lookup(shmet_family *f, const char *const *values, uint32_t *off);
+SHMET__API shmet_counter shmet_counter_get(shmet_family *f, const char *const *values);
+SHMET__API shmet_gauge shmet_gauge_get(shmet_family *f, const char *const *values);
+SHMET__API shmet_histogram shmet_histogram_get(shmet_family *f, const char *const *values);
+SHMET__API shmet_summary shmet_summary_get(shmet_family *f, const char *const *values);
 /* The same with the label values as arguments, exactly nlabels of them. */
-shmet_counter shmet_counter_labels(shmet_family *f, ...);
-shmet_gauge shmet_gauge_labels(shmet_family *f, ...);
-shmet_histogram shmet_histogram_labels(shmet_family *f, ...);
-shmet_summary shmet_summary_labels(shmet_family *f, ...);
+SHMET__API shmet_counter shmet_counter_labels(shmet_family *f, ...);
+SHMET__API shmet_gauge shmet_gauge_labels(shmet_family *f, ...);
+SHMET__API shmet_histogram shmet_histogram_labels(shmet_family *f, ...);
+SHMET__API shmet_summary shmet_summary_labels(shmet_family *f, ...);
 
 /* Unlabelled shortcuts: register and return the one series. */
-shmet_counter shmet_counter_new(const char *name, const char *help);
-shmet_gauge shmet_gauge_new(const char *name, const char *help, enum shmet_gauge_mode mode);
+SHMET__API shmet_counter shmet_counter_new(const char *name, const char *help);
+SHMET__API shmet_gauge shmet_gauge_new(const char *name, const char *help, enum shmet_gauge_mode mode);
 
 /* Called by the hot path for a dropped write (fallback handle, NaN, negative
  * counter add, an add_u64 past SHMET_COUNTER_ADD_MAX): counts it in the
  * segment. */
-void shmet__drop(void);
+SHMET__API void shmet__drop(void);
 
 /* A counter's whole-increments cell never wraps: an add that would take it
  * past SHMET_COUNTER_WHOLE_MAX (2^63) leaves it there (saturates), so a
@@ -144,15 +160,15 @@ void shmet__drop(void);
  * to uint64_t, is refused (dropped and counted). */
 #define SHMET_COUNTER_ADD_MAX (UINT64_C(1) << 53)
 /* Slow paths of shmet__add_whole: an add of 2^32 or more, and saturation. */
-void shmet__add_whole_big(uint64_t *cell, uint64_t n);
-void shmet__saturate(uint64_t *cell);
+SHMET__API void shmet__add_whole_big(uint64_t *cell, uint64_t n);
+SHMET__API void shmet__saturate(uint64_t *cell);
 
 /* The hot path reads one process-global pointer: this process's region. */
-extern unsigned char *shmet__base;
+extern SHMET__API unsigned char *shmet__base;
 
 /* A fork child claims its region at its first write (or registration),
  * not at fork: a child that only exec()s never takes one. */
-unsigned char *shmet__claim_deferred(void);
+SHMET__API unsigned char *shmet__claim_deferred(void);
 
 static inline uint64_t *shmet__cell(uint32_t off)
 {
