@@ -10,6 +10,7 @@
 #include "shmetrics.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -546,6 +547,33 @@ static int orphan_increments(void)
 	return shmet_region_index() == -1 ? 0 : 2;
 }
 
+#define ORPHAN_THREADS 4
+#define ORPHAN_PER_THREAD 300000 /* with a pause every 200: over a second, so claims are retried meanwhile */
+
+static void *orphan_thread(void *arg)
+{
+	(void)arg;
+	for (int n = 0; n < ORPHAN_PER_THREAD; n++) {
+		shmet_counter_inc(kept[1]);
+		if (n % 200 == 0) {
+			struct timespec ms = {0, 1000000};
+			nanosleep(&ms, NULL);
+		}
+	}
+	return NULL;
+}
+
+static int orphan_threads(void)
+{
+	pthread_t t[ORPHAN_THREADS];
+	for (int i = 0; i < ORPHAN_THREADS; i++)
+		if (pthread_create(&t[i], NULL, orphan_thread, NULL) != 0)
+			return 3;
+	for (int i = 0; i < ORPHAN_THREADS; i++)
+		pthread_join(t[i], NULL);
+	return shmet_region_index() == -1 ? 0 : 2;
+}
+
 static size_t count_lines(const char *text, const char *needle)
 {
 	size_t n = 0;
@@ -581,6 +609,24 @@ static void test_capacity_orphan_writes_counted_and_said_once(void **state)
 				 quiet ? "nothing" : "one \"no region\" line naming SHMETRICS_QUIET", text);
 		free(text);
 	}
+	/* threads of one orphan: every write counted once, none lost */
+	struct seg_stats before, after;
+	read_stats(&before);
+	char *text = NULL;
+	int st = run_orphan(orphan_threads, 0, &text);
+	read_stats(&after);
+	if (st != 0)
+		fail_msg("threaded orphan child: expected exit 0, got %d (2: it got a region)", st);
+	uint64_t got = after.dropped_orphan - before.dropped_orphan;
+	if (got != (uint64_t)ORPHAN_THREADS * ORPHAN_PER_THREAD)
+		fail_msg("sh_dropped_orphan (%d threads): expected +%llu, got +%llu", ORPHAN_THREADS,
+			 (unsigned long long)ORPHAN_THREADS * ORPHAN_PER_THREAD, (unsigned long long)got);
+	if (count_lines(text, "no region in") != 1)
+		fail_msg("stderr (%d threads): expected one \"no region\" line, got \"%s\"", ORPHAN_THREADS, text);
+	if (after.claim_failures - before.claim_failures < 2)
+		fail_msg("sh_claim_failures: expected the first claim and at least one retry, got +%llu",
+			 (unsigned long long)(after.claim_failures - before.claim_failures));
+	free(text);
 	check_kept(5 + 7 + 7);
 }
 
