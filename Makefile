@@ -96,9 +96,10 @@ $(LIBSHM_A): $(call obj,$(LIBSHM_SRC))
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
-$(LIBSHM_SO): $(call obj,$(LIBSHM_SRC))
+$(LIBSHM_SO): $(call obj,$(LIBSHM_SRC)) libshm/libshmetrics.map
 	@mkdir -p $(dir $@)
-	$(CC) -shared -Wl,-soname,libshmetrics.so.0 $(LDFLAGS_ALL) -o $@ $^
+	$(CC) -shared -Wl,-soname,libshmetrics.so.0 -Wl,--version-script=libshm/libshmetrics.map $(LDFLAGS_ALL) \
+	  -o $@ $(filter %.o,$^)
 
 $(COLLECTOR_A): $(call obj,$(COLLECTOR_SRC))
 	@mkdir -p $(dir $@)

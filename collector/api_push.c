@@ -516,6 +516,11 @@ static bool get_number(struct req *r, uint32_t idx, const char *field, json_t *j
 			add_error(r, idx, field, "negative", "a counter increment must be >= 0");
 			return false;
 		}
+		/* the writer refuses more (a count never wraps): say so here */
+		if (need_nonneg && (uint64_t)i > SHMET_COUNTER_ADD_MAX) {
+			add_error(r, idx, field, "too_large", "a counter increment must be at most 2^53 (9007199254740992)");
+			return false;
+		}
 		it->is_int = i >= 0;
 		it->u = (uint64_t)i;
 		it->v = (double)i;
@@ -532,6 +537,10 @@ static bool get_number(struct req *r, uint32_t idx, const char *field, json_t *j
 	}
 	if (need_nonneg && !(v >= 0)) {
 		add_error(r, idx, field, "negative", "a counter increment must be >= 0");
+		return false;
+	}
+	if (need_nonneg && v > (double)SHMET_COUNTER_ADD_MAX) {
+		add_error(r, idx, field, "too_large", "a counter increment must be at most 2^53 (9007199254740992)");
 		return false;
 	}
 	it->is_int = false;

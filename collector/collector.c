@@ -228,6 +228,50 @@ static uint64_t fingerprint(struct collector *c)
 static struct shmet_fold_result fold_res;
 static uint64_t last_fingerprint;
 
+/* Lost writes and failed claims, logged when they rise: at the first scan
+ * that sees them (a restarted collector too), then at most once a minute,
+ * with the rise since the last line. */
+#define LOSS_LOG_INTERVAL_NS (UINT64_C(60) * 1000000000u)
+static uint64_t logged_dropped, logged_claims, loss_logged_ns;
+static bool loss_logged;
+
+static void log_losses(struct collector *c)
+{
+	struct shmet_segment *seg = &c->seg;
+	const struct shmet_retired_header *rh = shmet_retired_header(seg, shmet_retired_active(seg));
+	/* relaxed: statistics; every writer adds with relaxed atomics.  Only
+	 * this thread folds, so a region is counted either here or in rh_dropped. */
+	uint64_t dropped = __atomic_load_n(&rh->rh_dropped, __ATOMIC_RELAXED) +
+			   __atomic_load_n(&seg->map.hdr->sh_dropped_orphan, __ATOMIC_RELAXED);
+	for (uint32_t i = 0; i < seg->regions; i++) {
+		struct shmet_region_info info;
+		shmet_region_info(seg, i, &info);
+		if (info.state == SHMET_REGION_LIVE &&
+		    __atomic_load_n(&rh->rh_folded_gen[i], __ATOMIC_RELAXED) != info.generation)
+			dropped += info.dropped;
+	}
+	uint64_t claims = __atomic_load_n(&seg->map.hdr->sh_claim_failures, __ATOMIC_RELAXED);
+	uint64_t now = shmet__now_ns(CLOCK_MONOTONIC);
+	/* any worker can write these: a total below the last one logged is
+	 * not a rise, and is not logged either */
+	if ((dropped <= logged_dropped && claims <= logged_claims) ||
+	    (loss_logged && now - loss_logged_ns < LOSS_LOG_INTERVAL_NS))
+		return;
+	collector_log("writes dropped: %llu (+%llu), region claims failed: %llu (+%llu); see "
+		      "shmetricsd_writes_dropped_total and shmetricsd_region_claim_failures_total, and "
+		      "shmetrics-dump --check",
+		      (unsigned long long)dropped,
+		      (unsigned long long)(dropped > logged_dropped ? dropped - logged_dropped : 0),
+		      (unsigned long long)claims, (unsigned long long)(claims > logged_claims ? claims - logged_claims : 0));
+	if (dropped > logged_dropped)
+		logged_dropped = dropped;
+	if (claims > logged_claims)
+		logged_claims = claims;
+	loss_logged_ns = now;
+	loss_logged = true;
+}
+
+
 /* Test-only fault injection: the next N view builds fail as if memory ran out. */
 unsigned collector_test_fail_view_builds;
 
@@ -258,6 +302,7 @@ static bool scan_guarded(struct collector *c)
 	 * the folded regions until a view of the new half replaces it: folding
 	 * again would overwrite that half under its readers, and freeing the
 	 * regions would take their cells away.  So a flip waits for its view. */
+	log_losses(c);
 	if (!c->flip_unpublished) {
 		int rc = shmet_fold_dead(&c->seg, &fold_res);
 		note_fold(c, rc);

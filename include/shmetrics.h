@@ -14,8 +14,12 @@
  *   ... fork() ...
  *   shmet_counter_inc(ok);                                 // in any worker, any thread
  *
- * Options (compile time): none.  Environment: SHMETRICS_SEGMENT names the
- * segment (default /dev/shm/shmetrics); shmet_init() with options overrides.
+ * Options (compile time): SHMETRICS_EXPORT_WRITER gives the writer's symbols
+ * default visibility (they are hidden otherwise: see SHMET__API below).
+ * Environment: SHMETRICS_SEGMENT names the segment (default
+ * /dev/shm/shmetrics); shmet_init() with options overrides.  SHMETRICS_QUIET=1
+ * silences the one line the writer prints on stderr (once per process) when
+ * its region is full or it has no region.
  * An existing segment owned by another user is refused (root included)
  * unless SHMETRICS_SEGMENT_OWNER=<uid> names that owner.
  *
@@ -24,6 +28,9 @@
  *    shmet_strerror, shmet_last_error) and never abort the host program.  On
  *    failure they still hand out a usable "fallback" handle whose writes are
  *    dropped and counted in the segment.
+ *  - A process without a region (the segment was full when it claimed) drops
+ *    every write, through any handle, and counts it in the segment header
+ *    (sh_dropped_orphan); it claims again about once a second, at a write.
  *  - Hot path (inc/add/set/observe through a handle): no syscall, no lock, no
  *    allocation; relaxed atomics on cells that only this process writes.
  *  - fork(): handles made before fork keep working in the child, which keeps
@@ -56,7 +63,24 @@ extern "C" {
 #define SHMET__UNLIKELY(x) (x)
 #endif
 
+/* The writer's process-wide symbols (its functions and shmet__base) have
+ * hidden visibility: each executable or shared object that compiles the
+ * implementation has a writer of its own, which a same-named writer in
+ * another object (two modules of one server) can neither interpose nor be
+ * mixed with, and a -fPIC hot path reads shmet__base without the GOT.
+ * Define SHMETRICS_EXPORT_WRITER (in every file that includes this header)
+ * to give them default visibility instead: for a shared library whose one
+ * writer other objects of the process use through this header. */
+#if defined(__GNUC__) && !defined(SHMETRICS_EXPORT_WRITER) && !defined(_WIN32)
+#define SHMET__API __attribute__((visibility("hidden")))
+#else
+#define SHMET__API
+#endif
+
 typedef struct shmet_family shmet_family;
+
+/* Set (to anything but "0") to silence the writer's notices on stderr. */
+#define SHMET_ENV_QUIET "SHMETRICS_QUIET"
 
 /* Handles: offsets into the process's region, valid in fork children too.
  * off == 0 is the fallback handle (writes dropped and counted). */
@@ -88,50 +112,65 @@ struct shmet_family_spec {
 /* Attach (creating the segment when absent) and claim this process's region.
  * Called implicitly by the first registration with NULL options; calling it
  * again after success returns 0. */
-int shmet_init(const struct shmet_options *options);
+SHMET__API int shmet_init(const struct shmet_options *options);
 /* The reason for this thread's last failed call, or "". */
-const char *shmet_last_error(void);
+SHMET__API const char *shmet_last_error(void);
 /* Index of this process's region, or -1. */
-int shmet_region_index(void);
+SHMET__API int shmet_region_index(void);
 
-int shmet_register(const struct shmet_family_spec *spec, shmet_family **out);
-int shmet_counter_register(shmet_family **out, const char *name, const char *help, size_t nlabels,
-			   const char *const *label_names);
-int shmet_gauge_register(shmet_family **out, const char *name, const char *help,
-			 enum shmet_gauge_mode mode, size_t nlabels, const char *const *label_names);
-int shmet_histogram_register(shmet_family **out, const char *name, const char *help,
-			     const double *buckets, size_t nbuckets, size_t nlabels,
-			     const char *const *label_names);
-int shmet_summary_register(shmet_family **out, const char *name, const char *help, size_t nlabels,
-			   const char *const *label_names);
+SHMET__API int shmet_register(const struct shmet_family_spec *spec, shmet_family **out);
+SHMET__API int shmet_counter_register(shmet_family **out, const char *name, const char *help, size_t nlabels,
+				      const char *const *label_names);
+SHMET__API int shmet_gauge_register(shmet_family **out, const char *name, const char *help,
+				    enum shmet_gauge_mode mode, size_t nlabels, const char *const *label_names);
+SHMET__API int shmet_histogram_register(shmet_family **out, const char *name, const char *help,
+					const double *buckets, size_t nbuckets, size_t nlabels,
+					const char *const *label_names);
+SHMET__API int shmet_summary_register(shmet_family **out, const char *name, const char *help, size_t nlabels,
+				      const char *const *label_names);
 
 /* Series lookup by label values (an array of family's nlabels strings; NULL
  * for a family without labels).  Lock-free when the series exists. */
-int shmet_series_lookup(shmet_family *f, const char *const *values, uint32_t *off);
-shmet_counter shmet_counter_get(shmet_family *f, const char *const *values);
-shmet_gauge shmet_gauge_get(shmet_family *f, const char *const *values);
-shmet_histogram shmet_histogram_get(shmet_family *f, const char *const *values);
-shmet_summary shmet_summary_get(shmet_family *f, const char *const *values);
+SHMET__API int shmet_series_lookup(shmet_family *f, const char *const *values, uint32_t *off);
+SHMET__API shmet_counter shmet_counter_get(shmet_family *f, const char *const *values);
+SHMET__API shmet_gauge shmet_gauge_get(shmet_family *f, const char *const *values);
+SHMET__API shmet_histogram shmet_histogram_get(shmet_family *f, const char *const *values);
+SHMET__API shmet_summary shmet_summary_get(shmet_family *f, const char *const *values);
 /* The same with the label values as arguments, exactly nlabels of them. */
-shmet_counter shmet_counter_labels(shmet_family *f, ...);
-shmet_gauge shmet_gauge_labels(shmet_family *f, ...);
-shmet_histogram shmet_histogram_labels(shmet_family *f, ...);
-shmet_summary shmet_summary_labels(shmet_family *f, ...);
+SHMET__API shmet_counter shmet_counter_labels(shmet_family *f, ...);
+SHMET__API shmet_gauge shmet_gauge_labels(shmet_family *f, ...);
+SHMET__API shmet_histogram shmet_histogram_labels(shmet_family *f, ...);
+SHMET__API shmet_summary shmet_summary_labels(shmet_family *f, ...);
 
 /* Unlabelled shortcuts: register and return the one series. */
-shmet_counter shmet_counter_new(const char *name, const char *help);
-shmet_gauge shmet_gauge_new(const char *name, const char *help, enum shmet_gauge_mode mode);
+SHMET__API shmet_counter shmet_counter_new(const char *name, const char *help);
+SHMET__API shmet_gauge shmet_gauge_new(const char *name, const char *help, enum shmet_gauge_mode mode);
 
 /* Called by the hot path for a dropped write (fallback handle, NaN, negative
- * counter add): counts it in the segment. */
-void shmet__drop(void);
+ * counter add, an add_u64 past SHMET_COUNTER_ADD_MAX): counts it in the
+ * segment. */
+SHMET__API void shmet__drop(void);
+
+/* A counter's whole-increments cell never wraps: an add that would take it
+ * past SHMET_COUNTER_WHOLE_MAX (2^63) leaves it there (saturates), so a
+ * counter never goes down.  Concurrent small adds of this process may pass
+ * it for a moment before they pull it back; a reader takes
+ * min(cell, SHMET_COUNTER_WHOLE_MAX). */
+#define SHMET_COUNTER_WHOLE_MAX (UINT64_C(1) << 63)
+/* The largest increment shmet_counter_add_u64 takes: 2^53, the integers a
+ * double holds exactly.  A larger one, such as a negative difference cast
+ * to uint64_t, is refused (dropped and counted). */
+#define SHMET_COUNTER_ADD_MAX (UINT64_C(1) << 53)
+/* Slow paths of shmet__add_whole: an add of 2^32 or more, and saturation. */
+SHMET__API void shmet__add_whole_big(uint64_t *cell, uint64_t n);
+SHMET__API void shmet__saturate(uint64_t *cell);
 
 /* The hot path reads one process-global pointer: this process's region. */
-extern unsigned char *shmet__base;
+extern SHMET__API unsigned char *shmet__base;
 
 /* A fork child claims its region at its first write (or registration),
  * not at fork: a child that only exec()s never takes one. */
-unsigned char *shmet__claim_deferred(void);
+SHMET__API unsigned char *shmet__claim_deferred(void);
 
 static inline uint64_t *shmet__cell(uint32_t off)
 {
@@ -142,6 +181,21 @@ static inline uint64_t *shmet__cell(uint32_t off)
 	if (SHMET__UNLIKELY(!b))
 		b = shmet__claim_deferred();
 	return (uint64_t *)(void *)(b + off);
+}
+
+/* Add n (at most SHMET_COUNTER_ADD_MAX) to a whole-increments cell. */
+static inline void shmet__add_whole(uint64_t *cell, uint64_t n)
+{
+	if (SHMET__UNLIKELY(n > UINT32_MAX)) {
+		shmet__add_whole_big(cell, n);
+		return;
+	}
+	/* relaxed: a counter needs atomicity, not ordering.  Each add that
+	 * passes the maximum pulls the cell back, so it is over by less than
+	 * 2^32 per thread adding at that moment: never near 2^64. */
+	uint64_t old = __atomic_fetch_add(cell, n, __ATOMIC_RELAXED);
+	if (SHMET__UNLIKELY(old > SHMET_COUNTER_WHOLE_MAX - n))
+		shmet__saturate(cell);
 }
 
 static inline void shmet__add_double(uint64_t *cell, double v)
@@ -164,13 +218,14 @@ static inline void shmet_counter_inc(shmet_counter c)
 	__atomic_fetch_add(shmet__cell(c.off), 1, __ATOMIC_RELAXED);
 }
 
+/* n up to SHMET_COUNTER_ADD_MAX; more is refused (dropped and counted). */
 static inline void shmet_counter_add_u64(shmet_counter c, uint64_t n)
 {
-	if (SHMET__UNLIKELY(c.off == 0)) {
+	if (SHMET__UNLIKELY(c.off == 0 || n > SHMET_COUNTER_ADD_MAX)) {
 		shmet__drop();
 		return;
 	}
-	__atomic_fetch_add(shmet__cell(c.off), n, __ATOMIC_RELAXED);
+	shmet__add_whole(shmet__cell(c.off), n);
 }
 
 /* Negative and NaN increments are refused (dropped and counted). */
@@ -181,7 +236,7 @@ static inline void shmet_counter_add(shmet_counter c, double v)
 		return;
 	}
 	if (v < 9007199254740992.0 && v == (double)(uint64_t)v)
-		__atomic_fetch_add(shmet__cell(c.off), (uint64_t)v, __ATOMIC_RELAXED);
+		shmet__add_whole(shmet__cell(c.off), (uint64_t)v);
 	else
 		shmet__add_double(shmet__cell(c.off) + 1, v);
 }
@@ -364,12 +419,21 @@ static struct {
 	struct shmet__node **table;
 	size_t table_mask;
 	uint32_t deferred_parent; /* region of the parent a fork child came from */
-	void *sink; /* private memory that absorbs writes when a child got no region */
+	void *sink; /* private memory: the writes of a process without a region, and the
+		     * directory a fork child inherited until it claims one */
+	int orphan;        /* 1: no region; every write is dropped and counted (atomic) */
+	uint64_t retry_ns; /* an orphan claims again from this CLOCK_MONOTONIC time on (atomic) */
+	int said_orphan, said_full; /* the stderr notices, once per process (atomic) */
 	char path[4096];
 } shmet__st = {PTHREAD_MUTEX_INITIALIZER, 0, 0, {-1, 0, 0, NULL, 0, NULL, 0, 0, 0, 0, 0, 0, 0, 0}, -1, 0, 0, 0, 0, NULL, 0,
-	       NULL, 0, SHMET_NO_PARENT, NULL, {0}};
+	       NULL, 0, SHMET_NO_PARENT, NULL, 0, 0, 0, 0, {0}};
 
 static __thread char shmet__errmsg[SHMET_ERRBUF];
+
+#define SHMET__RETRY_NS UINT64_C(1000000000) /* how often an orphan claims again */
+#define SHMET__NO_REGION                                                                             \
+	"no region in %s (%s): this process's writes are dropped and counted in "                   \
+	"shmetricsd_writes_dropped_total"
 
 const char *shmet_last_error(void) { return shmet__errmsg; }
 
@@ -383,21 +447,71 @@ static int shmet__err(int code, const char *fmt, ...)
 	return code;
 }
 
+static unsigned char *shmet__deferred(int writing);
+
 int shmet_region_index(void)
 {
 	if (!__atomic_load_n(&shmet__base, __ATOMIC_RELAXED) && shmet__st.initialized)
-		shmet__claim_deferred();
+		shmet__deferred(0);
 	return __atomic_load_n(&shmet__st.region, __ATOMIC_RELAXED);
+}
+
+void shmet__saturate(uint64_t *cell)
+{
+	/* relaxed: as every add to the cell; only the value matters */
+	uint64_t cur = __atomic_load_n(cell, __ATOMIC_RELAXED);
+	while (cur > SHMET_COUNTER_WHOLE_MAX &&
+	       !__atomic_compare_exchange_n(cell, &cur, SHMET_COUNTER_WHOLE_MAX, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+	}
+}
+
+void shmet__add_whole_big(uint64_t *cell, uint64_t n)
+{
+	/* relaxed CAS loop: never past the maximum, not even for a moment */
+	uint64_t cur = __atomic_load_n(cell, __ATOMIC_RELAXED), next;
+	do {
+		next = cur >= SHMET_COUNTER_WHOLE_MAX || n > SHMET_COUNTER_WHOLE_MAX - cur ? SHMET_COUNTER_WHOLE_MAX
+											   : cur + n;
+	} while (next != cur &&
+		 !__atomic_compare_exchange_n(cell, &cur, next, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+}
+
+/* A write made without a region: counted in the segment's header. */
+static void shmet__drop_orphan(void)
+{
+	/* relaxed: a statistic; the collector reads it whenever it scans.  The
+	 * header stays mapped for the life of the process once attached. */
+	if (shmet__st.map.hdr)
+		__atomic_fetch_add(&shmet__st.map.hdr->sh_dropped_orphan, 1, __ATOMIC_RELAXED);
 }
 
 void shmet__drop(void)
 {
-	/* relaxed: a statistic; the collector reads it whenever it scans. */
-	if (__atomic_load_n(&shmet__st.region, __ATOMIC_RELAXED) >= 0)
-		__atomic_fetch_add(&((struct shmet_region_header *)(void *)shmet__base)->rg_dropped, 1,
-				   __ATOMIC_RELAXED);
-	else if (shmet__st.map.hdr)
-		__atomic_fetch_add(&shmet__st.map.hdr->sh_dropped_orphan, 1, __ATOMIC_RELAXED);
+	/* relaxed, as in shmet__cell: a region once set stays this process's. */
+	unsigned char *b = __atomic_load_n(&shmet__base, __ATOMIC_RELAXED);
+	if (b) /* relaxed: a statistic, as above */
+		__atomic_fetch_add(&((struct shmet_region_header *)(void *)b)->rg_dropped, 1, __ATOMIC_RELAXED);
+	else
+		shmet__drop_orphan();
+}
+
+/* SHMETRICS_QUIET set (and not "0") silences the writer's stderr notices. */
+static void shmet__notice(int *said, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void shmet__notice(int *said, const char *fmt, ...)
+{
+	/* relaxed: only "once" matters, not what else this thread sees */
+	if (__atomic_exchange_n(said, 1, __ATOMIC_RELAXED))
+		return;
+	const char *q = getenv(SHMET_ENV_QUIET);
+	if (q && *q && strcmp(q, "0") != 0)
+		return;
+	char line[SHMET_ERRBUF + 512];
+	int n = snprintf(line, sizeof line, "shmetrics: pid %d: ", (int)getpid());
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "%s (set " SHMET_ENV_QUIET "=1 to silence this)\n", line);
 }
 
 static void shmet__use_region(uint32_t idx)
@@ -405,11 +519,13 @@ static void shmet__use_region(uint32_t idx)
 	unsigned char *rg = shmet_seg_region(&shmet__st.map, idx);
 	__atomic_store_n(&shmet__base, rg, __ATOMIC_RELAXED);
 	__atomic_store_n(&shmet__st.region, (int)idx, __ATOMIC_RELAXED);
+	/* relaxed: a thread that still sees 1 takes the locked path and finds the base */
+	__atomic_store_n(&shmet__st.orphan, 0, __ATOMIC_RELAXED);
 }
 
-/* Give a region-less process somewhere harmless to write through handles
- * that it inherited. */
-static void shmet__use_sink(void)
+/* Make the private sink (region_size bytes, of which only the pages written
+ * cost memory).  0 when it exists. */
+static int shmet__make_sink(void)
 {
 	if (!shmet__st.sink) {
 		/* A private map of /dev/zero is anonymous memory without
@@ -427,8 +543,24 @@ static void shmet__use_sink(void)
 			close(z);
 		shmet__st.sink = p == MAP_FAILED ? NULL : p;
 	}
-	__atomic_store_n(&shmet__base, (unsigned char *)shmet__st.sink, __ATOMIC_RELAXED);
+	return shmet__st.sink ? 0 : -1;
+}
+
+/* This process has no region: from now on its hot path keeps finding
+ * shmet__base NULL and calls shmet__deferred, which counts each write as
+ * dropped, hands out the sink to write to, and claims again now and then. */
+static void shmet__orphan_locked(void)
+{
+	if (shmet__make_sink() != 0)
+		abort(); /* nowhere to write: cannot happen unless mmap of private memory failed */
 	__atomic_store_n(&shmet__st.region, -1, __ATOMIC_RELAXED);
+	/* relaxed: decides only when some thread claims again */
+	__atomic_store_n(&shmet__st.retry_ns, shmet__now_ns(CLOCK_MONOTONIC) + SHMET__RETRY_NS, __ATOMIC_RELAXED);
+	/* release: the sink made above before the flag that hands it out
+	 * without the mutex (the acquire in shmet__deferred) */
+	__atomic_store_n(&shmet__st.orphan, 1, __ATOMIC_RELEASE);
+	shmet__notice(&shmet__st.said_orphan, SHMET__NO_REGION, shmet__st.path,
+		      shmet__errmsg[0] ? shmet__errmsg : "no segment");
 }
 
 static int shmet__claim_locked(uint32_t parent)
@@ -436,8 +568,11 @@ static int shmet__claim_locked(uint32_t parent)
 	char why[SHMET_ERRBUF];
 	uint32_t idx = 0;
 	int rc = shmet_seg_claim(&shmet__st.map, shmet__st.map.fd, parent, &idx, why);
-	if (rc != SHMET_OK)
-		return shmet__err(rc, "%s: %s", shmet__st.path, why);
+	if (rc != SHMET_OK) {
+		shmet__err(rc, "%s: %s", shmet__st.path, why);
+		shmet__notice(&shmet__st.said_orphan, SHMET__NO_REGION, shmet__st.path, why);
+		return rc;
+	}
 	shmet__use_region(idx);
 	shmet__st.dir_end = sizeof(struct shmet_region_header);
 	shmet__st.cell_low = shmet__st.region_size;
@@ -474,15 +609,6 @@ static void shmet__atfork_child(void)
 		pthread_mutex_unlock(&shmet__st.mu);
 		return;
 	}
-	/* A fresh open file description: the inherited one carries the parent's
-	 * liveness lock, which this child must not keep alive. */
-	char proc[64];
-	snprintf(proc, sizeof proc, "/proc/self/fd/%d", shmet__st.map.fd);
-	int fd = open(proc, O_RDWR | O_CLOEXEC);
-	if (fd < 0)
-		fd = open(shmet__st.path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
-	close(shmet__st.map.fd);
-	shmet__st.map.fd = fd;
 	int parent = shmet__st.region;
 	/* The parent's directory (in its region, or in its sink when it had
 	 * none) goes to this child's private sink now, because the parent may
@@ -491,31 +617,87 @@ static void shmet__atfork_child(void)
 						 : (const unsigned char *)shmet__st.sink;
 	uint64_t dir_end = shmet__st.dir_end;
 	int has_dir = from && dir_end > sizeof(struct shmet_region_header);
-	shmet__use_sink();
+	__atomic_store_n(&shmet__st.region, -1, __ATOMIC_RELAXED); /* one thread now: relaxed is enough */
+	shmet__make_sink();
 	if (has_dir && shmet__st.sink && from != shmet__st.sink)
 		memcpy((unsigned char *)shmet__st.sink + sizeof(struct shmet_region_header),
 		       from + sizeof(struct shmet_region_header), dir_end - sizeof(struct shmet_region_header));
 	shmet__st.deferred_parent = parent >= 0 ? (uint32_t)parent : SHMET_NO_PARENT;
-	if (fd >= 0 && (!has_dir || shmet__st.sink))
-		__atomic_store_n(&shmet__base, (unsigned char *)NULL, __ATOMIC_RELAXED); /* claim at first write */
+	/* A fresh open file description: the inherited one carries the parent's
+	 * liveness lock, which this child must not keep alive.  The kernel
+	 * drops an OFD lock with the last reference to its description, and
+	 * the inherited MAP_SHARED mapping holds one as much as the inherited
+	 * descriptor does: close the descriptor, and map the file again from
+	 * the new description at the same address (MAP_FIXED replaces the old
+	 * mapping in one step, so every pointer into it stays valid). */
+	char proc[64];
+	snprintf(proc, sizeof proc, "/proc/self/fd/%d", shmet__st.map.fd);
+	int fd = open(proc, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		fd = open(shmet__st.path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+	close(shmet__st.map.fd);
+	if (fd >= 0 && mmap(shmet__st.map.base, shmet__st.map.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
+			    fd, 0) == MAP_FAILED) {
+		close(fd);
+		fd = -1;
+	}
+	if (fd < 0) {
+		/* No description of its own: this child can neither own a region
+		 * nor keep the parent's mapping, so it lets the segment go. */
+		munmap(shmet__st.map.base, shmet__st.map.size);
+		shmet__st.map.base = NULL;
+		shmet__st.map.hdr = NULL;
+	}
+	shmet__st.map.fd = fd;
+	/* A new process: it claims at its first write, and says once itself
+	 * when it cannot.  (If it cannot open the segment or its directory was
+	 * not kept, that first claim fails and it is an orphan.) */
+	__atomic_store_n(&shmet__base, (unsigned char *)NULL, __ATOMIC_RELAXED);
+	__atomic_store_n(&shmet__st.orphan, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&shmet__st.said_orphan, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&shmet__st.said_full, 0, __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&shmet__st.mu);
 }
 
 static int shmet__init_locked(const struct shmet_options *o);
 
-unsigned char *shmet__claim_deferred(void)
+/* The hot path found no region.  A fork child claims one now (at its first
+ * write); a process that has none (an orphan) counts the write as dropped,
+ * without a lock, and gets the sink to write to: one relaxed add, and a
+ * vDSO clock read that lets one thread claim again about once a second.
+ * writing: 0 when asked by shmet_region_index, which drops nothing. */
+static unsigned char *shmet__deferred(int writing)
 {
-	pthread_mutex_lock(&shmet__st.mu);
-	if (!__atomic_load_n(&shmet__base, __ATOMIC_RELAXED)) {
-		if (shmet__init_locked(NULL) != SHMET_OK)
-			shmet__use_sink(); /* no region: writes go nowhere, and never retry here */
-		if (!__atomic_load_n(&shmet__base, __ATOMIC_RELAXED))
-			abort(); /* no sink either: nowhere to write; cannot happen unless mmap of a page failed */
+	/* acquire: pairs with the release in shmet__orphan_locked, so the sink is visible */
+	if (__atomic_load_n(&shmet__st.orphan, __ATOMIC_ACQUIRE)) {
+		uint64_t now = shmet__now_ns(CLOCK_MONOTONIC);
+		/* relaxed: the CAS only elects the thread that claims again; the
+		 * claim itself runs under the mutex */
+		uint64_t next = __atomic_load_n(&shmet__st.retry_ns, __ATOMIC_RELAXED);
+		if (now < next || !__atomic_compare_exchange_n(&shmet__st.retry_ns, &next, now + SHMET__RETRY_NS, 0,
+							       __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+			if (writing)
+				shmet__drop_orphan();
+			return (unsigned char *)shmet__st.sink;
+		}
 	}
+	pthread_mutex_lock(&shmet__st.mu);
 	unsigned char *b = __atomic_load_n(&shmet__base, __ATOMIC_RELAXED);
+	if (!b) {
+		if (shmet__init_locked(NULL) == SHMET_OK)
+			b = __atomic_load_n(&shmet__base, __ATOMIC_RELAXED);
+		else
+			shmet__orphan_locked();
+	}
 	pthread_mutex_unlock(&shmet__st.mu);
-	return b;
+	if (b)
+		return b;
+	if (writing)
+		shmet__drop_orphan();
+	return (unsigned char *)shmet__st.sink;
 }
+
+unsigned char *shmet__claim_deferred(void) { return shmet__deferred(1); }
 
 static int shmet__init_locked(const struct shmet_options *o)
 {
@@ -525,6 +707,9 @@ static int shmet__init_locked(const struct shmet_options *o)
 	if (shmet__st.initialized) {
 		if (shmet__st.region >= 0)
 			return SHMET_OK;
+		if (!shmet__st.map.base)
+			return shmet__err(SHMET_E_SYS, "%s: this fork child could not open the segment again",
+					  shmet__st.path);
 		/* Retry: room may have freed.  Handles and nodes inherited at
 		 * fork are offsets into the parent's directory, which the sink
 		 * kept: the new region must start with it. */
@@ -590,6 +775,14 @@ int shmet_init(const struct shmet_options *o)
 	int rc = shmet__init_locked(o);
 	pthread_mutex_unlock(&shmet__st.mu);
 	return rc;
+}
+
+static void shmet__notice_full(void)
+{
+	shmet__notice(&shmet__st.said_full,
+		      "region %d of %s is full (%llu bytes): new families and series get fallback handles, whose "
+		      "writes are dropped and counted (shmetricsd_writes_dropped_total)",
+		      shmet__st.region, shmet__st.path, (unsigned long long)shmet__st.region_size);
 }
 
 /* Reserve a directory record of size bytes and, when cells > 0, cells below
@@ -910,6 +1103,7 @@ static int shmet__register_locked(const struct shmet_family_spec *s, shmet_famil
 	unsigned char *dst = shmet__reserve(size, 0, NULL);
 	if (!dst) {
 		shmet__free_family(f);
+		shmet__notice_full();
 		return shmet__err(SHMET_E_REGION_FULL, "no room for family \"%s\" in region %d (%llu bytes)", name,
 				  shmet__st.region, (unsigned long long)shmet__st.region_size);
 	}
@@ -1050,6 +1244,7 @@ static int shmet__create_series_locked(shmet_family *f, uint64_t h, const char *
 		for (uint32_t i = 0; i < f->nlabels; i++)
 			free(n->values[i]);
 		free(n);
+		shmet__notice_full();
 		return shmet__err(SHMET_E_REGION_FULL, "no room for a series of \"%s\" in region %d (%llu bytes)",
 				  f->name, shmet__st.region, (unsigned long long)shmet__st.region_size);
 	}

@@ -57,11 +57,15 @@
  *  rs_state_gen = generation << 8 | state.  The generation grows by one at each
  *  claim, so (region, generation) names one owner for ever.
  *  Liveness: the owner holds an open-file-description write lock
- *  (F_OFD_SETLK) on the first byte of its slot.  The kernel drops it when the
- *  owner dies (kill -9 included); closing some other descriptor of the file
- *  does not drop it (unlike a classic POSIX lock); a fork child closes its
- *  inherited descriptor so it never keeps its parent's lock alive.  A LIVE
- *  slot whose byte is not locked belongs to a dead owner.
+ *  (F_OFD_SETLK) on the first byte of its slot.  The kernel drops it with the
+ *  last reference to that description, which is the owner's death (kill -9
+ *  included) as long as nobody else holds one; closing some other descriptor
+ *  of the file does not drop it (unlike a classic POSIX lock).  A descriptor
+ *  and a MAP_SHARED mapping made from it are both references, and fork
+ *  copies both: a fork child must close its inherited descriptor and replace
+ *  its inherited mapping (the writer opens the file again and maps it over
+ *  the old mapping with MAP_FIXED), or it keeps its parent "live" until the
+ *  child exits.  A LIVE slot whose byte is not locked belongs to a dead owner.
  *
  * FAMILY REGISTRY (registry_size bytes at registry_off): a region-format
  * area without cells (a 64-byte region header, then FAMILY records, the

@@ -360,6 +360,12 @@ post custom '{"name":"t_x","type":"gauge","vaule":1}'
 jcheck "an unknown sample field is a 422 naming it" 422 "any(e['field'] == 'vaule' for e in j['errors'])"
 post custom '{"name":"t_jobs","type":"counter","labels":{"queue":"a"},"inc":-1}'
 jcheck "a negative counter inc is a 422" 422 "err()['field'] == 'inc'" "err()['code'] == 'negative'"
+post custom '{"name":"t_jobs","type":"counter","labels":{"queue":"a"},"inc":9007199254740993}'
+jcheck "a counter inc past 2^53 is a 422" 422 "err()['field'] == 'inc'" "err()['code'] == 'too_large'"
+post custom '{"name":"t_jobs","type":"counter","labels":{"queue":"a"},"inc":9223372036854775807}'
+jcheck "a counter inc of 2^63-1 is a 422" 422 "err()['code'] == 'too_large'"
+post custom '{"name":"t_jobs","type":"counter","labels":{"queue":"a"},"inc":1e300}'
+jcheck "a real counter inc past 2^53 is a 422" 422 "err()['code'] == 'too_large'"
 post custom '{"name":"t_jobs","type":"counter","labels":{"queue":"a"},"value":5}'
 jcheck "a counter value (not inc) is a 422" 422 "err()['field'] == 'value'"
 post custom '{"name":"t_h2","type":"histogram","buckets":[1,1,2],"observe":1}'

@@ -10,6 +10,7 @@
 #include "shmetrics.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -302,8 +303,9 @@ static void test_capacity_region_full_fallback_counted(void **state)
 }
 
 /* With every region claimed, a further child gets none: it is told so,
- * writes through inherited handles land in private memory, and writes
- * through fallback handles are counted as orphan drops. */
+ * and every write it makes, through inherited handles (which land in
+ * private memory) and through fallback handles alike, is counted as an
+ * orphan drop. */
 static void test_capacity_segment_full_child_orphaned_counted(void **state)
 {
 	(void)state;
@@ -317,7 +319,8 @@ static void test_capacity_segment_full_child_orphaned_counted(void **state)
 			fail_msg("region %d: expected live and owned, got state %u alive %d", i, before.info[i].state,
 				 before.info[i].alive);
 
-	const uint64_t orphan_drops = 9;
+	/* 6 writes x 1000 through inherited handles, 1 more, 9 through fallbacks */
+	const uint64_t orphan_drops = 6000 + 1 + 9;
 	pid_t pid = fork();
 	assert_true(pid >= 0);
 	if (pid == 0) {
@@ -329,7 +332,7 @@ static void test_capacity_segment_full_child_orphaned_counted(void **state)
 			_exit(2);
 		if (!strstr(shmet_last_error(), "regions are in use"))
 			_exit(3);
-		/* inherited handles: harmless private memory */
+		/* inherited handles: harmless private memory, each write counted */
 		for (int n = 0; n < 1000; n++) {
 			shmet_counter_inc(kept[0]);
 			shmet_counter_add(kept[1], 0.25);
@@ -344,7 +347,7 @@ static void test_capacity_segment_full_child_orphaned_counted(void **state)
 		shmet_gauge_set((shmet_gauge){0, 0}, 1);
 		shmet_histogram_observe((shmet_histogram){0, 0, NULL}, 1);
 		shmet_summary_observe((shmet_summary){0}, 1);
-		shmet_counter_inc(kept[0]); /* still harmless after the above */
+		shmet_counter_inc(kept[0]); /* still harmless (and counted) after the above */
 		/* registration is refused: no region to write the family to */
 		shmet_family *f = (shmet_family *)1;
 		int rc = shmet_counter_register(&f, "orphan_total", "h", 0, NULL);
@@ -503,6 +506,257 @@ static void test_capacity_late_claim_keeps_inherited_handles(void **state)
 	check_kept(5 + 7 + 7);
 }
 
+
+/* Run fn in a child with stderr sent to a file, while the segment is full
+ * (a holder owns the master's other region).  Returns the child's exit
+ * status; *text gets what it wrote to stderr (malloc'd). */
+static int run_orphan(int (*fn)(void), int quiet, char **text)
+{
+	char path[] = "/tmp/shmet-capacity-stderr-XXXXXX";
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	unlink(path);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		alarm(CHILD_ALARM);
+		for (int k = 0; k < nholders; k++)
+			if (gates[k] >= 0)
+				close(gates[k]);
+		if (quiet)
+			setenv("SHMETRICS_QUIET", "1", 1);
+		else
+			unsetenv("SHMETRICS_QUIET");
+		dup2(fd, 2);
+		_exit(fn());
+	}
+	int st = tsupport_wait(pid);
+	off_t size = lseek(fd, 0, SEEK_END);
+	assert_true(size >= 0);
+	*text = calloc(1, (size_t)size + 1);
+	assert_non_null(*text);
+	assert_int_equal(pread(fd, *text, (size_t)size, 0), size);
+	close(fd);
+	return st;
+}
+
+static int orphan_increments(void)
+{
+	for (int n = 0; n < 1000; n++)
+		shmet_counter_inc(kept[0]);
+	return shmet_region_index() == -1 ? 0 : 2;
+}
+
+#define ORPHAN_THREADS 4
+#define ORPHAN_PER_THREAD 300000 /* with a pause every 200: over a second, so claims are retried meanwhile */
+
+static void *orphan_thread(void *arg)
+{
+	(void)arg;
+	for (int n = 0; n < ORPHAN_PER_THREAD; n++) {
+		shmet_counter_inc(kept[1]);
+		if (n % 200 == 0) {
+			struct timespec ms = {0, 1000000};
+			nanosleep(&ms, NULL);
+		}
+	}
+	return NULL;
+}
+
+static int orphan_threads(void)
+{
+	pthread_t t[ORPHAN_THREADS];
+	for (int i = 0; i < ORPHAN_THREADS; i++)
+		if (pthread_create(&t[i], NULL, orphan_thread, NULL) != 0)
+			return 3;
+	for (int i = 0; i < ORPHAN_THREADS; i++)
+		pthread_join(t[i], NULL);
+	return shmet_region_index() == -1 ? 0 : 2;
+}
+
+static size_t count_lines(const char *text, const char *needle)
+{
+	size_t n = 0;
+	for (const char *p = text; (p = strstr(p, needle)); p++)
+		n++;
+	return n;
+}
+
+/* A process without a region: 1000 increments through an inherited handle
+ * raise the segment's orphan drop counter by exactly 1000, and the process
+ * says so once on stderr, unless SHMETRICS_QUIET is set. */
+static void test_capacity_orphan_writes_counted_and_said_once(void **state)
+{
+	(void)state;
+	tsupport_fold(seg); /* the previous case's late child */
+	int idx = spawn_holder(0);
+	assert_true(idx >= 0 && idx != master_region);
+	for (int quiet = 0; quiet < 2; quiet++) {
+		struct seg_stats before, after;
+		read_stats(&before);
+		char *text = NULL;
+		int st = run_orphan(orphan_increments, quiet, &text);
+		read_stats(&after);
+		if (st != 0)
+			fail_msg("orphan child: expected exit 0, got %d (2: it got a region)", st);
+		uint64_t got = after.dropped_orphan - before.dropped_orphan;
+		if (got != 1000)
+			fail_msg("sh_dropped_orphan (quiet=%d): expected +1000, got +%llu", quiet, (unsigned long long)got);
+		size_t said = count_lines(text, "shmetrics: ");
+		size_t no_region = count_lines(text, "no region in");
+		if (said != (quiet ? 0u : 1u) || no_region != said || (!quiet && !strstr(text, "SHMETRICS_QUIET")))
+			fail_msg("stderr (quiet=%d): expected %s, got \"%s\"", quiet,
+				 quiet ? "nothing" : "one \"no region\" line naming SHMETRICS_QUIET", text);
+		free(text);
+	}
+	/* threads of one orphan: every write counted once, none lost */
+	struct seg_stats before, after;
+	read_stats(&before);
+	char *text = NULL;
+	int st = run_orphan(orphan_threads, 0, &text);
+	read_stats(&after);
+	if (st != 0)
+		fail_msg("threaded orphan child: expected exit 0, got %d (2: it got a region)", st);
+	uint64_t got = after.dropped_orphan - before.dropped_orphan;
+	if (got != (uint64_t)ORPHAN_THREADS * ORPHAN_PER_THREAD)
+		fail_msg("sh_dropped_orphan (%d threads): expected +%llu, got +%llu", ORPHAN_THREADS,
+			 (unsigned long long)ORPHAN_THREADS * ORPHAN_PER_THREAD, (unsigned long long)got);
+	if (count_lines(text, "no region in") != 1)
+		fail_msg("stderr (%d threads): expected one \"no region\" line, got \"%s\"", ORPHAN_THREADS, text);
+	if (after.claim_failures - before.claim_failures < 2)
+		fail_msg("sh_claim_failures: expected the first claim and at least one retry, got +%llu",
+			 (unsigned long long)(after.claim_failures - before.claim_failures));
+	free(text);
+	check_kept(5 + 7 + 7);
+}
+
+/* An orphan keeps trying to claim, about once a second: when a region is
+ * freed it gets it at a write, and its later writes count. */
+static int orphan_until_claimed(void)
+{
+	int wrote = 0;
+	if (shmet_region_index() != -1)
+		return 2;
+	if (write(3, "o", 1) != 1) /* orphaned: the parent frees a region now */
+		return 3;
+	uint64_t until = shmet__now_ns(CLOCK_MONOTONIC) + UINT64_C(10000000000);
+	do {
+		shmet_counter_inc(kept[0]);
+		wrote++;
+		if (__atomic_load_n(&shmet__base, __ATOMIC_RELAXED))
+			break;
+		struct timespec ms = {0, 1000000};
+		nanosleep(&ms, NULL);
+	} while (shmet__now_ns(CLOCK_MONOTONIC) < until);
+	if (!__atomic_load_n(&shmet__base, __ATOMIC_RELAXED))
+		return 4;
+	for (int n = 0; n < 10; n++)
+		shmet_counter_inc(kept[0]);
+	return write(3, &wrote, sizeof wrote) == (ssize_t)sizeof wrote ? 0 : 5;
+}
+
+static void test_capacity_orphan_claims_again_when_a_region_frees(void **state)
+{
+	(void)state;
+	tsupport_fold(seg);
+	int idx = spawn_holder(0), holder = nholders - 1;
+	assert_true(idx >= 0 && idx != master_region);
+	struct seg_stats before, after;
+	read_stats(&before);
+	int p[2];
+	assert_int_equal(pipe(p), 0);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		alarm(CHILD_ALARM);
+		for (int k = 0; k < nholders; k++)
+			if (gates[k] >= 0)
+				close(gates[k]);
+		close(p[0]);
+		dup2(p[1], 3);
+		setenv("SHMETRICS_QUIET", "1", 1);
+		_exit(orphan_until_claimed());
+	}
+	close(p[1]);
+	char o = 0;
+	int wrote = -1;
+	int ok = read(p[0], &o, 1) == 1;
+	if (ok) {
+		int st = release_holder(holder);
+		if (st != 0)
+			fail_msg("holder: expected exit 0, got %d", st);
+		tsupport_fold(seg);
+		ok = read(p[0], &wrote, sizeof wrote) == (ssize_t)sizeof wrote;
+	}
+	close(p[0]);
+	int st = tsupport_wait(pid);
+	if (!ok || st != 0)
+		fail_msg("orphan: expected to claim a freed region within 10 s and exit 0, got status %d "
+			 "(2: had a region, 4: never claimed)",
+			 st);
+	read_stats(&after);
+	/* the write that claimed and the 10 after it count; the others dropped */
+	uint64_t dropped = after.dropped_orphan - before.dropped_orphan;
+	if (dropped != (uint64_t)wrote - 1)
+		fail_msg("sh_dropped_orphan: expected +%d, got +%llu", wrote - 1, (unsigned long long)dropped);
+	check_kept(5 + 7 + 7 + 11);
+	tsupport_fold(seg);
+}
+
+static char *slurp(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return NULL;
+	char *buf = calloc(1, 65536);
+	if (buf)
+		buf[fread(buf, 1, 65535, f)] = 0;
+	fclose(f);
+	return buf;
+}
+
+/* Lost writes are not silent: shmetrics-dump --check lists the drop and
+ * claim-failure counters and a dead region nothing folds as problems (exit
+ * 1), and a collector started on the segment logs them at its first scan. */
+static void test_capacity_losses_reported_by_check_and_collector(void **state)
+{
+	(void)state;
+	tsupport_fold(seg);
+	struct seg_stats st;
+	read_stats(&st);
+	assert_true(st.dropped_orphan > 0 && st.claim_failures > 0 && st.info[master_region].dropped > 0);
+	spawn_holder(1);
+	release_last_holder(); /* a dead region, and no collector to fold it */
+
+	char cmd[512], *out = NULL;
+	snprintf(cmd, sizeof cmd, "%s --check %s 2>&1", tsupport_bin("shmetrics-dump"), seg);
+	int rc = tsupport_run(cmd, &out);
+	char orphan[96], claims[96], region[96];
+	snprintf(orphan, sizeof orphan, "problem: header: %llu writes dropped by processes that had no region",
+		 (unsigned long long)st.dropped_orphan);
+	snprintf(claims, sizeof claims, "problem: header: %llu attempts to claim a region failed",
+		 (unsigned long long)st.claim_failures);
+	snprintf(region, sizeof region, "problem: region %d (pid %u): %llu writes dropped", master_region,
+		 st.info[master_region].pid, (unsigned long long)st.info[master_region].dropped);
+	int found = strstr(out, orphan) && strstr(out, claims) && strstr(out, region) &&
+		    strstr(out, "not yet folded and no collector is running");
+	if (rc != 1 || !found)
+		fail_msg("--check: expected exit 1 listing \"%s\", \"%s\", \"%s\" and the unfolded dead region; got exit %d:\n%s",
+			 orphan, claims, region, rc, out);
+	free(out);
+
+	struct tdaemon d;
+	assert_int_equal(tsupport_daemon_start(&d, seg, NULL), 0);
+	char *log = slurp(d.log);
+	int stopped = tsupport_daemon_stop(&d, 0);
+	char *line = log ? strstr(log, "writes dropped: ") : NULL;
+	if (!line || !strstr(line, "region claims failed: "))
+		fail_msg("collector log: expected a line \"writes dropped: N (+N), region claims failed: M (+M)\", got:\n%s",
+			 log ? log : "(no log)");
+	assert_int_equal(stopped, 0);
+	free(log);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -510,6 +764,9 @@ int main(void)
 		cmocka_unit_test_teardown(test_capacity_segment_full_child_orphaned_counted, teardown_holders),
 		cmocka_unit_test_teardown(test_capacity_folded_region_reclaimed_by_next_child, teardown_holders),
 		cmocka_unit_test_teardown(test_capacity_late_claim_keeps_inherited_handles, teardown_holders),
+		cmocka_unit_test_teardown(test_capacity_orphan_writes_counted_and_said_once, teardown_holders),
+		cmocka_unit_test_teardown(test_capacity_orphan_claims_again_when_a_region_frees, teardown_holders),
+		cmocka_unit_test_teardown(test_capacity_losses_reported_by_check_and_collector, teardown_holders),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown_holders);
 }

@@ -163,20 +163,20 @@ series('latency_seconds', route='/')['aggregate']['count'] == 4
 fam['latency_seconds']['buckets'] == [0.1, 0.5, 1]
 series('payload_bytes')['aggregate'] == {'count': 2, 'sum': 40}
 fam['temperature']['gauge_mode'] == 'sum' and fam['busy']['gauge_mode'] == 'per_worker'
-j['problems'] == [] and j['stats']['corrupt_records'] == 0
+[p for p in j['problems'] if 'no collector is running' not in p] == [] and j['stats']['corrupt_records'] == 0
 "
 
+# no collector runs: nothing will fold the dead region, which is a problem
 dump --check "$live"
-expect_rc 0 "--check of a sound live segment"
-expect_in "$out" "clean" "--check says clean"
-expect_in "$out" "info: region 1 (pid" "--check notes the dead, unfolded region"
-expect_in "$out" "not yet folded" "--check says why a dead region still counts"
-expect_not_in "$out" "problem:" "--check lists no problem"
+expect_rc 1 "--check of a live segment with a dead region and no collector"
+expect_in "$out" "1 problem" "--check finds that one problem"
+expect_in "$out" "problem: region 1 (pid" "--check names the dead, unfolded region"
+expect_in "$out" "not yet folded and no collector is running" "--check says why a dead region is a problem"
 
 dump --check --json "$live"
-expect_rc 0 "--check --json"
+expect_rc 1 "--check --json"
 json_ok "--check --json is an object with ok, problems, info" "
-j['ok'] is True and j['problems'] == [] and len(j['info']) == 1
+j['ok'] is False and len(j['problems']) == 1 and j['info'] == []
 "
 
 dump --region 0 --json "$live"
@@ -242,9 +242,9 @@ expect_rc 0 "text dump with every owner dead"
 if grep -qE '^ +0 dead +[0-9]+ dead' "$out"; then ok "a dead master's region is listed dead"; else not_ok "a dead master's region is listed dead"; fi
 expect_in "$out" "no value (only dead processes had it)" "a sum gauge of dead processes has no value"
 dump --check "$dead"
-expect_rc 0 "--check: dead regions are notes, not problems"
-expect_in "$out" "info: region 0 (pid" "--check notes dead region 0"
-expect_in "$out" "info: region 1 (pid" "--check notes dead region 1"
+expect_rc 1 "--check: dead regions no collector folds are problems"
+expect_in "$out" "problem: region 0 (pid" "--check lists dead region 0"
+expect_in "$out" "problem: region 1 (pid" "--check lists dead region 1"
 
 # ---- damaged segments: --check exits 1 and names the problem ----
 # kind | what --check says
@@ -334,7 +334,9 @@ if [ "$(id -u)" -eq 0 ]; then
   dump --check --segment-owner 1234 "$owned"
   expect_rc 2 "--segment-owner of another uid does not allow it"
   dump --check --segment-owner 65534 "$owned"
-  expect_rc 0 "--segment-owner 65534 allows it"
+  # opened and checked: exit 1 only for its dead, unfolded regions (no collector runs)
+  expect_rc 1 "--segment-owner 65534 allows it"
+  expect_not_in "$err" "owned by uid" "--segment-owner 65534: no refusal"
   dump --segment-owner nobody "$owned"
   expect_rc 2 "--segment-owner wants a numeric uid"
 else

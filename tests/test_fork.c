@@ -3,10 +3,12 @@
 #include "tsupport.h"
 #include "shmetrics.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #define CHILDREN 8
@@ -249,13 +251,121 @@ static void test_fork_exec_child_claims_no_region(void **state)
 	assert_double_equal_exact(tsupport_value(seg, "forked_increments_total", v), was + 1);
 }
 
-int main(void)
+
+/* The master role of the next test, in a process of its own (this program
+ * run again with "--master"): a master that attached the segment itself,
+ * whose mapping therefore comes from the description that holds its lock.
+ * It counts, forks a child that sleeps (after one write, or none), which
+ * reports the master's region and its own pid on fd 1; the master waits to
+ * be killed.  The child
+ * exits when fd 0 (the test's gate) reaches EOF, or at its alarm. */
+static int master_role(const char *path, int child_writes)
 {
+	struct shmet_options o = {path, 32, 1 << 16, 0, true};
+	if (shmet_init(&o) != SHMET_OK) {
+		fprintf(stderr, "master: shmet_init: %s\n", shmet_last_error());
+		return 1;
+	}
+	shmet_counter c = shmet_counter_new("master_kill_total", "Increments by a master killed with -9.");
+	shmet_gauge g = shmet_gauge_new("master_kill_busy", "A gauge the dead master must stop adding to.",
+					SHMET_GAUGE_SUM);
+	if (!c.off || !g.off)
+		return 1;
+	shmet_counter_inc(c);
+	shmet_gauge_set(g, 7);
+	int report[2] = {shmet_region_index(), 0};
+	pid_t child = fork();
+	if (child < 0)
+		return 1;
+	if (child == 0) {
+		alarm(60);
+		if (child_writes)
+			shmet_counter_inc(c); /* claims a region of its own */
+		report[1] = (int)getpid();
+		if (write(1, report, sizeof report) != (ssize_t)sizeof report)
+			_exit(1);
+		char b;
+		while (read(0, &b, 1) > 0) {
+		}
+		_exit(0);
+	}
+	for (;;)
+		pause();
+}
+
+/* A master killed with -9 is dead at the next look even while a child it
+ * forked is still running: the child keeps no reference to the master's
+ * open file description (neither its descriptor nor its mapping), so the
+ * kernel drops the master's liveness lock when the master dies, and its
+ * gauges stop counting. */
+static void test_fork_master_sigkill_dead_while_child_lives(void **state)
+{
+	(void)state;
+	for (int writes = 0; writes < 2; writes++) {
+		int gate[2], out[2];
+		assert_int_equal(pipe(gate), 0);
+		assert_int_equal(pipe(out), 0);
+		pid_t master = fork();
+		assert_true(master >= 0);
+		if (master == 0) {
+			dup2(gate[0], 0);
+			dup2(out[1], 1);
+			close(gate[0]), close(gate[1]), close(out[0]), close(out[1]);
+			execl("/proc/self/exe", "test_fork", "--master", seg, writes ? "1" : "0", (char *)NULL);
+			_exit(127);
+		}
+		close(gate[0]);
+		close(out[1]);
+		int report[2] = {-1, -1};
+		ssize_t got = read(out[0], report, sizeof report);
+		close(out[0]);
+		if (got != (ssize_t)sizeof report) {
+			close(gate[1]);
+			kill(master, SIGKILL);
+			fail_msg("master: expected its region and its child's pid, got %zd bytes (status %d)", got,
+				 tsupport_wait(master));
+		}
+		int region = report[0];
+		pid_t child = report[1];
+		kill(master, SIGKILL);
+		assert_int_equal(tsupport_wait(master), 128 + SIGKILL);
+		int child_running = kill(child, 0) == 0;
+
+		struct shmet_segment s;
+		char err[SHMET_ERRBUF];
+		struct shmet_region_info info;
+		assert_int_equal(shmet_segment_open(seg, SHMET_ATTACH_READONLY, NULL, &s, err), SHMET_OK);
+		shmet_region_info(&s, (uint32_t)region, &info);
+		shmet_segment_close(&s);
+		double busy = tsupport_value(seg, "master_kill_busy", NULL);
+		close(gate[1]); /* the child exits now */
+		assert_true(region >= 0);
+		if (!child_running)
+			fail_msg("the master's child (pid %d) was expected to run still; it did not", (int)child);
+		assert_int_equal(info.pid, master);
+		assert_int_equal(info.state, SHMET_REGION_LIVE);
+		if (info.alive)
+			fail_msg("region %d of master %d (killed with -9, child %s): expected dead, the child keeps it "
+				 "alive",
+				 region, (int)master, writes ? "writing" : "sleeping");
+		if (busy > 0) /* a dead process's sum-mode gauge takes no part */
+			fail_msg("master_kill_busy: expected no value from the dead master, got %g", busy);
+		tsupport_fold(seg);
+		/* the dead master's increments stay: 1 each time, and 1 from the writing child */
+		assert_double_equal_exact(tsupport_value(seg, "master_kill_total", NULL), writes ? 3.0 : 1.0);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 4 && strcmp(argv[1], "--master") == 0)
+		return master_role(argv[2], argv[3][0] == '1');
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_fork_children_of_master_count_exactly),
 		cmocka_unit_test(test_fork_sigkill_leaves_dead_region_then_reused),
 		cmocka_unit_test(test_fork_concurrent_create_one_creator),
 		cmocka_unit_test(test_fork_exec_child_claims_no_region),
+		cmocka_unit_test(test_fork_master_sigkill_dead_while_child_lives),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);
 }

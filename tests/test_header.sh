@@ -58,6 +58,19 @@ for pic in -fPIE -fPIC; do
 		"$CXX_" "${CXXSTRICT[@]}" -O2 "$pic" -c -Iinclude -o "$tmp/impl.o" -x c++ "$tmp/impl.c"
 done
 
+# The writer's symbols are hidden unless SHMETRICS_EXPORT_WRITER asks otherwise.
+visibility_is() { # WANT [cc flags...]: shmet_init and shmet__base have visibility WANT
+	local want=$1
+	shift
+	"$CC_" "${CSTRICT[@]}" -O2 -fPIC -c -Iinclude "$@" -o "$tmp/vis.o" "$tmp/impl.c" || return 1
+	local got
+	got=$(readelf -sW "$tmp/vis.o" | awk '$8 == "shmet_init" || $8 == "shmet__base" {print $8, $6}' | sort)
+	[ "$got" = "shmet__base $want
+shmet_init $want" ] || { echo "expected $want, got: $got"; return 1; }
+}
+check "the writer's symbols are hidden by default" visibility_is HIDDEN
+check "SHMETRICS_EXPORT_WRITER gives them default visibility" visibility_is DEFAULT -DSHMETRICS_EXPORT_WRITER
+
 # (c), (d): as C++, without and with the implementation.
 check "shmetrics.h alone as C++11" \
 	"$CXX_" "${CXXSTRICT[@]}" -fsyntax-only -Iinclude -x c++ include/shmetrics.h

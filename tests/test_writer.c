@@ -3,6 +3,7 @@
 #include "shmetrics.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <unistd.h>
@@ -101,6 +102,116 @@ static void test_writer_counter_arithmetic_exact(void **state)
 	assert_true(after.alive);
 	shmet_segment_close(&s);
 	assert_double_equal_exact(tsupport_value(seg, "arith_total", v), 1012.75);
+}
+
+/* A counter never goes down: an add_u64 past 2^53 (a negative difference
+ * cast to uint64_t, say) is refused and counted, and a cell that reaches
+ * 2^63 stays there instead of wrapping.  Constants spelled out, so that
+ * the case also builds against a writer that knows no limits. */
+#define T_ADD_MAX (UINT64_C(1) << 53)
+#define T_WHOLE_MAX (UINT64_C(1) << 63)
+
+static uint64_t *own_cell(shmet_counter c)
+{
+	shmet_region_index(); /* the base is set */
+	return (uint64_t *)(void *)(shmet__base + c.off);
+}
+
+static uint64_t clamped(const uint64_t *cell)
+{
+	uint64_t v = __atomic_load_n(cell, __ATOMIC_RELAXED);
+	return v > T_WHOLE_MAX ? T_WHOLE_MAX : v;
+}
+
+static void test_writer_counter_add_u64_never_wraps(void **state)
+{
+	(void)state;
+	shmet_family *f;
+	const char *l[] = {"case"};
+	assert_int_equal(shmet_counter_register(&f, "wrap", "Counters near 2^64.", 1, l), SHMET_OK);
+	shmet_counter c = shmet_counter_labels(f, "refused");
+	assert_int_not_equal(c.off, 0);
+	shmet_counter_add_u64(c, 10);
+	struct shmet_segment s;
+	char err[SHMET_ERRBUF];
+	assert_int_equal(shmet_segment_open(seg, SHMET_ATTACH_READONLY, NULL, &s, err), SHMET_OK);
+	struct shmet_region_info before, after;
+	shmet_region_info(&s, (uint32_t)shmet_region_index(), &before);
+	shmet_counter_add_u64(c, (uint64_t)(int64_t)-1); /* "end - start" gone negative */
+	shmet_counter_add_u64(c, T_ADD_MAX + 1);
+	shmet_counter_add_u64(c, UINT64_C(1) << 63);
+	shmet_region_info(&s, (uint32_t)shmet_region_index(), &after);
+	shmet_segment_close(&s);
+	const char *vr[] = {"refused", NULL};
+	if (tsupport_value(seg, "wrap_total", vr) != 10)
+		fail_msg("add_u64 past 2^53: expected refused (value 10), got %.17g", tsupport_value(seg, "wrap_total", vr));
+	assert_int_equal(after.dropped - before.dropped, 3);
+	shmet_counter_add_u64(c, T_ADD_MAX); /* the limit itself is taken */
+	assert_double_equal_exact(tsupport_value(seg, "wrap_total", vr), 10.0 + (double)T_ADD_MAX);
+
+	/* 2100 adds of 2^53 are 2^64 and more: the cell rises, then stays at 2^63 */
+	shmet_counter sat = shmet_counter_labels(f, "saturated");
+	uint64_t *cell = own_cell(sat), prev = 0;
+	for (int i = 0; i < 2100; i++) {
+		shmet_counter_add_u64(sat, T_ADD_MAX);
+		uint64_t now = __atomic_load_n(cell, __ATOMIC_RELAXED);
+		if (now < prev || now > T_WHOLE_MAX)
+			fail_msg("add %d of 2^53: the cell went from %llu to %llu (at most 2^63, never down)", i + 1,
+				 (unsigned long long)prev, (unsigned long long)now);
+		prev = now;
+	}
+	assert_int_equal(prev, T_WHOLE_MAX);
+	/* small adds and integral double adds at the top stay at the top */
+	shmet_counter_add_u64(sat, 5);
+	shmet_counter_add(sat, 3.0);
+	assert_int_equal(__atomic_load_n(cell, __ATOMIC_RELAXED), T_WHOLE_MAX);
+	const char *vs[] = {"saturated", NULL};
+	assert_double_equal_exact(tsupport_value(seg, "wrap_total", vs), 9223372036854775808.0);
+}
+
+/* Threads adding just under 2^32 at a time, from just under the top: what
+ * a reader sees (the cell, clamped at 2^63) only rises, and ends at 2^63. */
+#define WRAP_THREADS 4
+static shmet_counter wrap_top;
+
+static void *wrap_adder(void *arg)
+{
+	(void)arg;
+	for (int i = 0; i < 200000; i++)
+		shmet_counter_add_u64(wrap_top, UINT32_MAX);
+	return NULL;
+}
+
+static void test_writer_counter_concurrent_adds_saturate(void **state)
+{
+	(void)state;
+	shmet_family *f;
+	assert_int_equal(shmet_counter_register(&f, "wrap_top", "Counters at 2^63.", 0, NULL), SHMET_OK);
+	wrap_top = shmet_counter_get(f, NULL);
+	assert_int_not_equal(wrap_top.off, 0);
+	uint64_t *cell = own_cell(wrap_top);
+	for (int i = 0; i < 1023; i++)
+		shmet_counter_add_u64(wrap_top, T_ADD_MAX);
+	shmet_counter_add_u64(wrap_top, T_ADD_MAX - (UINT64_C(1) << 50)); /* 2^63 - 2^50 */
+	pthread_t t[WRAP_THREADS];
+	for (int i = 0; i < WRAP_THREADS; i++)
+		assert_int_equal(pthread_create(&t[i], NULL, wrap_adder, NULL), 0);
+	uint64_t prev = 0, top = 0;
+	for (int k = 0; k < 2000000; k++) {
+		uint64_t raw = __atomic_load_n(cell, __ATOMIC_RELAXED), now = clamped(cell);
+		if (raw > top)
+			top = raw;
+		if (now < prev)
+			fail_msg("a reader saw the counter go down: %llu then %llu", (unsigned long long)prev,
+				 (unsigned long long)now);
+		prev = now;
+	}
+	for (int i = 0; i < WRAP_THREADS; i++)
+		pthread_join(t[i], NULL);
+	/* 4 x 200000 x (2^32 - 1) is about 2^51.6, past the 2^50 left: saturated midway */
+	assert_int_equal(__atomic_load_n(cell, __ATOMIC_RELAXED), T_WHOLE_MAX);
+	if (top > T_WHOLE_MAX + (uint64_t)WRAP_THREADS * UINT32_MAX)
+		fail_msg("the cell passed 2^63 by %llu, more than one add per thread", (unsigned long long)(top - T_WHOLE_MAX));
 }
 
 static void test_writer_gauge_special_values_kept(void **state)
@@ -260,6 +371,8 @@ int main(void)
 		cmocka_unit_test(test_writer_label_names_validated),
 		cmocka_unit_test(test_writer_type_clash_refused),
 		cmocka_unit_test(test_writer_counter_arithmetic_exact),
+		cmocka_unit_test(test_writer_counter_add_u64_never_wraps),
+		cmocka_unit_test(test_writer_counter_concurrent_adds_saturate),
 		cmocka_unit_test(test_writer_gauge_special_values_kept),
 		cmocka_unit_test(test_writer_histogram_buckets_and_sum),
 		cmocka_unit_test(test_writer_summary_count_and_sum),

@@ -831,11 +831,34 @@ static void dump_read(struct dump *d, const struct shmet_segment *seg, const str
 			msgs_add(&d->info, "%s (pid %u) is dead and already folded into the retired totals; a collector will free it",
 				 what, ri->pid);
 		else if (!ri->alive)
-			msgs_add(&d->info,
-				 "%s (pid %u) is dead and not yet folded: its %llu series still count from the region until a collector folds it",
-				 what, ri->pid, (unsigned long long)n);
+			/* with no collector to fold it, it is never reused: workers
+			 * that come later find the segment fuller and drop writes */
+			msgs_add(folding ? &d->info : &d->problems,
+				 "%s (pid %u) is dead and not yet folded%s: its %llu series still count from the region until a collector folds it",
+				 what, ri->pid, folding ? "" : " and no collector is running", (unsigned long long)n);
+		if (ri->dropped && !d->folded[i])
+			msgs_add(&d->problems,
+				 "%s (pid %u): %llu writes dropped (fallback handles of a full region or a failed registration, NaN, "
+				 "negative counter adds)",
+				 what, ri->pid, (unsigned long long)ri->dropped);
 	}
 	free(folded_gen);
+
+	/* Writes that never reached a cell, and claims that found no region:
+	 * the counters only grow, so once a write was lost this stays a problem. */
+	uint64_t orphan = __atomic_load_n(&h->sh_dropped_orphan, __ATOMIC_RELAXED);
+	uint64_t claims = __atomic_load_n(&h->sh_claim_failures, __ATOMIC_RELAXED);
+	uint64_t retired_dropped = __atomic_load_n(&rh->rh_dropped, __ATOMIC_RELAXED);
+	if (orphan)
+		msgs_add(&d->problems, "header: %llu writes dropped by processes that had no region (sh_dropped_orphan)",
+			 (unsigned long long)orphan);
+	if (claims)
+		msgs_add(&d->problems,
+			 "header: %llu attempts to claim a region failed: the segment was full (sh_claim_failures)",
+			 (unsigned long long)claims);
+	if (retired_dropped)
+		msgs_add(&d->problems, "retired half %u (active): %llu writes dropped by workers since folded (rh_dropped)",
+			 d->active, (unsigned long long)retired_dropped);
 	if (d->oom)
 		msgs_add(&d->problems, "out of memory: the listing is incomplete");
 }
