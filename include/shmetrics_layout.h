@@ -149,8 +149,8 @@ enum shmet_type {
 /* How the collector combines one gauge series across processes. */
 enum shmet_gauge_mode {
 	SHMET_GAUGE_SUM = 0,        /* live processes summed; dead ones dropped */
-	SHMET_GAUGE_MAX = 1,
-	SHMET_GAUGE_MIN = 2,
+	SHMET_GAUGE_MAX = 1,        /* live setters; NaN only if all are NaN */
+	SHMET_GAUGE_MIN = 2,        /* likewise */
 	SHMET_GAUGE_MOSTRECENT = 3, /* last set wins, dead processes included */
 	SHMET_GAUGE_PER_WORKER = 4, /* one series per region: label worker="<i>" */
 };
