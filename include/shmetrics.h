@@ -120,6 +120,20 @@ shmet_summary shmet_summary_labels(shmet_family *f, ...);
 shmet_counter shmet_counter_new(const char *name, const char *help);
 shmet_gauge shmet_gauge_new(const char *name, const char *help, enum shmet_gauge_mode mode);
 
+/* shmetricsd only: like shmet_init, but make region `region` this process's
+ * region, keeping its directory and values, instead of claiming a free one.
+ * The caller holds the collector lock and, through a descriptor of its own
+ * that stays open while the region is used, the region's liveness lock; it
+ * checked that the retired totals do not include the region.  Families
+ * registered afterwards get new records (the old ones stay and add up). */
+int shmet__init_adopted(const struct shmet_options *options, uint32_t region);
+/* After shmet__init_adopted: make the adopted region's family record at
+ * rec_off, and its series with cells at cell_off, known as if this process
+ * had registered them, writing nothing.  The caller validated the records
+ * (libshm's directory walk) and that spec and values are what they hold. */
+int shmet__adopt_family(const struct shmet_family_spec *spec, uint32_t rec_off, shmet_family **out);
+int shmet__adopt_series(shmet_family *f, const char *const *values, uint32_t cell_off);
+
 /* Called by the hot path for a dropped write (fallback handle, NaN, negative
  * counter add): counts it in the segment. */
 void shmet__drop(void);
@@ -362,8 +376,10 @@ static struct {
 	uint32_t deferred_parent; /* region of the parent a fork child came from */
 	void *sink; /* private memory that absorbs writes when a child got no region */
 	char path[4096];
+	uint32_t adopt;     /* shmet__init_adopted: region + 1 to take instead of claiming */
+	uint32_t adopt_rec; /* shmet__adopt_*: the record is at this offset already; write nothing */
 } shmet__st = {PTHREAD_MUTEX_INITIALIZER, 0, 0, {-1, 0, 0, NULL, 0, NULL}, -1, 0, 0, 0, 0, NULL, 0, NULL, 0,
-	       SHMET_NO_PARENT, NULL, {0}};
+	       SHMET_NO_PARENT, NULL, {0}, 0, 0};
 
 static __thread char shmet__errmsg[SHMET_ERRBUF];
 
@@ -438,6 +454,35 @@ static int shmet__claim_locked(uint32_t parent)
 	shmet__st.dir_end = sizeof(struct shmet_region_header);
 	shmet__st.cell_low = shmet__st.region_size;
 	shmet__st.series = 0;
+	return SHMET_OK;
+}
+
+/* shmet__init_adopted: take over region idx as it is.  Its header is
+ * checked like any reader would, since any process could have written it. */
+static int shmet__adopt_locked(uint32_t idx)
+{
+	const struct shmet_seg_map *m = &shmet__st.map;
+	if (idx >= shmet_seg_regions(m))
+		return shmet__err(SHMET_E_INVALID_ARG, "%s: no region %u", shmet__st.path, idx);
+	struct shmet_region_slot *slot = shmet_seg_slot(m, idx);
+	/* acquire: pairs with the claim that made it LIVE */
+	if (shmet_state_of(__atomic_load_n(&slot->rs_state_gen, __ATOMIC_ACQUIRE)) != SHMET_REGION_LIVE ||
+	    !shmet_seg_region_alive(m, idx))
+		return shmet__err(SHMET_E_INVALID_ARG, "%s: region %u is not live and locked by the caller",
+				  shmet__st.path, idx);
+	struct shmet_region_header *rg = (struct shmet_region_header *)(void *)shmet_seg_region(m, idx);
+	/* acquire: the records below the end; the owner that wrote them is dead */
+	uint64_t end = __atomic_load_n(&rg->rg_dir_end, __ATOMIC_ACQUIRE);
+	uint64_t low = __atomic_load_n(&rg->rg_cell_low, __ATOMIC_RELAXED);
+	uint64_t series = __atomic_load_n(&rg->rg_series, __ATOMIC_RELAXED);
+	if (end < sizeof *rg || end > low || low > shmet__st.region_size || end % 8 || low % 8)
+		return shmet__err(SHMET_E_CORRUPT, "%s: region %u: directory end %llu and cells at %llu are out of bounds",
+				  shmet__st.path, idx, (unsigned long long)end, (unsigned long long)low);
+	shmet__use_region(idx);
+	shmet__st.dir_end = end;
+	shmet__st.cell_low = low;
+	shmet__st.series = series;
+	__atomic_store_n(&slot->rs_pid, (uint32_t)getpid(), __ATOMIC_RELAXED); /* informational */
 	return SHMET_OK;
 }
 
@@ -570,6 +615,8 @@ static int shmet__init_locked(const struct shmet_options *o)
 		shmet__st.atfork_done = 1;
 	}
 	shmet__st.initialized = 1;
+	if (shmet__st.adopt)
+		return shmet__adopt_locked(shmet__st.adopt - 1);
 	return shmet__claim_locked(SHMET_NO_PARENT);
 }
 
@@ -577,6 +624,21 @@ int shmet_init(const struct shmet_options *o)
 {
 	pthread_mutex_lock(&shmet__st.mu);
 	int rc = shmet__init_locked(o);
+	pthread_mutex_unlock(&shmet__st.mu);
+	return rc;
+}
+
+int shmet__init_adopted(const struct shmet_options *o, uint32_t region)
+{
+	pthread_mutex_lock(&shmet__st.mu);
+	int rc;
+	if (shmet__st.initialized) {
+		rc = shmet__err(SHMET_E_INVALID_ARG, "already initialised; adopt a region before anything else");
+	} else {
+		shmet__st.adopt = region + 1;
+		rc = shmet__init_locked(o);
+		shmet__st.adopt = 0;
+	}
 	pthread_mutex_unlock(&shmet__st.mu);
 	return rc;
 }
@@ -796,32 +858,36 @@ static int shmet__register_locked(const struct shmet_family_spec *s, shmet_famil
 	f->type = s->type;
 	f->mode = s->type == SHMET_GAUGE ? s->gauge_mode : SHMET_GAUGE_SUM;
 	f->nbuckets = (uint32_t)nb;
-	unsigned char *rec = shmet__reserve(size, 0, NULL);
-	if (!rec) {
-		shmet__free_family(f);
-		return shmet__err(SHMET_E_REGION_FULL, "no room for family \"%s\" in region %d (%llu bytes)", name,
-				  shmet__st.region, (unsigned long long)shmet__st.region_size);
+	if (shmet__st.adopt_rec) {
+		f->rec_off = shmet__st.adopt_rec; /* shmet__adopt_family: the record is there */
+	} else {
+		unsigned char *rec = shmet__reserve(size, 0, NULL);
+		if (!rec) {
+			shmet__free_family(f);
+			return shmet__err(SHMET_E_REGION_FULL, "no room for family \"%s\" in region %d (%llu bytes)", name,
+					  shmet__st.region, (unsigned long long)shmet__st.region_size);
+		}
+		struct shmet_rec_family fr;
+		memset(&fr, 0, sizeof fr);
+		fr.fam_rec.rec_size = (uint32_t)shmet_align8(size);
+		fr.fam_rec.rec_kind = SHMET_REC_FAMILY;
+		fr.fam_type = (uint8_t)f->type;
+		fr.fam_gauge_mode = (uint8_t)f->mode;
+		fr.fam_nlabels = (uint16_t)f->nlabels;
+		fr.fam_nbuckets = f->nbuckets;
+		fr.fam_name_len = (uint16_t)nlen;
+		fr.fam_help_len = (uint16_t)hlen;
+		memcpy(rec, &fr, sizeof fr);
+		unsigned char *p = rec + sizeof fr;
+		memcpy(p, f->bounds, nb * 8);
+		p += nb * 8;
+		p = shmet__put_str(p, name, nlen, 0);
+		p = shmet__put_str(p, help, hlen, 0);
+		for (size_t i = 0; i < s->nlabels; i++)
+			p = shmet__put_str(p, s->label_names[i], strlen(s->label_names[i]), 1);
+		f->rec_off = (uint32_t)(rec - shmet__base);
+		shmet__publish(size, 0);
 	}
-	struct shmet_rec_family fr;
-	memset(&fr, 0, sizeof fr);
-	fr.fam_rec.rec_size = (uint32_t)shmet_align8(size);
-	fr.fam_rec.rec_kind = SHMET_REC_FAMILY;
-	fr.fam_type = (uint8_t)f->type;
-	fr.fam_gauge_mode = (uint8_t)f->mode;
-	fr.fam_nlabels = (uint16_t)f->nlabels;
-	fr.fam_nbuckets = f->nbuckets;
-	fr.fam_name_len = (uint16_t)nlen;
-	fr.fam_help_len = (uint16_t)hlen;
-	memcpy(rec, &fr, sizeof fr);
-	unsigned char *p = rec + sizeof fr;
-	memcpy(p, f->bounds, nb * 8);
-	p += nb * 8;
-	p = shmet__put_str(p, name, nlen, 0);
-	p = shmet__put_str(p, help, hlen, 0);
-	for (size_t i = 0; i < s->nlabels; i++)
-		p = shmet__put_str(p, s->label_names[i], strlen(s->label_names[i]), 1);
-	f->rec_off = (uint32_t)(rec - shmet__base);
-	shmet__publish(size, 0);
 	f->id = ++shmet__st.next_family_id;
 	f->next = shmet__st.families;
 	shmet__st.families = f;
@@ -950,27 +1016,29 @@ static int shmet__create_series_locked(shmet_family *f, uint64_t h, const char *
 		memcpy(n->values[i], values[i], lens[i] + 1);
 		n->lens[i] = lens[i];
 	}
-	uint32_t cell_off = 0;
-	unsigned char *rec = shmet__reserve(size, shmet_cell_size(f->type, f->nbuckets), &cell_off);
-	if (!rec) {
+	uint32_t cell_off = shmet__st.adopt_rec; /* shmet__adopt_series: the record is there */
+	if (!cell_off) {
+		unsigned char *rec = shmet__reserve(size, shmet_cell_size(f->type, f->nbuckets), &cell_off);
+		if (!rec) {
+			for (uint32_t i = 0; i < f->nlabels; i++)
+				free(n->values[i]);
+			free(n);
+			return shmet__err(SHMET_E_REGION_FULL, "no room for a series of \"%s\" in region %d (%llu bytes)",
+					  f->name, shmet__st.region, (unsigned long long)shmet__st.region_size);
+		}
+		struct shmet_rec_series sr;
+		memset(&sr, 0, sizeof sr);
+		sr.ser_rec.rec_size = (uint32_t)shmet_align8(size);
+		sr.ser_rec.rec_kind = SHMET_REC_SERIES;
+		sr.ser_family_off = f->rec_off;
+		sr.ser_cell_off = cell_off;
+		sr.ser_nvalues = (uint16_t)f->nlabels;
+		memcpy(rec, &sr, sizeof sr);
+		unsigned char *p = rec + sizeof sr;
 		for (uint32_t i = 0; i < f->nlabels; i++)
-			free(n->values[i]);
-		free(n);
-		return shmet__err(SHMET_E_REGION_FULL, "no room for a series of \"%s\" in region %d (%llu bytes)",
-				  f->name, shmet__st.region, (unsigned long long)shmet__st.region_size);
+			p = shmet__put_str(p, values[i], lens[i], 1);
+		shmet__publish(size, 1);
 	}
-	struct shmet_rec_series sr;
-	memset(&sr, 0, sizeof sr);
-	sr.ser_rec.rec_size = (uint32_t)shmet_align8(size);
-	sr.ser_rec.rec_kind = SHMET_REC_SERIES;
-	sr.ser_family_off = f->rec_off;
-	sr.ser_cell_off = cell_off;
-	sr.ser_nvalues = (uint16_t)f->nlabels;
-	memcpy(rec, &sr, sizeof sr);
-	unsigned char *p = rec + sizeof sr;
-	for (uint32_t i = 0; i < f->nlabels; i++)
-		p = shmet__put_str(p, values[i], lens[i], 1);
-	shmet__publish(size, 1);
 	n->hash = h;
 	n->fam = f;
 	n->off = cell_off;
@@ -1091,6 +1159,44 @@ shmet_summary shmet_summary_labels(shmet_family *f, ...)
 	shmet_summary s = {0};
 	SHMET__LABELS_OFF(f, SHMET_SUMMARY, s.off);
 	return s;
+}
+
+int shmet__adopt_family(const struct shmet_family_spec *spec, uint32_t rec_off, shmet_family **out)
+{
+	if (!out || !rec_off)
+		return shmet__err(SHMET_E_INVALID_ARG, "no place for the family, or no record");
+	*out = NULL;
+	pthread_mutex_lock(&shmet__st.mu);
+	int rc = SHMET_E_INVALID_ARG;
+	if (shmet__st.region < 0) {
+		shmet__err(rc, "no adopted region");
+	} else {
+		shmet__st.adopt_rec = rec_off;
+		rc = shmet__register_locked(spec, out);
+		shmet__st.adopt_rec = 0;
+	}
+	pthread_mutex_unlock(&shmet__st.mu);
+	return rc;
+}
+
+int shmet__adopt_series(shmet_family *f, const char *const *values, uint32_t cell_off)
+{
+	if (!f || !cell_off || (f->nlabels && !values))
+		return shmet__err(SHMET_E_INVALID_ARG, "no family, values or cells");
+	size_t lens[SHMET_MAX_LABELS];
+	uint64_t h = shmet__hash(f->id, values, lens, f->nlabels);
+	pthread_mutex_lock(&shmet__st.mu);
+	int rc = SHMET_E_INVALID_ARG;
+	uint32_t off = 0;
+	if (shmet__st.region < 0) {
+		shmet__err(rc, "no adopted region");
+	} else {
+		shmet__st.adopt_rec = cell_off;
+		rc = shmet__create_series_locked(f, h, values, lens, &off);
+		shmet__st.adopt_rec = 0;
+	}
+	pthread_mutex_unlock(&shmet__st.mu);
+	return rc;
 }
 
 shmet_counter shmet_counter_new(const char *name, const char *help)
