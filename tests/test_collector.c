@@ -353,6 +353,8 @@ static uint64_t *rr_series(struct rawrg *r, uint32_t fam_off, uint32_t cell_size
 	return (uint64_t *)(void *)(r->rg + r->low);
 }
 
+static int raw_region; /* the region the last raw_writer claimed */
+
 /* Fork a child that claims a region of segment path, lets fill write it,
  * publishes it and pauses.  Returns its pid once the region is visible. */
 static pid_t raw_writer(const char *path, void (*fill)(struct rawrg *, const void *), const void *arg)
@@ -384,6 +386,7 @@ static pid_t raw_writer(const char *path, void (*fill)(struct rawrg *, const voi
 	close(ready[1]);
 	char one;
 	bool ok = pid > 0 && read(ready[0], &one, 1) == 1;
+	raw_region = ok ? (unsigned char)one : -1;
 	close(ready[0]);
 	if (!ok && pid > 0) {
 		kill(pid, SIGKILL);
@@ -417,6 +420,33 @@ static char *scrape_port(int port, const char *headers)
 		return NULL;
 	}
 	return body;
+}
+
+/* Debian's Python parsers (text and the strict OpenMetrics one) and promtool
+ * accept these bodies; tag names the files. */
+static void check_parsers(const char *tag, const char *text, const char *om)
+{
+	char name[64];
+	snprintf(name, sizeof name, "%s.prom", tag);
+	save(name, text);
+	snprintf(name, sizeof name, "%s.om", tag);
+	save(name, om);
+	const char *py =
+		"/usr/bin/python3 -c '\n"
+		"import sys\n"
+		"from prometheus_client.parser import text_string_to_metric_families as t\n"
+		"from prometheus_client.openmetrics.parser import text_string_to_metric_families as o\n"
+		"d, tag = sys.argv[1], sys.argv[2]\n"
+		"for name, parse in ((tag + \".prom\", t), (tag + \".om\", o)):\n"
+		"    fams = list(parse(open(d + \"/\" + name, encoding=\"utf-8\").read()))\n"
+		"    print(name, len(fams))\n"
+		"' ";
+	char cmd[2048], *out;
+	snprintf(cmd, sizeof cmd, "%s%s %s && promtool check metrics < %s/%s.prom", py, tmpdir, tag, tmpdir, tag);
+	int rc = tsupport_run(cmd, &out);
+	if (rc != 0)
+		fail_msg("python parsers / promtool: exit %d: %s\nOpenMetrics body:\n%s", rc, out, om);
+	free(out);
 }
 
 static void kill_all(pid_t *p, int n)
@@ -454,6 +484,7 @@ static void test_collector_gauge_without_live_setter_absent(void **state)
 		fail_msg("a gauge without a live setter is exposed:\n%s\n%s", text, om);
 	if (strstr(text, "# TYPE queue_max") || strstr(om, "# TYPE queue_max"))
 		fail_msg("a family without samples keeps its TYPE line:\n%s", text);
+	check_parsers("nosetter", text, om);
 	assert_int_equal(st, 200);
 	if (!strstr(api, "\"value\":null"))
 		fail_msg("the API has a value for it: %s", api);
@@ -474,15 +505,19 @@ static void test_collector_gauge_nan_ignored_in_both_region_orders(void **state)
 	const struct gauge_arg nan_g = {NAN, true}, five = {5, true};
 	const struct gauge_arg *orders[3][2] = {{&nan_g, &five}, {&five, &nan_g}, {&nan_g, &nan_g}};
 	double got[3][2];
-	char *api[3] = {NULL, NULL, NULL};
+	int regions[3][2];
+	char *api[3] = {NULL, NULL, NULL}, *bodies[3][2] = {{NULL, NULL}, {NULL, NULL}, {NULL, NULL}};
 	for (int o = 0; o < 3; o++) {
 		pid_t p[2];
 		p[0] = raw_writer(s3, fill_gauges, orders[o][0]);
+		regions[o][0] = raw_region;
 		p[1] = raw_writer(s3, fill_gauges, orders[o][1]);
+		regions[o][1] = raw_region;
 		char *b = scrape_port(d3.port, NULL);
 		got[o][0] = b ? tsupport_sample(b, "queue_max") : -1;
 		got[o][1] = b ? tsupport_sample(b, "queue_min") : -1;
-		free(b);
+		bodies[o][0] = b;
+		bodies[o][1] = scrape_port(d3.port, prom_accept);
 		tsupport_http_get(d3.port, "/api/v1/metrics/summary?family=queue_max", NULL, &api[o], NULL);
 		kill_all(p, 2);
 		if (o < 2) { /* wait until both regions are folded and free again */
@@ -492,6 +527,8 @@ static void test_collector_gauge_nan_ignored_in_both_region_orders(void **state)
 	}
 	tsupport_daemon_stop(&d3, SIGTERM);
 	for (int o = 0; o < 2; o++) {
+		if (regions[o][0] != 0 || regions[o][1] != 1)
+			fail_msg("order %d: the writers got regions %d and %d, want 0 and 1", o, regions[o][0], regions[o][1]);
 		if (got[o][0] != 5 || got[o][1] != 5)
 			fail_msg("order %d (region 0 holds %g): max %g, min %g; want 5 and 5", o, orders[o][0]->value,
 				 got[o][0], got[o][1]);
@@ -499,8 +536,15 @@ static void test_collector_gauge_nan_ignored_in_both_region_orders(void **state)
 			fail_msg("order %d: API %s", o, api[o] ? api[o] : "(none)");
 	}
 	assert_true(isnan(got[2][0]) && isnan(got[2][1]));
-	for (int o = 0; o < 3; o++)
+	for (int o = 0; o < 3; o++) {
+		char tag[16];
+		snprintf(tag, sizeof tag, "nan%d", o);
+		assert_true(bodies[o][0] && bodies[o][1]);
+		check_parsers(tag, bodies[o][0], bodies[o][1]);
+		free(bodies[o][0]);
+		free(bodies[o][1]);
 		free(api[o]);
+	}
 }
 
 /* Sums strict OpenMetrics parsers refuse: a histogram with a negative
@@ -533,8 +577,6 @@ static void test_collector_strict_parsers_accept_negative_and_nan_sums(void **st
 	kill_all(p, 1);
 	tsupport_daemon_stop(&d3, SIGTERM);
 	assert_true(text && om);
-	save("sums.prom", text);
-	save("sums.om", om);
 	/* text 0.0.4 has no rule against them: everything is shown */
 	const char *in_text[] = {"test_neg_bounds_sum -0.5\n", "test_neg_bounds_count 2\n",
 				 "test_neg_observed_seconds_sum -3\n", "test_neg_observed_seconds_count 2\n", "test_nan_sum_sum NaN\n",
@@ -554,22 +596,7 @@ static void test_collector_strict_parsers_accept_negative_and_nan_sums(void **st
 	for (size_t i = 0; i < sizeof in_om / sizeof *in_om; i++)
 		if (!strstr(om, in_om[i]))
 			fail_msg("OpenMetrics body lacks %s:\n%s", in_om[i], om);
-	const char *py =
-		"/usr/bin/python3 -c '\n"
-		"import sys\n"
-		"from prometheus_client.parser import text_string_to_metric_families as t\n"
-		"from prometheus_client.openmetrics.parser import text_string_to_metric_families as o\n"
-		"d = sys.argv[1]\n"
-		"for name, parse in ((\"sums.prom\", t), (\"sums.om\", o)):\n"
-		"    fams = list(parse(open(d + \"/\" + name, encoding=\"utf-8\").read()))\n"
-		"    print(name, len(fams))\n"
-		"' ";
-	char cmd[2048], *out;
-	snprintf(cmd, sizeof cmd, "%s%s && promtool check metrics < %s/sums.prom", py, tmpdir, tmpdir);
-	int rc = tsupport_run(cmd, &out);
-	if (rc != 0 || !strstr(out, "sums.prom ") || !strstr(out, "sums.om "))
-		fail_msg("python parsers / promtool: exit %d: %s\nOpenMetrics body:\n%s", rc, out, om);
-	free(out);
+	check_parsers("sums", text, om);
 	free(text);
 	free(om);
 }
