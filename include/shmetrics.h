@@ -377,9 +377,10 @@ static struct {
 	void *sink; /* private memory that absorbs writes when a child got no region */
 	char path[4096];
 	uint32_t adopt;     /* shmet__init_adopted: region + 1 to take instead of claiming */
-	uint32_t adopt_rec; /* shmet__adopt_*: the record is at this offset already; write nothing */
+	uint32_t adopt_rec; /* shmet__adopt_*: the record is at this offset already ... */
+	unsigned char *adopt_buf; /* ... and is written here instead, then forgotten */
 } shmet__st = {PTHREAD_MUTEX_INITIALIZER, 0, 0, {-1, 0, 0, NULL, 0, NULL}, -1, 0, 0, 0, 0, NULL, 0, NULL, 0,
-	       SHMET_NO_PARENT, NULL, {0}, 0, 0};
+	       SHMET_NO_PARENT, NULL, {0}, 0, 0, NULL};
 
 static __thread char shmet__errmsg[SHMET_ERRBUF];
 
@@ -648,6 +649,11 @@ int shmet__init_adopted(const struct shmet_options *o, uint32_t region)
 static unsigned char *shmet__reserve(size_t size, uint32_t cells, uint32_t *cell_off)
 {
 	uint64_t need = shmet_align8(size) + cells;
+	if (shmet__st.adopt_rec) { /* shmet__adopt_*: the record and its cells exist */
+		if (cells)
+			*cell_off = shmet__st.adopt_rec;
+		return shmet__st.adopt_buf;
+	}
 	if (shmet__st.region < 0)
 		return NULL;
 	if (shmet__st.cell_low < shmet__st.dir_end || shmet__st.cell_low - shmet__st.dir_end < need)
@@ -662,6 +668,8 @@ static unsigned char *shmet__reserve(size_t size, uint32_t cells, uint32_t *cell
 static void shmet__publish(size_t size, int is_series)
 {
 	struct shmet_region_header *rg = (struct shmet_region_header *)(void *)shmet__base;
+	if (shmet__st.adopt_rec)
+		return; /* nothing was written to the region */
 	shmet__st.dir_end += shmet_align8(size);
 	if (is_series)
 		__atomic_store_n(&rg->rg_series, ++shmet__st.series, __ATOMIC_RELAXED);
@@ -858,36 +866,32 @@ static int shmet__register_locked(const struct shmet_family_spec *s, shmet_famil
 	f->type = s->type;
 	f->mode = s->type == SHMET_GAUGE ? s->gauge_mode : SHMET_GAUGE_SUM;
 	f->nbuckets = (uint32_t)nb;
-	if (shmet__st.adopt_rec) {
-		f->rec_off = shmet__st.adopt_rec; /* shmet__adopt_family: the record is there */
-	} else {
-		unsigned char *rec = shmet__reserve(size, 0, NULL);
-		if (!rec) {
-			shmet__free_family(f);
-			return shmet__err(SHMET_E_REGION_FULL, "no room for family \"%s\" in region %d (%llu bytes)", name,
-					  shmet__st.region, (unsigned long long)shmet__st.region_size);
-		}
-		struct shmet_rec_family fr;
-		memset(&fr, 0, sizeof fr);
-		fr.fam_rec.rec_size = (uint32_t)shmet_align8(size);
-		fr.fam_rec.rec_kind = SHMET_REC_FAMILY;
-		fr.fam_type = (uint8_t)f->type;
-		fr.fam_gauge_mode = (uint8_t)f->mode;
-		fr.fam_nlabels = (uint16_t)f->nlabels;
-		fr.fam_nbuckets = f->nbuckets;
-		fr.fam_name_len = (uint16_t)nlen;
-		fr.fam_help_len = (uint16_t)hlen;
-		memcpy(rec, &fr, sizeof fr);
-		unsigned char *p = rec + sizeof fr;
-		memcpy(p, f->bounds, nb * 8);
-		p += nb * 8;
-		p = shmet__put_str(p, name, nlen, 0);
-		p = shmet__put_str(p, help, hlen, 0);
-		for (size_t i = 0; i < s->nlabels; i++)
-			p = shmet__put_str(p, s->label_names[i], strlen(s->label_names[i]), 1);
-		f->rec_off = (uint32_t)(rec - shmet__base);
-		shmet__publish(size, 0);
+	unsigned char *rec = shmet__reserve(size, 0, NULL);
+	if (!rec) {
+		shmet__free_family(f);
+		return shmet__err(SHMET_E_REGION_FULL, "no room for family \"%s\" in region %d (%llu bytes)", name,
+				  shmet__st.region, (unsigned long long)shmet__st.region_size);
 	}
+	struct shmet_rec_family fr;
+	memset(&fr, 0, sizeof fr);
+	fr.fam_rec.rec_size = (uint32_t)shmet_align8(size);
+	fr.fam_rec.rec_kind = SHMET_REC_FAMILY;
+	fr.fam_type = (uint8_t)f->type;
+	fr.fam_gauge_mode = (uint8_t)f->mode;
+	fr.fam_nlabels = (uint16_t)f->nlabels;
+	fr.fam_nbuckets = f->nbuckets;
+	fr.fam_name_len = (uint16_t)nlen;
+	fr.fam_help_len = (uint16_t)hlen;
+	memcpy(rec, &fr, sizeof fr);
+	unsigned char *p = rec + sizeof fr;
+	memcpy(p, f->bounds, nb * 8);
+	p += nb * 8;
+	p = shmet__put_str(p, name, nlen, 0);
+	p = shmet__put_str(p, help, hlen, 0);
+	for (size_t i = 0; i < s->nlabels; i++)
+		p = shmet__put_str(p, s->label_names[i], strlen(s->label_names[i]), 1);
+	f->rec_off = shmet__st.adopt_rec ? shmet__st.adopt_rec : (uint32_t)(rec - shmet__base);
+	shmet__publish(size, 0);
 	f->id = ++shmet__st.next_family_id;
 	f->next = shmet__st.families;
 	shmet__st.families = f;
@@ -1016,29 +1020,27 @@ static int shmet__create_series_locked(shmet_family *f, uint64_t h, const char *
 		memcpy(n->values[i], values[i], lens[i] + 1);
 		n->lens[i] = lens[i];
 	}
-	uint32_t cell_off = shmet__st.adopt_rec; /* shmet__adopt_series: the record is there */
-	if (!cell_off) {
-		unsigned char *rec = shmet__reserve(size, shmet_cell_size(f->type, f->nbuckets), &cell_off);
-		if (!rec) {
-			for (uint32_t i = 0; i < f->nlabels; i++)
-				free(n->values[i]);
-			free(n);
-			return shmet__err(SHMET_E_REGION_FULL, "no room for a series of \"%s\" in region %d (%llu bytes)",
-					  f->name, shmet__st.region, (unsigned long long)shmet__st.region_size);
-		}
-		struct shmet_rec_series sr;
-		memset(&sr, 0, sizeof sr);
-		sr.ser_rec.rec_size = (uint32_t)shmet_align8(size);
-		sr.ser_rec.rec_kind = SHMET_REC_SERIES;
-		sr.ser_family_off = f->rec_off;
-		sr.ser_cell_off = cell_off;
-		sr.ser_nvalues = (uint16_t)f->nlabels;
-		memcpy(rec, &sr, sizeof sr);
-		unsigned char *p = rec + sizeof sr;
+	uint32_t cell_off = 0;
+	unsigned char *rec = shmet__reserve(size, shmet_cell_size(f->type, f->nbuckets), &cell_off);
+	if (!rec) {
 		for (uint32_t i = 0; i < f->nlabels; i++)
-			p = shmet__put_str(p, values[i], lens[i], 1);
-		shmet__publish(size, 1);
+			free(n->values[i]);
+		free(n);
+		return shmet__err(SHMET_E_REGION_FULL, "no room for a series of \"%s\" in region %d (%llu bytes)",
+				  f->name, shmet__st.region, (unsigned long long)shmet__st.region_size);
 	}
+	struct shmet_rec_series sr;
+	memset(&sr, 0, sizeof sr);
+	sr.ser_rec.rec_size = (uint32_t)shmet_align8(size);
+	sr.ser_rec.rec_kind = SHMET_REC_SERIES;
+	sr.ser_family_off = f->rec_off;
+	sr.ser_cell_off = cell_off;
+	sr.ser_nvalues = (uint16_t)f->nlabels;
+	memcpy(rec, &sr, sizeof sr);
+	unsigned char *p = rec + sizeof sr;
+	for (uint32_t i = 0; i < f->nlabels; i++)
+		p = shmet__put_str(p, values[i], lens[i], 1);
+	shmet__publish(size, 1);
 	n->hash = h;
 	n->fam = f;
 	n->off = cell_off;
@@ -1161,20 +1163,43 @@ shmet_summary shmet_summary_labels(shmet_family *f, ...)
 	return s;
 }
 
+/* The largest record a registration writes: a family with every limit
+ * reached, or a series with every label value at its longest. */
+#define SHMET__MAX_REC                                                                                  \
+	(sizeof(struct shmet_rec_series) + SHMET_MAX_LABELS * (2 + SHMET_MAX_VALUE_LEN) +                \
+	 sizeof(struct shmet_rec_family) + 8 * SHMET_MAX_BUCKETS + SHMET_MAX_NAME_LEN + SHMET_MAX_HELP_LEN + \
+	 SHMET_MAX_LABELS * (2 + SHMET_MAX_NAME_LEN) + 8)
+
+/* Run a registration (family, or series of family f) that finds its record
+ * at off already: it writes into a scratch buffer and publishes nothing. */
+static int shmet__adopt_locked_call(uint32_t off, const struct shmet_family_spec *spec, shmet_family **out,
+				    shmet_family *f, const char *const *values)
+{
+	if (shmet__st.region < 0)
+		return shmet__err(SHMET_E_INVALID_ARG, "no adopted region");
+	if (!shmet__st.adopt_buf && !(shmet__st.adopt_buf = (unsigned char *)malloc(SHMET__MAX_REC)))
+		return shmet__err(SHMET_E_SYS, "out of memory");
+	int rc;
+	shmet__st.adopt_rec = off;
+	if (spec) {
+		rc = shmet__register_locked(spec, out);
+	} else {
+		size_t lens[SHMET_MAX_LABELS];
+		uint32_t got = 0;
+		uint64_t h = shmet__hash(f->id, values, lens, f->nlabels);
+		rc = shmet__create_series_locked(f, h, values, lens, &got);
+	}
+	shmet__st.adopt_rec = 0;
+	return rc;
+}
+
 int shmet__adopt_family(const struct shmet_family_spec *spec, uint32_t rec_off, shmet_family **out)
 {
-	if (!out || !rec_off)
-		return shmet__err(SHMET_E_INVALID_ARG, "no place for the family, or no record");
+	if (!out || !spec || !rec_off)
+		return shmet__err(SHMET_E_INVALID_ARG, "no family, place for it or record");
 	*out = NULL;
 	pthread_mutex_lock(&shmet__st.mu);
-	int rc = SHMET_E_INVALID_ARG;
-	if (shmet__st.region < 0) {
-		shmet__err(rc, "no adopted region");
-	} else {
-		shmet__st.adopt_rec = rec_off;
-		rc = shmet__register_locked(spec, out);
-		shmet__st.adopt_rec = 0;
-	}
+	int rc = shmet__adopt_locked_call(rec_off, spec, out, NULL, NULL);
 	pthread_mutex_unlock(&shmet__st.mu);
 	return rc;
 }
@@ -1183,18 +1208,8 @@ int shmet__adopt_series(shmet_family *f, const char *const *values, uint32_t cel
 {
 	if (!f || !cell_off || (f->nlabels && !values))
 		return shmet__err(SHMET_E_INVALID_ARG, "no family, values or cells");
-	size_t lens[SHMET_MAX_LABELS];
-	uint64_t h = shmet__hash(f->id, values, lens, f->nlabels);
 	pthread_mutex_lock(&shmet__st.mu);
-	int rc = SHMET_E_INVALID_ARG;
-	uint32_t off = 0;
-	if (shmet__st.region < 0) {
-		shmet__err(rc, "no adopted region");
-	} else {
-		shmet__st.adopt_rec = cell_off;
-		rc = shmet__create_series_locked(f, h, values, lens, &off);
-		shmet__st.adopt_rec = 0;
-	}
+	int rc = shmet__adopt_locked_call(cell_off, NULL, NULL, f, values);
 	pthread_mutex_unlock(&shmet__st.mu);
 	return rc;
 }

@@ -192,7 +192,8 @@ struct shmet_region_slot {
 };
 
 /* rs_flags: the region holds a collector's pushed series; a collector that
- * holds the collector lock takes it back when its owner died, unfolded. */
+ * holds the collector lock takes it back when its owner died, unfolded.
+ * The claim and the folder's free clear the flags. */
 #define SHMET_SLOT_COLLECTOR 1u
 
 struct shmet_region_header {
