@@ -175,6 +175,28 @@ bool collector_fresh_scan(struct collector *c, int timeout_ms)
 	return fresh;
 }
 
+/* Could a collector's pushes have made every family in region i?  Any
+ * process can set the flag; a worker's region it cannot be, or its gauges
+ * would count as live while this collector runs. */
+static bool push_shaped(const struct shmet_segment *seg, uint32_t i)
+{
+	struct shmet_area a;
+	struct shmet_dir_iter it;
+	struct shmet_record r;
+	int rc;
+	if (shmet_region_area(seg, i, &a, NULL) != SHMET_OK)
+		return false;
+	shmet_dir_begin(&it, &a);
+	while ((rc = shmet_dir_next(&it, &r, NULL)) != 0)
+		if (rc > 0 && r.kind == SHMET_REC_FAMILY && r.fam.type == SHMET_GAUGE &&
+		    r.fam.mode != SHMET_GAUGE_MOSTRECENT) {
+			collector_log("push: region %u is flagged as a collector's but holds the %s gauge %.*s; not taken back",
+				      i, shmet_gauge_mode_name(r.fam.mode), (int)r.fam.name_len, r.fam.name);
+			return false;
+		}
+	return true;
+}
+
 /* With push on, take back the push region an earlier collector of this
  * segment left when it stopped or died, so that restarts do not leave a
  * dead region each (and its directory and values carry on).  Runs holding
@@ -200,7 +222,7 @@ static void adopt_push_region(struct collector *c)
 		struct shmet_region_info info;
 		shmet_region_info(seg, i, &info);
 		if (info.state != SHMET_REGION_LIVE || info.alive ||
-		    __atomic_load_n(&rh->rh_folded_gen[i], __ATOMIC_RELAXED) == info.generation)
+		    __atomic_load_n(&rh->rh_folded_gen[i], __ATOMIC_RELAXED) == info.generation || !push_shaped(seg, i))
 			continue;
 		if (c->push_lock_fd < 0) {
 			char proc[64];

@@ -230,5 +230,38 @@ else
 	sed 's/^/#   /' "$LOG" | head
 fi
 
+# ------------- a worker's region flagged as a collector's is not taken back
+cat >"$TMP/flagger.c" <<'EOF2'
+#define SHMETRICS_IMPLEMENTATION
+#include "shmetrics.h"
+int main(void)
+{
+	shmet_gauge_set(shmet_gauge_new("w_level", "A worker's sum gauge.", SHMET_GAUGE_SUM), 3);
+	struct shmet_seg_map m;
+	char err[SHMET_ERRBUF];
+	if (shmet_seg_attach(NULL, NULL, 0, &m, err) != 0)
+		return 1;
+	shmet_seg_slot(&m, (uint32_t)shmet_region_index())->rs_flags = SHMET_SLOT_COLLECTOR; /* a stray write */
+	return 0;
+}
+EOF2
+S3=$SEG-flag
+if cc -std=c11 -D_GNU_SOURCE -Iinclude -o "$TMP/flagger" "$TMP/flagger.c" -pthread -lm 2>"$TMP/cc.log" &&
+	SHMETRICS_SEGMENT=$S3 "$TMP/flagger" && start f0 "$S3" --push-token-file "$TMP/token"; then
+	health
+	scrape
+	if grep -q 'holds the sum gauge w_level; not taken back' "$LOG" && [ "$(hget "j['regions']['dead']")" = 0 ] &&
+		! grep -q '^w_level ' "$TMP/metrics"; then
+		ok "a worker's region flagged as a collector's is folded (its sum gauge gone), not taken back"
+	else
+		not_ok "a worker's region flagged as a collector's: $(hget "j['regions']['dead']") dead, $(grep '^w_level ' "$TMP/metrics")"
+		sed 's/^/#   /' "$LOG" | head
+	fi
+	stop TERM
+else
+	not_ok "set up a flagged worker region"
+	sed 's/^/#   /' "$TMP/cc.log" | head
+fi
+
 echo "# $n checks, $failed failed"
 [ "$failed" -eq 0 ]
