@@ -163,9 +163,11 @@ void api_gauge_stats(json_t *obj, const struct view_family *f)
 		if (!acc.has)
 			continue; /* only dead processes held it, and this mode drops them */
 		sum += acc.value;
-		if (n == 0 || acc.value < min)
+		/* NaN only when every series is NaN, the rule a max or min gauge
+		 * follows across processes: never an answer that depends on order */
+		if (n == 0 || acc.value < min || (isnan(min) && !isnan(acc.value)))
 			min = acc.value;
-		if (n == 0 || acc.value > max)
+		if (n == 0 || acc.value > max || (isnan(max) && !isnan(acc.value)))
 			max = acc.value;
 		n++;
 	}

@@ -327,6 +327,148 @@ close_fd:
 	return rc;
 }
 
+static size_t series_key(char *key, const char *const *values, uint32_t n);
+
+/* ---- a push region taken back from an earlier collector ----
+ * Its families and series become this process's again (the writer's index
+ * and ours), so pushes land in the same cells and no record is written
+ * twice.  Only what a push could have made is taken: counters, histograms,
+ * summaries and most-recent gauges, each family once; anything else in the
+ * region stays as it is and keeps adding up in the view. */
+static int adopt_index(struct api *a)
+{
+	struct collector *c = a->c;
+	struct shmet_area area;
+	char why[SHMET_ERRBUF];
+	if (shmet_region_area(&c->seg, (uint32_t)a->region, &area, why) != SHMET_OK) {
+		collector_log("push: region %d: %s", a->region, why);
+		return -1;
+	}
+	struct keymap by_off = {0}; /* family record offset -> index in a->fams + 1 */
+	struct shmet_dir_iter it;
+	struct shmet_record r;
+	char key[SHMET_SERIES_KEY_MAX];
+	uint32_t nf = 0, ns = 0;
+	int rc;
+	shmet_dir_begin(&it, &area);
+	while ((rc = shmet_dir_next(&it, &r, why)) != 0) {
+		if (rc < 0)
+			continue;
+		const struct shmet_family_view *fv = &r.fam;
+		uint32_t foff = fv->off;
+		if (r.kind == SHMET_REC_FAMILY) {
+			if ((fv->type == SHMET_GAUGE && fv->mode != SHMET_GAUGE_MOSTRECENT) ||
+			    keymap_find(&a->fam_index, fv->name, fv->name_len))
+				continue;
+			struct push_family *f = calloc(1, sizeof *f);
+			if (!f)
+				goto oom;
+			f->type = fv->type;
+			f->nlabels = fv->nlabels;
+			f->nbuckets = fv->nbuckets;
+			for (uint32_t i = 0; i < fv->nbuckets; i++)
+				f->bounds[i] = shmet_bound(fv, i);
+			f->name = malloc(fv->name_len + 1);
+			f->help = malloc(fv->help_len + 1);
+			bool ok = f->name && f->help;
+			for (uint32_t i = 0; ok && i < fv->nlabels; i++) {
+				ok = (f->label_names[i] = malloc(fv->label_lens[i] + 1)) != NULL;
+				if (ok) {
+					memcpy(f->label_names[i], fv->label_names[i], fv->label_lens[i]);
+					f->label_names[i][fv->label_lens[i]] = 0;
+				}
+			}
+			if (!ok) {
+				family_free(f);
+				goto oom;
+			}
+			memcpy(f->name, fv->name, fv->name_len);
+			f->name[fv->name_len] = 0;
+			memcpy(f->help, fv->help, fv->help_len);
+			f->help[fv->help_len] = 0;
+			struct shmet_family_spec spec;
+			memset(&spec, 0, sizeof spec);
+			spec.type = f->type;
+			spec.name = f->name;
+			spec.help = f->help;
+			spec.nlabels = f->nlabels;
+			spec.label_names = (const char *const *)f->label_names;
+			spec.gauge_mode = SHMET_GAUGE_MOSTRECENT;
+			spec.nbuckets = f->nbuckets;
+			spec.buckets = f->bounds;
+			size_t nl = fv->name_len;
+			if ((f->type == SHMET_HISTOGRAM && f->nbuckets == 0) ||
+			    (f->type == SHMET_COUNTER && !(nl > 6 && memcmp(f->name + nl - 6, "_total", 6) == 0))) {
+				/* the writer would register another shape (default
+				 * buckets) or name (_total appended) than the record's */
+				family_free(f);
+				continue;
+			}
+			if (shmet__adopt_family(&spec, foff, &f->fam) != SHMET_OK) {
+				collector_log("push: region %d: family %s not taken back: %s", a->region, f->name,
+					      shmet_last_error());
+				family_free(f);
+				continue;
+			}
+			if (a->nfams == a->fams_cap) {
+				uint32_t cap = a->fams_cap ? a->fams_cap * 2 : 16;
+				struct push_family **n = realloc(a->fams, cap * sizeof *n);
+				if (!n) {
+					family_free(f);
+					goto oom;
+				}
+				a->fams = n;
+				a->fams_cap = cap;
+			}
+			if (keymap_put(&a->fam_index, f->name, strlen(f->name), a->nfams) != 0 ||
+			    keymap_put(&by_off, (const char *)&foff, sizeof foff, a->nfams + 1) != 0) {
+				family_free(f);
+				goto oom;
+			}
+			a->fams[a->nfams++] = f;
+			nf++;
+			continue;
+		}
+		struct kv *kv = keymap_find(&by_off, (const char *)&foff, sizeof foff);
+		if (!kv)
+			continue;
+		struct push_family *f = a->fams[kv->val - 1];
+		char vals[SHMET_MAX_LABELS][SHMET_MAX_VALUE_LEN + 1];
+		const char *values[SHMET_MAX_LABELS];
+		for (uint32_t i = 0; i < r.series.nvalues; i++) {
+			memcpy(vals[i], r.series.values[i], r.series.value_lens[i]);
+			vals[i][r.series.value_lens[i]] = 0;
+			values[i] = vals[i];
+		}
+		size_t kl = series_key(key, values, f->nlabels);
+		if (keymap_find(&f->series, key, kl) ||
+		    shmet__adopt_series(f->fam, values, r.series.cell_off) != SHMET_OK)
+			continue;
+		if (keymap_put(&f->series, key, kl, r.series.cell_off) != 0)
+			goto oom;
+		ns++;
+	}
+	/* the same families' series elsewhere in the segment count toward the
+	 * series limit, as for a family first pushed after a restart */
+	const struct view *v = c->view;
+	for (uint32_t k = 0; v && k < a->nfams; k++) {
+		struct push_family *f = a->fams[k];
+		const struct view_family *vf = api_view_family(v, f->name);
+		for (uint32_t i = 0; vf && vf->nlabels == f->nlabels && i < vf->nseries; i++) {
+			size_t kl = series_key(key, vf->series[i].values, vf->nlabels);
+			if (!keymap_find(&f->series, key, kl) && keymap_put(&f->series, key, kl, 0) != 0)
+				goto oom;
+		}
+	}
+	keymap_free(&by_off);
+	collector_log("push: region %d taken back with %u families and %u series", a->region, nf, ns);
+	return 0;
+oom:
+	keymap_free(&by_off);
+	collector_log("push: out of memory while taking back region %d", a->region);
+	return -1;
+}
+
 /* ---- init / free / health ---- */
 
 static void ja_thread_free(void *p) { free(p); }
@@ -345,7 +487,18 @@ int api_push_init(struct api *a, char *err, size_t errlen)
 	memset(&o, 0, sizeof o);
 	o.path = c->seg.path;
 	o.no_create = true;
-	rc = shmet_init(&o);
+	rc = SHMET_E_INVALID_ARG;
+	if (c->push_region >= 0) {
+		/* the region an earlier collector pushed into: its series and values go on */
+		rc = shmet__init_adopted(&o, (uint32_t)c->push_region);
+		if (rc != SHMET_OK) {
+			collector_log("push: cannot use region %d again (%s); it will be folded", c->push_region,
+				      shmet_last_error());
+			collector_release_push_region(c);
+		}
+	}
+	if (rc != SHMET_OK)
+		rc = shmet_init(&o);
 	if (rc != SHMET_OK) {
 		snprintf(err, errlen, "push API: cannot claim a region for pushed series in %s: %s", c->seg.path,
 			 shmet_last_error());
@@ -353,6 +506,15 @@ int api_push_init(struct api *a, char *err, size_t errlen)
 	}
 	a->region = shmet_region_index();
 	collector_guard_writer(shmetd_writer_map()); /* its pages past a truncated end must not kill us */
+	if (c->push_region >= 0 && a->region == c->push_region && adopt_index(a) != 0)
+		return SHMET_E_SYS;
+	if (a->region >= 0) {
+		/* So that the next collector recognises it.  relaxed: it reads the
+		 * flag only after this process died, which the kernel orders. */
+		struct shmet_region_slot *slot = (struct shmet_region_slot *)(void *)(c->seg.map.base + c->seg.table_off +
+										      (uint64_t)a->region * SHMET_CACHELINE);
+		__atomic_fetch_or(&slot->rs_flags, SHMET_SLOT_COLLECTOR, __ATOMIC_RELAXED);
+	}
 	a->rate = calloc(RATE_SETS * RATE_WAYS, sizeof *a->rate);
 	if (!a->rate) {
 		snprintf(err, errlen, "out of memory");

@@ -3,6 +3,7 @@
 #include "http.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +12,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <time.h>
+#include <unistd.h>
 #include <urcu-bp.h>
 
 void collector_log(const char *fmt, ...)
@@ -285,7 +287,20 @@ static void note_fold(struct collector *c, int rc)
 		return;
 	}
 	__atomic_store_n(&c->fold_blocked, false, __ATOMIC_RELAXED);
-	if (rc != SHMET_OK || fold_res.err[0])
+	/* A full retired area leaves the same regions at every scan: say so
+	 * when their number changes, not every time. */
+	uint32_t was = __atomic_load_n(&c->fold_skipped, __ATOMIC_RELAXED);
+	if (fold_res.skipped != was) {
+		if (fold_res.skipped)
+			collector_log("retired area full: %u dead region%s cannot be folded and stay allocated (%s); "
+				      "create the segment with a larger --retired-size",
+				      fold_res.skipped, fold_res.skipped == 1 ? "" : "s", fold_res.err);
+		else
+			collector_log("retired area: every dead region folded again");
+	}
+	/* relaxed: a statistic read by scrapes */
+	__atomic_store_n(&c->fold_skipped, fold_res.skipped, __ATOMIC_RELAXED);
+	if (rc != SHMET_OK || (fold_res.err[0] && fold_res.skipped == 0))
 		collector_log("fold: %s", fold_res.err[0] ? fold_res.err : shmet_strerror(rc));
 	if (fold_res.inexact) {
 		/* relaxed: a statistic */
@@ -420,10 +435,95 @@ bool collector_fresh_scan(struct collector *c, int timeout_ms)
 	return fresh;
 }
 
+/* Could a collector's pushes have made every family in region i?  Any
+ * process can set the flag; a worker's region it cannot be, or its gauges
+ * would count as live while this collector runs. */
+static bool push_shaped(const struct shmet_segment *seg, uint32_t i)
+{
+	struct shmet_area a;
+	struct shmet_dir_iter it;
+	struct shmet_record r;
+	int rc;
+	if (shmet_region_area(seg, i, &a, NULL) != SHMET_OK)
+		return false;
+	shmet_dir_begin(&it, &a);
+	while ((rc = shmet_dir_next(&it, &r, NULL)) != 0)
+		if (rc > 0 && r.kind == SHMET_REC_FAMILY && r.fam.type == SHMET_GAUGE &&
+		    r.fam.mode != SHMET_GAUGE_MOSTRECENT) {
+			collector_log("push: region %u is flagged as a collector's but holds the %s gauge %.*s; not taken back",
+				      i, shmet_gauge_mode_name(r.fam.mode), (int)r.fam.name_len, r.fam.name);
+			return false;
+		}
+	return true;
+}
+
+/* With push on, take back the push region an earlier collector of this
+ * segment left when it stopped or died, so that restarts do not leave a
+ * dead region each (and its directory and values carry on).  Runs holding
+ * the collector lock and before this process's first fold, so nothing can
+ * fold the region meanwhile; a region the active retired half already
+ * includes (a fold that flipped but did not free) is left to be freed.  The
+ * liveness lock goes on a descriptor of its own: the segment's descriptor
+ * would not see its own lock, and the fold would think the region dead. */
+static void adopt_push_region(struct collector *c)
+{
+	struct shmet_segment *seg = &c->seg;
+	c->push_region = -1;
+	c->push_lock_fd = -1;
+	if (!c->cfg.push_token_file)
+		return;
+	const struct shmet_retired_header *rh = shmet_retired_header(seg, shmet_retired_active(seg));
+	for (uint32_t i = 0; i < seg->regions; i++) {
+		struct shmet_region_slot *slot =
+			(struct shmet_region_slot *)(void *)(seg->map.base + seg->table_off + (uint64_t)i * SHMET_CACHELINE);
+		/* relaxed: set by the region's owner, which is dead if it matters */
+		if (!(__atomic_load_n(&slot->rs_flags, __ATOMIC_RELAXED) & SHMET_SLOT_COLLECTOR))
+			continue;
+		struct shmet_region_info info;
+		shmet_region_info(seg, i, &info);
+		if (info.state != SHMET_REGION_LIVE || info.alive ||
+		    __atomic_load_n(&rh->rh_folded_gen[i], __ATOMIC_RELAXED) == info.generation || !push_shaped(seg, i))
+			continue;
+		if (c->push_lock_fd < 0) {
+			char proc[64];
+			snprintf(proc, sizeof proc, "/proc/self/fd/%d", seg->map.fd);
+			c->push_lock_fd = open(proc, O_RDWR | O_CLOEXEC);
+			if (c->push_lock_fd < 0) {
+				collector_log("push: cannot take back region %u: %s", i, strerror(errno));
+				return;
+			}
+		}
+		off_t off = (off_t)(seg->table_off + (uint64_t)i * SHMET_CACHELINE);
+		if (shmet__ofd_lock(c->push_lock_fd, off, F_WRLCK, F_OFD_SETLK) != 0)
+			continue;
+		/* acquire: under our lock the slot must still be that dead owner's */
+		if (__atomic_load_n(&slot->rs_state_gen, __ATOMIC_ACQUIRE) !=
+		    shmet_state_gen(info.generation, SHMET_REGION_LIVE)) {
+			shmet__ofd_lock(c->push_lock_fd, off, F_UNLCK, F_OFD_SETLK);
+			continue;
+		}
+		c->push_region = (int)i;
+		collector_log("push: taking back region %u (generation %llu) of a collector that stopped", i,
+			      (unsigned long long)info.generation);
+		return;
+	}
+}
+
+void collector_release_push_region(struct collector *c)
+{
+	if (c->push_region < 0)
+		return;
+	off_t off = (off_t)(c->seg.table_off + (uint64_t)c->push_region * SHMET_CACHELINE);
+	shmet__ofd_lock(c->push_lock_fd, off, F_UNLCK, F_OFD_SETLK);
+	c->push_region = -1;
+}
+
 int collector_open(struct collector *c, const struct collector_config *cfg, char *err, size_t errlen)
 {
 	memset(c, 0, sizeof *c);
 	c->cfg = *cfg;
+	c->push_region = -1;
+	c->push_lock_fd = -1;
 	pthread_mutex_init(&c->wake_mu, NULL);
 	pthread_cond_init(&c->wake, NULL);
 	pthread_cond_init(&c->scanned, NULL);
@@ -433,6 +533,7 @@ int collector_open(struct collector *c, const struct collector_config *cfg, char
 	sc.region_size = cfg->region_size;
 	sc.allow_owner = cfg->allow_owner;
 	sc.owner_uid = cfg->owner_uid;
+	sc.retired_size = cfg->retired_size;
 	char why[SHMET_ERRBUF];
 	int rc = shmet_segment_open(cfg->segment, SHMET_ATTACH_CREATE, &sc, &c->seg, why);
 	if (rc != SHMET_OK) {
@@ -451,8 +552,10 @@ int collector_open(struct collector *c, const struct collector_config *cfg, char
 	}
 	guard_map_set(0, &c->seg.map);
 	guard_install();
-	collector_log("segment %s: %s, %u regions of %llu bytes", c->seg.path,
-		      c->seg.map.created ? "created" : "opened", c->seg.regions, (unsigned long long)c->seg.region_size);
+	collector_log("segment %s: %s, %u regions of %llu bytes, retired totals %llu bytes", c->seg.path,
+		      c->seg.map.created ? "created" : "opened", c->seg.regions, (unsigned long long)c->seg.region_size,
+		      (unsigned long long)(c->seg.retired_half_size - c->seg.retired_hdr_size));
+	adopt_push_region(c);
 	collector_scan(c);
 	if (!c->view) {
 		snprintf(err, errlen, "cannot build the first view (out of memory)");
@@ -499,4 +602,7 @@ void collector_close(struct collector *c)
 	guard_map_set(1, NULL);
 	__atomic_store_n(&collector_seg_end, (uintptr_t)0, __ATOMIC_RELAXED);
 	shmet_segment_close(&c->seg);
+	if (c->push_lock_fd >= 0)
+		close(c->push_lock_fd); /* last: the region is dead once its pushes can no longer be served */
+	c->push_lock_fd = -1;
 }

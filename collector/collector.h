@@ -76,6 +76,7 @@ struct collector_config {
 	int listen_port;
 	uint32_t regions;
 	uint64_t region_size;
+	uint64_t retired_size; /* bytes per retired half, if this process creates the segment; 0: default */
 	double scan_interval;
 	const char *push_token_file;
 	uint32_t push_max_batch;
@@ -102,6 +103,9 @@ struct collector {
 	/* statistics, relaxed atomics: written by one thread, read by scrapes */
 	uint64_t corrupt_records; /* distinct bad records seen (each is re-met at every rebuild) */
 	uint64_t conflicts;       /* distinct series skipped for a family clash */
+	uint32_t fold_skipped;    /* dead regions the last fold left, the retired area being full */
+	int push_region;          /* a dead push region of an earlier collector this one took over, or -1 */
+	int push_lock_fd;         /* the descriptor holding push_region's liveness lock */
 	struct keymap problems;   /* updater only: (kind, region, generation, offset) already counted */
 	struct shmet_registry registry; /* updater only: the family registry read so far */
 	bool flip_unpublished;    /* updater only: a fold flipped; its view is not published yet */
@@ -135,6 +139,9 @@ int collector_open(struct collector *c, const struct collector_config *cfg, char
 /* One updater step: fold, rebuild, publish, free.  Returns true if the view changed. */
 bool collector_scan(struct collector *c);
 int collector_start(struct collector *c, char *err, size_t errlen); /* updater + HTTP */
+/* The push API could not use the region collector_open took back: let it be
+ * folded like a dead worker's. */
+void collector_release_push_region(struct collector *c);
 void collector_stop(struct collector *c);
 void collector_close(struct collector *c);
 

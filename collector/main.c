@@ -25,6 +25,8 @@ static void usage(FILE *out)
 		"  -l, --listen HOST:PORT      where to serve HTTP (default 127.0.0.1:%d; port 0 picks a free one)\n"
 		"      --regions N             regions, if this process creates the segment (default %u)\n"
 		"      --region-size BYTES     bytes per region, if this process creates the segment (default %llu)\n"
+		"      --retired-size BYTES    bytes for the totals of dead workers, if this process creates the\n"
+		"                              segment (default twice the region size)\n"
 		"      --scan-interval SECONDS how often to look for new series and dead workers (default 1)\n"
 		"      --segment-owner UID     also accept a segment owned by this uid (default: only our own)\n"
 		"      --push-token-file PATH  enable the push API; bearer token read from PATH\n"
@@ -74,12 +76,13 @@ int main(int argc, char **argv)
 		.push_max_batch = 1000, .push_series_limit = 1000, .push_body_limit = 4u << 20,
 		.push_rate = 50, .push_burst = 100,
 	};
-	enum { OPT_REGIONS = 256, OPT_REGION_SIZE, OPT_SCAN, OPT_TOKEN, OPT_BATCH, OPT_SERIES, OPT_RATE, OPT_OWNER };
+	enum { OPT_REGIONS = 256, OPT_REGION_SIZE, OPT_RETIRED_SIZE, OPT_SCAN, OPT_TOKEN, OPT_BATCH, OPT_SERIES, OPT_RATE, OPT_OWNER };
 	static const struct option opts[] = {
 		{"segment", required_argument, NULL, 's'},
 		{"listen", required_argument, NULL, 'l'},
 		{"regions", required_argument, NULL, OPT_REGIONS},
 		{"region-size", required_argument, NULL, OPT_REGION_SIZE},
+		{"retired-size", required_argument, NULL, OPT_RETIRED_SIZE},
 		{"scan-interval", required_argument, NULL, OPT_SCAN},
 		{"segment-owner", required_argument, NULL, OPT_OWNER},
 		{"push-token-file", required_argument, NULL, OPT_TOKEN},
@@ -119,6 +122,14 @@ int main(int argc, char **argv)
 				return 2;
 			}
 			cfg.region_size = u;
+			break;
+		case OPT_RETIRED_SIZE:
+			if (parse_u64(optarg, 4 * SHMET_MAX_REGION_SIZE, &u) != 0 || u < SHMET_MIN_REGION_SIZE) {
+				fprintf(stderr, "shmetricsd: --retired-size wants %llu..%llu bytes\n",
+					(unsigned long long)SHMET_MIN_REGION_SIZE, (unsigned long long)(4 * SHMET_MAX_REGION_SIZE));
+				return 2;
+			}
+			cfg.retired_size = u;
 			break;
 		case OPT_SCAN:
 			cfg.scan_interval = strtod(optarg, &end);

@@ -48,23 +48,49 @@ static const enum shmet_expo_type expo_type[] = {
 	[SHMET_SUMMARY] = SHMET_EXPO_SUMMARY,
 };
 
+/* What OpenMetrics lets a family show (its strict parsers refuse the rest;
+ * text 0.0.4 has no such rules and shows everything):
+ *  - a gauge series only while some process contributes a value (for sum,
+ *    max and min a live process; max and min only once it set it), as the
+ *    JSON API says null for it;
+ *  - a counter only when its value is neither NaN nor negative (the writer
+ *    refuses both; only bytes written outside it get there);
+ *  - _sum and _count of a histogram only when no bucket bound is negative
+ *    (the spec forbids _sum then, and _count goes with _sum) and the sum is
+ *    neither NaN nor negative (a negative observation, or +Inf and -Inf
+ *    observed); the buckets carry the count anyway;
+ *  - _sum of a summary only when it is neither NaN nor negative. */
+static bool om_counter_ok(double v)
+{
+	return v >= 0; /* false for NaN */
+}
+
 static void render_family(shmet_buf *b, enum shmet_expo_format fmt, const struct view_family *f)
 {
 	if (f->nseries == 0)
 		return;
-	shmet_expo_family(b, fmt, expo_type[f->type], f->name, f->help);
+	bool om = fmt == SHMET_EXPO_OPENMETRICS;
+	bool neg_bound = false;
+	for (uint32_t k = 0; f->type == SHMET_HISTOGRAM && k < f->nbuckets; k++)
+		neg_bound |= f->bounds[k] < 0;
+	bool header = false; /* written before the first sample: no family without samples */
 	size_t nl = strlen(f->name);
 	struct shmet_agg acc;
 	for (uint32_t i = 0; i < f->nseries; i++) {
 		const struct view_series *s = &f->series[i];
 		if (!view_series_agg(f, s, &acc))
 			continue; /* partly past a truncated segment's end: a partial sum would read as a reset */
+		double v = shmet_agg_value(&acc, f->type);
+		if ((f->type == SHMET_GAUGE && !acc.has) || (om && f->type == SHMET_COUNTER && !om_counter_ok(v)))
+			continue;
+		if (!header) {
+			shmet_expo_family(b, fmt, expo_type[f->type], f->name, f->help);
+			header = true;
+		}
 		switch (f->type) {
 		case SHMET_COUNTER:
-			put_line(b, fmt, f->name, nl, "", 0, s, NULL, shmet_agg_value(&acc, f->type), false);
-			break;
 		case SHMET_GAUGE:
-			put_line(b, fmt, f->name, nl, "", 0, s, NULL, acc.value, false);
+			put_line(b, fmt, f->name, nl, "", 0, s, NULL, v, false);
 			break;
 		case SHMET_HISTOGRAM: {
 			uint64_t cum = 0;
@@ -72,13 +98,16 @@ static void render_family(shmet_buf *b, enum shmet_expo_format fmt, const struct
 				cum += acc.buckets[k];
 				put_line(b, fmt, f->name, nl, "_bucket", 7, s, f->bound_text[k], (double)cum, true);
 			}
-			put_line(b, fmt, f->name, nl, "_sum", 4, s, NULL, acc.value, false);
+			if (om && (neg_bound || !om_counter_ok(v)))
+				break;
+			put_line(b, fmt, f->name, nl, "_sum", 4, s, NULL, v, false);
 			/* _count is the sum of the buckets: equal to +Inf in every scrape */
 			put_line(b, fmt, f->name, nl, "_count", 6, s, NULL, (double)cum, true);
 			break;
 		}
 		case SHMET_SUMMARY:
-			put_line(b, fmt, f->name, nl, "_sum", 4, s, NULL, acc.value, false);
+			if (!om || om_counter_ok(v))
+				put_line(b, fmt, f->name, nl, "_sum", 4, s, NULL, v, false);
 			put_line(b, fmt, f->name, nl, "_count", 6, s, NULL, (double)acc.whole, true);
 			break;
 		}
@@ -125,6 +154,9 @@ void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enu
 		{"shmetricsd_family_conflicts_total",
 		 "Series skipped because processes registered one family name with different types, labels or buckets.",
 		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)__atomic_load_n(&c->conflicts, __ATOMIC_RELAXED)}, {0}, 0},
+		{"shmetricsd_fold_skipped_regions",
+		 "Dead regions the last fold had to leave allocated because the retired area is full.", SHMET_EXPO_GAUGE,
+		 NULL, NULL, {(double)__atomic_load_n(&c->fold_skipped, __ATOMIC_RELAXED)}, {0}, 0},
 		{"shmetricsd_folds_total", "Dead worker regions folded into the retired totals, since the segment was created.",
 		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)st->folds}, {0}, 0},
 		{"shmetricsd_region_claim_failures_total",

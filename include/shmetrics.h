@@ -146,6 +146,20 @@ SHMET__API shmet_summary shmet_summary_labels(shmet_family *f, ...);
 SHMET__API shmet_counter shmet_counter_new(const char *name, const char *help);
 SHMET__API shmet_gauge shmet_gauge_new(const char *name, const char *help, enum shmet_gauge_mode mode);
 
+/* shmetricsd only: like shmet_init, but make region `region` this process's
+ * region, keeping its directory and values, instead of claiming a free one.
+ * The caller holds the collector lock and, through a descriptor of its own
+ * that stays open while the region is used, the region's liveness lock; it
+ * checked that the retired totals do not include the region.  Families
+ * registered afterwards get new records (the old ones stay and add up). */
+SHMET__API int shmet__init_adopted(const struct shmet_options *options, uint32_t region);
+/* After shmet__init_adopted: make the adopted region's family record at
+ * rec_off, and its series with cells at cell_off, known as if this process
+ * had registered them, writing nothing.  The caller validated the records
+ * (libshm's directory walk) and that spec and values are what they hold. */
+SHMET__API int shmet__adopt_family(const struct shmet_family_spec *spec, uint32_t rec_off, shmet_family **out);
+SHMET__API int shmet__adopt_series(shmet_family *f, const char *const *values, uint32_t cell_off);
+
 /* Called by the hot path for a dropped write (fallback handle, NaN, negative
  * counter add, an add_u64 past SHMET_COUNTER_ADD_MAX): counts it in the
  * segment. */
@@ -425,8 +439,11 @@ static struct {
 	uint64_t retry_ns; /* an orphan claims again from this CLOCK_MONOTONIC time on (atomic) */
 	int said_orphan, said_full; /* the stderr notices, once per process (atomic) */
 	char path[4096];
+	uint32_t adopt;     /* shmet__init_adopted: region + 1 to take instead of claiming */
+	uint32_t adopt_rec; /* shmet__adopt_*: the record is at this offset already ... */
+	unsigned char *adopt_buf; /* ... and is written here instead, then forgotten */
 } shmet__st = {PTHREAD_MUTEX_INITIALIZER, 0, 0, {-1, 0, 0, NULL, 0, NULL, 0, 0, 0, 0, 0, 0, 0, 0}, -1, 0, 0, 0, 0, NULL, 0,
-	       NULL, 0, SHMET_NO_PARENT, NULL, 0, 0, 0, 0, {0}};
+	       NULL, 0, SHMET_NO_PARENT, NULL, 0, 0, 0, 0, {0}, 0, 0, NULL};
 
 static __thread char shmet__errmsg[SHMET_ERRBUF];
 
@@ -577,6 +594,35 @@ static int shmet__claim_locked(uint32_t parent)
 	shmet__st.dir_end = sizeof(struct shmet_region_header);
 	shmet__st.cell_low = shmet__st.region_size;
 	shmet__st.series = 0;
+	return SHMET_OK;
+}
+
+/* shmet__init_adopted: take over region idx as it is.  Its header is
+ * checked like any reader would, since any process could have written it. */
+static int shmet__adopt_locked(uint32_t idx)
+{
+	const struct shmet_seg_map *m = &shmet__st.map;
+	if (idx >= shmet_seg_regions(m))
+		return shmet__err(SHMET_E_INVALID_ARG, "%s: no region %u", shmet__st.path, idx);
+	struct shmet_region_slot *slot = shmet_seg_slot(m, idx);
+	/* acquire: pairs with the claim that made it LIVE */
+	if (shmet_state_of(__atomic_load_n(&slot->rs_state_gen, __ATOMIC_ACQUIRE)) != SHMET_REGION_LIVE ||
+	    !shmet_seg_region_alive(m, idx))
+		return shmet__err(SHMET_E_INVALID_ARG, "%s: region %u is not live and locked by the caller",
+				  shmet__st.path, idx);
+	struct shmet_region_header *rg = (struct shmet_region_header *)(void *)shmet_seg_region(m, idx);
+	/* acquire: the records below the end; the owner that wrote them is dead */
+	uint64_t end = __atomic_load_n(&rg->rg_dir_end, __ATOMIC_ACQUIRE);
+	uint64_t low = __atomic_load_n(&rg->rg_cell_low, __ATOMIC_RELAXED);
+	uint64_t series = __atomic_load_n(&rg->rg_series, __ATOMIC_RELAXED);
+	if (end < sizeof *rg || end > low || low > shmet__st.region_size || end % 8 || low % 8)
+		return shmet__err(SHMET_E_CORRUPT, "%s: region %u: directory end %llu and cells at %llu are out of bounds",
+				  shmet__st.path, idx, (unsigned long long)end, (unsigned long long)low);
+	shmet__use_region(idx);
+	shmet__st.dir_end = end;
+	shmet__st.cell_low = low;
+	shmet__st.series = series;
+	__atomic_store_n(&slot->rs_pid, (uint32_t)getpid(), __ATOMIC_RELAXED); /* informational */
 	return SHMET_OK;
 }
 
@@ -766,6 +812,8 @@ static int shmet__init_locked(const struct shmet_options *o)
 		shmet__st.atfork_done = 1;
 	}
 	shmet__st.initialized = 1;
+	if (shmet__st.adopt)
+		return shmet__adopt_locked(shmet__st.adopt - 1);
 	return shmet__claim_locked(SHMET_NO_PARENT);
 }
 
@@ -785,11 +833,31 @@ static void shmet__notice_full(void)
 		      shmet__st.region, shmet__st.path, (unsigned long long)shmet__st.region_size);
 }
 
+int shmet__init_adopted(const struct shmet_options *o, uint32_t region)
+{
+	pthread_mutex_lock(&shmet__st.mu);
+	int rc;
+	if (shmet__st.initialized) {
+		rc = shmet__err(SHMET_E_INVALID_ARG, "already initialised; adopt a region before anything else");
+	} else {
+		shmet__st.adopt = region + 1;
+		rc = shmet__init_locked(o);
+		shmet__st.adopt = 0;
+	}
+	pthread_mutex_unlock(&shmet__st.mu);
+	return rc;
+}
+
 /* Reserve a directory record of size bytes and, when cells > 0, cells below
  * the cell watermark.  Nothing is published until shmet__publish. */
 static unsigned char *shmet__reserve(size_t size, uint32_t cells, uint32_t *cell_off)
 {
 	uint64_t need = shmet_align8(size) + cells;
+	if (shmet__st.adopt_rec) { /* shmet__adopt_*: the record and its cells exist */
+		if (cells)
+			*cell_off = shmet__st.adopt_rec;
+		return shmet__st.adopt_buf;
+	}
 	if (shmet__st.region < 0)
 		return NULL;
 	if (shmet__st.cell_low < shmet__st.dir_end || shmet__st.cell_low - shmet__st.dir_end < need)
@@ -804,6 +872,8 @@ static unsigned char *shmet__reserve(size_t size, uint32_t cells, uint32_t *cell
 static void shmet__publish(size_t size, int is_series)
 {
 	struct shmet_region_header *rg = (struct shmet_region_header *)(void *)shmet__base;
+	if (shmet__st.adopt_rec)
+		return; /* nothing was written to the region */
 	shmet__st.dir_end += shmet_align8(size);
 	if (is_series)
 		__atomic_store_n(&rg->rg_series, ++shmet__st.series, __ATOMIC_RELAXED);
@@ -1108,7 +1178,7 @@ static int shmet__register_locked(const struct shmet_family_spec *s, shmet_famil
 				  shmet__st.region, (unsigned long long)shmet__st.region_size);
 	}
 	memcpy(dst, rec, size);
-	f->rec_off = (uint32_t)(dst - shmet__base);
+	f->rec_off = shmet__st.adopt_rec ? shmet__st.adopt_rec : (uint32_t)(dst - shmet__base);
 	shmet__publish(size, 0);
 	f->id = ++shmet__st.next_family_id;
 	f->next = shmet__st.families;
@@ -1380,6 +1450,57 @@ shmet_summary shmet_summary_labels(shmet_family *f, ...)
 	shmet_summary s = {0};
 	SHMET__LABELS_OFF(f, SHMET_SUMMARY, s.off);
 	return s;
+}
+
+/* The largest record a registration writes: a family with every limit
+ * reached, or a series with every label value at its longest. */
+#define SHMET__MAX_REC                                                                                  \
+	(sizeof(struct shmet_rec_series) + SHMET_MAX_LABELS * (2 + SHMET_MAX_VALUE_LEN) +                \
+	 sizeof(struct shmet_rec_family) + 8 * SHMET_MAX_BUCKETS + SHMET_MAX_NAME_LEN + SHMET_MAX_HELP_LEN + \
+	 SHMET_MAX_LABELS * (2 + SHMET_MAX_NAME_LEN) + 8)
+
+/* Run a registration (family, or series of family f) that finds its record
+ * at off already: it writes into a scratch buffer and publishes nothing. */
+static int shmet__adopt_locked_call(uint32_t off, const struct shmet_family_spec *spec, shmet_family **out,
+				    shmet_family *f, const char *const *values)
+{
+	if (shmet__st.region < 0)
+		return shmet__err(SHMET_E_INVALID_ARG, "no adopted region");
+	if (!shmet__st.adopt_buf && !(shmet__st.adopt_buf = (unsigned char *)malloc(SHMET__MAX_REC)))
+		return shmet__err(SHMET_E_SYS, "out of memory");
+	int rc;
+	shmet__st.adopt_rec = off;
+	if (spec) {
+		rc = shmet__register_locked(spec, out);
+	} else {
+		size_t lens[SHMET_MAX_LABELS];
+		uint32_t got = 0;
+		uint64_t h = shmet__hash(f->id, values, lens, f->nlabels);
+		rc = shmet__create_series_locked(f, h, values, lens, &got);
+	}
+	shmet__st.adopt_rec = 0;
+	return rc;
+}
+
+int shmet__adopt_family(const struct shmet_family_spec *spec, uint32_t rec_off, shmet_family **out)
+{
+	if (!out || !spec || !rec_off)
+		return shmet__err(SHMET_E_INVALID_ARG, "no family, place for it or record");
+	*out = NULL;
+	pthread_mutex_lock(&shmet__st.mu);
+	int rc = shmet__adopt_locked_call(rec_off, spec, out, NULL, NULL);
+	pthread_mutex_unlock(&shmet__st.mu);
+	return rc;
+}
+
+int shmet__adopt_series(shmet_family *f, const char *const *values, uint32_t cell_off)
+{
+	if (!f || !cell_off || (f->nlabels && !values))
+		return shmet__err(SHMET_E_INVALID_ARG, "no family, values or cells");
+	pthread_mutex_lock(&shmet__st.mu);
+	int rc = shmet__adopt_locked_call(cell_off, NULL, NULL, f, values);
+	pthread_mutex_unlock(&shmet__st.mu);
+	return rc;
 }
 
 shmet_counter shmet_counter_new(const char *name, const char *help)

@@ -53,7 +53,8 @@
  *   12    4  rs_parent       claimer: region index of the parent at fork, or
  *                            SHMET_NO_PARENT                  informational
  *   16    8  rs_claimed_ns   claimer, relaxed                 informational
- *   24   40  (reserved)
+ *   24    4  rs_flags        claimer, relaxed; SHMET_SLOT_COLLECTOR: a collector's push region
+ *   28   36  (reserved)
  *  rs_state_gen = generation << 8 | state.  The generation grows by one at each
  *  claim, so (region, generation) names one owner for ever.
  *  Liveness: the owner holds an open-file-description write lock
@@ -223,8 +224,8 @@ enum shmet_type {
 /* How the collector combines one gauge series across processes. */
 enum shmet_gauge_mode {
 	SHMET_GAUGE_SUM = 0,        /* live processes summed; dead ones dropped */
-	SHMET_GAUGE_MAX = 1,
-	SHMET_GAUGE_MIN = 2,
+	SHMET_GAUGE_MAX = 1,        /* live setters; NaN only if all are NaN */
+	SHMET_GAUGE_MIN = 2,        /* likewise */
 	SHMET_GAUGE_MOSTRECENT = 3, /* last set wins, dead processes included */
 	SHMET_GAUGE_PER_WORKER = 4, /* one series per region: label worker="<i>" */
 };
@@ -263,8 +264,14 @@ struct shmet_region_slot {
 	uint32_t rs_pid;
 	uint32_t rs_parent;
 	uint64_t rs_claimed_ns;
-	uint8_t rs_reserved[40];
+	uint32_t rs_flags;
+	uint8_t rs_reserved[36];
 };
+
+/* rs_flags: the region holds a collector's pushed series; a collector that
+ * holds the collector lock takes it back when its owner died, unfolded.
+ * The claim and the folder's free clear the flags. */
+#define SHMET_SLOT_COLLECTOR 1u
 
 struct shmet_region_header {
 	uint64_t rg_dir_end;

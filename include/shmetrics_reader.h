@@ -226,7 +226,10 @@ void shmet_agg_init(struct shmet_agg *acc, uint32_t nbuckets);
 void shmet_agg_finish(struct shmet_agg *acc, enum shmet_type type);
 
 /* Fold one process's values into acc.  live: the process is running (dead
- * workers' gauges count only in most-recent mode). */
+ * workers' gauges count only in most-recent mode).  Max and min gauges take
+ * only processes that set them, and NaN only while every one holds NaN, so
+ * the result does not depend on the order of the calls.  acc->has stays
+ * false for a gauge nobody gave a value: it is then absent, not 0. */
 void shmet_agg_add(struct shmet_agg *acc, enum shmet_type type, enum shmet_gauge_mode mode, uint32_t nbuckets,
 		   const struct shmet_values *v, bool live);
 /* The exposed value of a counter or gauge; the sum of a histogram/summary

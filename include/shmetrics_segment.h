@@ -616,6 +616,7 @@ static inline int shmet_seg_claim(const struct shmet_seg_map *m, int lock_fd, ui
 		__atomic_store_n(&rg->rg_cell_low, rs, __ATOMIC_RELAXED);
 		__atomic_store_n(&rg->rg_dir_end, (uint64_t)sizeof *rg, __ATOMIC_RELEASE);
 		__atomic_store_n(&slot->rs_pid, (uint32_t)getpid(), __ATOMIC_RELAXED);
+		__atomic_store_n(&slot->rs_flags, 0u, __ATOMIC_RELAXED); /* informational until the owner dies */
 		__atomic_store_n(&slot->rs_parent, parent, __ATOMIC_RELAXED);
 		__atomic_store_n(&slot->rs_claimed_ns, shmet__now_ns(CLOCK_REALTIME), __ATOMIC_RELAXED);
 		*index = i;

@@ -3,6 +3,7 @@
 
 #include "keymap.h"
 
+#include <math.h>
 #include <stdlib.h>
 
 /* Counts add with saturation: a total that reached 2^64 - 1 stays there
@@ -64,12 +65,17 @@ void shmet_agg_add(struct shmet_agg *acc, enum shmet_type type, enum shmet_gauge
 		}
 		if (!live || ((mode == SHMET_GAUGE_MAX || mode == SHMET_GAUGE_MIN) && v->stamp_ns == 0))
 			break; /* dead, or a process that never set this max/min gauge */
-		if (mode == SHMET_GAUGE_MAX)
-			acc->value = acc->has && !(v->value > acc->value) ? acc->value : v->value;
-		else if (mode == SHMET_GAUGE_MIN)
-			acc->value = acc->has && !(v->value < acc->value) ? acc->value : v->value;
-		else
+		if (mode == SHMET_GAUGE_MAX || mode == SHMET_GAUGE_MIN) {
+			/* NaN takes part only when every setter holds NaN (as PromQL's
+			 * max and min do), so the answer never depends on which
+			 * process has the lower region index. */
+			bool take = !acc->has || (isnan(acc->value) && !isnan(v->value)) ||
+				    (mode == SHMET_GAUGE_MAX ? v->value > acc->value : v->value < acc->value);
+			if (take)
+				acc->value = v->value;
+		} else {
 			acc->value += v->value;
+		}
 		acc->has = true;
 		break;
 	}

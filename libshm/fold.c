@@ -399,6 +399,7 @@ void shmet_free_folded(struct shmet_segment *seg, const struct shmet_fold_result
 		struct shmet_region_slot *slot = shmet_seg_slot(&seg->map, i);
 		uint64_t expect = shmet_state_gen(res->generations[k], SHMET_REGION_LIVE);
 		__atomic_store_n(&slot->rs_pid, 0, __ATOMIC_RELAXED);
+		__atomic_store_n(&slot->rs_flags, 0u, __ATOMIC_RELAXED); /* the next owner is nobody's push region */
 		/* release: the zeroed pages before the FREE state a claimer acquires. */
 		__atomic_compare_exchange_n(&slot->rs_state_gen, &expect,
 					    shmet_state_gen(res->generations[k], SHMET_REGION_FREE), 0, __ATOMIC_RELEASE,

@@ -512,6 +512,8 @@ want=(
 )
 expect_lines "pushed values before the restart" "${want[@]}"
 before=$(pushed_lines)
+get health
+region_before=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["push"]["region"])' "$TMP/body")
 stop TERM
 if [ "$RC" -eq 0 ] && sanitizer_clean "$LOG_A"; then ok "SIGTERM stops the daemon cleanly"; else
 	not_ok "SIGTERM stops the daemon cleanly (exit $RC)"
@@ -533,7 +535,11 @@ if [ "$before" = "$after" ]; then ok "/metrics shows the same pushed lines, noth
 fi
 post batch '{"samples":[{"name":"t_jobs","type":"counter","labels":{"queue":"a"},"inc":1},
  {"name":"t_temp","type":"gauge","labels":{"room":"x"},"inc":1},{"name":"t_lat","type":"histogram","observe":0.3}]}'
-jcheck "pushes into the carried-over families after a restart" 200 "j['applied'] == 3" "j['families_created'] == 3"
+jcheck "pushes into the carried-over families after a restart: no family or series made again" 200 \
+	"j['applied'] == 3" "j['families_created'] == 0" "j['series_created'] == 0"
+get health
+jcheck "the restarted collector took its push region back: no dead region left" 200 \
+	"j['push']['region'] == $region_before" "j['regions']['dead'] == 0"
 expect_lines "counters continue from their totals, a gauge inc from its value" 't_jobs_total{queue="a"} 4.5' \
 	't_temp{room="x"} 41' 't_lat_bucket{le="0.5"} 2' 't_lat_count 4'
 post custom '{"name":"t_jobs","type":"counter","labels":{"queue":"d"},"inc":1}'
@@ -557,8 +563,14 @@ if start a3 "$SEG" --push-token-file "$TMP/token" --push-rate 1000; then ok "res
 fi
 expect_lines "after kill -9 and a restart every pushed total is unchanged" "${want2[@]}"
 get health
-jcheck "the dead collector's region was folded and freed" 200 "j['regions']['dead'] == 0" \
-	"j['regions']['live'] == 2"
+jcheck "after kill -9 the push region is taken back, not left dead" 200 "j['regions']['dead'] == 0" \
+	"j['regions']['live'] == 2" "j['push']['region'] == $region_before"
+if [ -x "$BIN/shmetrics-dump" ]; then
+	if "$BIN/shmetrics-dump" --check "$SEG" >"$TMP/check" 2>&1; then ok "shmetrics-dump --check: the taken-back region is clean"; else
+		not_ok "shmetrics-dump --check: the taken-back region is clean"
+		sed 's/^/#   /' "$TMP/check" | head -n 10
+	fi
+fi
 stop TERM
 if [ "$RC" -eq 0 ] && sanitizer_clean "$LOG"; then ok "the restarted daemon stops cleanly"; else
 	not_ok "the restarted daemon stops cleanly (exit $RC)"

@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -304,6 +305,303 @@ static void test_collector_prometheus_server_stores_exact_values(void **state)
 	free(series);
 }
 
+/* ---- processes that write a region by hand, on a segment of their own ----
+ * The test process is a writer of `seg` already; a child writes another
+ * segment through the reader-side API, record by record as the writer does,
+ * then waits (alive, holding its region) until it is killed. */
+struct rawrg {
+	unsigned char *rg;
+	uint64_t dir, low;
+};
+
+static uint32_t rr_family(struct rawrg *r, unsigned type, unsigned mode, const char *name, uint32_t nb,
+			  const double *bounds)
+{
+	const char help[] = "Test.";
+	struct shmet_rec_family fr;
+	memset(&fr, 0, sizeof fr);
+	size_t nl = strlen(name);
+	fr.fam_rec.rec_size = (uint32_t)shmet_align8(sizeof fr + 8 * nb + nl + sizeof help - 1);
+	fr.fam_rec.rec_kind = SHMET_REC_FAMILY;
+	fr.fam_type = (uint8_t)type;
+	fr.fam_gauge_mode = (uint8_t)mode;
+	fr.fam_nbuckets = nb;
+	fr.fam_name_len = (uint16_t)nl;
+	fr.fam_help_len = sizeof help - 1;
+	uint32_t off = (uint32_t)r->dir;
+	unsigned char *p = r->rg + off;
+	memcpy(p, &fr, sizeof fr);
+	memcpy(p + sizeof fr, bounds, 8 * nb);
+	memcpy(p + sizeof fr + 8 * nb, name, nl);
+	memcpy(p + sizeof fr + 8 * nb + nl, help, sizeof help - 1);
+	r->dir += fr.fam_rec.rec_size;
+	return off;
+}
+
+/* A series without labels; returns its cells. */
+static uint64_t *rr_series(struct rawrg *r, uint32_t fam_off, uint32_t cell_size)
+{
+	r->low -= cell_size;
+	struct shmet_rec_series sr;
+	memset(&sr, 0, sizeof sr);
+	sr.ser_rec.rec_size = sizeof sr;
+	sr.ser_rec.rec_kind = SHMET_REC_SERIES;
+	sr.ser_family_off = fam_off;
+	sr.ser_cell_off = (uint32_t)r->low;
+	memcpy(r->rg + r->dir, &sr, sizeof sr);
+	r->dir += sizeof sr;
+	return (uint64_t *)(void *)(r->rg + r->low);
+}
+
+static int raw_region; /* the region the last raw_writer claimed */
+
+/* Fork a child that claims a region of segment path, lets fill write it,
+ * publishes it and pauses.  Returns its pid once the region is visible. */
+static pid_t raw_writer(const char *path, void (*fill)(struct rawrg *, const void *), const void *arg)
+{
+	int ready[2];
+	if (pipe(ready) != 0)
+		return -1;
+	pid_t pid = fork();
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		struct shmet_segment s;
+		char err[SHMET_ERRBUF];
+		if (shmet_segment_open(path, 0, NULL, &s, err) != SHMET_OK)
+			_exit(1);
+		uint32_t idx = 0;
+		if (shmet_seg_claim(&s.map, s.map.fd, SHMET_NO_PARENT, &idx, err) != SHMET_OK)
+			_exit(2);
+		struct rawrg r = {shmet_seg_region(&s.map, idx), 64, s.region_size};
+		fill(&r, arg);
+		tsupport_register_raw(&s, r.rg, r.dir);
+		struct shmet_region_header *h = (struct shmet_region_header *)(void *)r.rg;
+		__atomic_store_n(&h->rg_cell_low, r.low, __ATOMIC_RELAXED);
+		__atomic_store_n(&h->rg_dir_end, r.dir, __ATOMIC_RELEASE);
+		char one = (char)idx;
+		if (write(ready[1], &one, 1) != 1)
+			_exit(3);
+		for (;;)
+			pause();
+	}
+	close(ready[1]);
+	char one;
+	bool ok = pid > 0 && read(ready[0], &one, 1) == 1;
+	raw_region = ok ? (unsigned char)one : -1;
+	close(ready[0]);
+	if (!ok && pid > 0) {
+		kill(pid, SIGKILL);
+		tsupport_wait(pid);
+	}
+	return ok ? pid : -1;
+}
+
+struct gauge_arg {
+	double value;
+	bool set; /* stamp 1: this process set its max/min gauge */
+};
+
+/* queue_max (max mode) and queue_min (min mode), one series each */
+static void fill_gauges(struct rawrg *r, const void *arg)
+{
+	const struct gauge_arg *g = arg;
+	const char *names[] = {"queue_max", "queue_min"};
+	for (int i = 0; i < 2; i++) {
+		uint64_t *c = rr_series(r, rr_family(r, SHMET_GAUGE, i ? SHMET_GAUGE_MIN : SHMET_GAUGE_MAX, names[i], 0, NULL), 16);
+		c[0] = shmet__bits(g->value);
+		c[1] = g->set;
+	}
+}
+
+static char *scrape_port(int port, const char *headers)
+{
+	char *body = NULL;
+	if (tsupport_http_get(port, "/metrics", headers, &body, NULL) != 200) {
+		free(body);
+		return NULL;
+	}
+	return body;
+}
+
+/* Debian's Python parsers (text and the strict OpenMetrics one) and promtool
+ * accept these bodies; tag names the files. */
+static void check_parsers(const char *tag, const char *text, const char *om)
+{
+	char name[64];
+	snprintf(name, sizeof name, "%s.prom", tag);
+	save(name, text);
+	snprintf(name, sizeof name, "%s.om", tag);
+	save(name, om);
+	const char *py =
+		"/usr/bin/python3 -c '\n"
+		"import sys\n"
+		"from prometheus_client.parser import text_string_to_metric_families as t\n"
+		"from prometheus_client.openmetrics.parser import text_string_to_metric_families as o\n"
+		"d, tag = sys.argv[1], sys.argv[2]\n"
+		"for name, parse in ((tag + \".prom\", t), (tag + \".om\", o)):\n"
+		"    fams = list(parse(open(d + \"/\" + name, encoding=\"utf-8\").read()))\n"
+		"    print(name, len(fams))\n"
+		"' ";
+	char cmd[2048], *out;
+	snprintf(cmd, sizeof cmd, "%s%s %s && promtool check metrics < %s/%s.prom", py, tmpdir, tag, tmpdir, tag);
+	int rc = tsupport_run(cmd, &out);
+	if (rc != 0)
+		fail_msg("python parsers / promtool: exit %d: %s\nOpenMetrics body:\n%s", rc, out, om);
+	free(out);
+}
+
+static void kill_all(pid_t *p, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (p[i] > 0) {
+			kill(p[i], SIGKILL);
+			tsupport_wait(p[i]);
+			p[i] = 0;
+		}
+}
+
+/* A max or min gauge whose only setter died, while a live process holds the
+ * series without setting it, has no value: /metrics leaves it out, as the
+ * JSON API says null. */
+static void test_collector_gauge_without_live_setter_absent(void **state)
+{
+	(void)state;
+	const char *s3 = tsupport_segment("nosetter");
+	struct tdaemon d3;
+	assert_int_equal(tsupport_daemon_start(&d3, s3, NULL), 0);
+	pid_t p[2];
+	p[0] = raw_writer(s3, fill_gauges, &(struct gauge_arg){7, true});
+	p[1] = raw_writer(s3, fill_gauges, &(struct gauge_arg){0, false});
+	char *before = scrape_port(d3.port, NULL);
+	kill_all(p, 1); /* the setter dies; the holder lives on */
+	char *text = scrape_port(d3.port, NULL), *om = scrape_port(d3.port, prom_accept), *api = NULL;
+	int st = tsupport_http_get(d3.port, "/api/v1/metrics/summary?family=queue_max", NULL, &api, NULL);
+	kill_all(p, 2);
+	tsupport_daemon_stop(&d3, SIGTERM);
+	assert_true(p[0] == 0 && before && text && om);
+	assert_double_equal_exact(tsupport_sample(before, "queue_max"), 7);
+	if (strstr(text, "\nqueue_max ") || strstr(text, "\nqueue_min ") || strstr(om, "\nqueue_max ") ||
+	    strstr(om, "\nqueue_min "))
+		fail_msg("a gauge without a live setter is exposed:\n%s\n%s", text, om);
+	if (strstr(text, "# TYPE queue_max") || strstr(om, "# TYPE queue_max"))
+		fail_msg("a family without samples keeps its TYPE line:\n%s", text);
+	check_parsers("nosetter", text, om);
+	assert_int_equal(st, 200);
+	if (!strstr(api, "\"value\":null"))
+		fail_msg("the API has a value for it: %s", api);
+	free(before);
+	free(text);
+	free(om);
+	free(api);
+}
+
+/* max and min of NaN and 5 held by two live processes: NaN is left out
+ * unless every setter holds NaN, whichever process has the lower region. */
+static void test_collector_gauge_nan_ignored_in_both_region_orders(void **state)
+{
+	(void)state;
+	const char *s3 = tsupport_segment("nanorder");
+	struct tdaemon d3;
+	assert_int_equal(tsupport_daemon_start(&d3, s3, NULL), 0);
+	const struct gauge_arg nan_g = {NAN, true}, five = {5, true};
+	const struct gauge_arg *orders[3][2] = {{&nan_g, &five}, {&five, &nan_g}, {&nan_g, &nan_g}};
+	double got[3][2];
+	int regions[3][2];
+	char *api[3] = {NULL, NULL, NULL}, *bodies[3][2] = {{NULL, NULL}, {NULL, NULL}, {NULL, NULL}};
+	for (int o = 0; o < 3; o++) {
+		pid_t p[2];
+		p[0] = raw_writer(s3, fill_gauges, orders[o][0]);
+		regions[o][0] = raw_region;
+		p[1] = raw_writer(s3, fill_gauges, orders[o][1]);
+		regions[o][1] = raw_region;
+		char *b = scrape_port(d3.port, NULL);
+		got[o][0] = b ? tsupport_sample(b, "queue_max") : -1;
+		got[o][1] = b ? tsupport_sample(b, "queue_min") : -1;
+		bodies[o][0] = b;
+		bodies[o][1] = scrape_port(d3.port, prom_accept);
+		tsupport_http_get(d3.port, "/api/v1/metrics/summary?family=queue_max", NULL, &api[o], NULL);
+		kill_all(p, 2);
+		if (o < 2) { /* wait until both regions are folded and free again */
+			b = scrape_port(d3.port, NULL);
+			free(b);
+		}
+	}
+	tsupport_daemon_stop(&d3, SIGTERM);
+	for (int o = 0; o < 2; o++) {
+		if (regions[o][0] != 0 || regions[o][1] != 1)
+			fail_msg("order %d: the writers got regions %d and %d, want 0 and 1", o, regions[o][0], regions[o][1]);
+		if (got[o][0] != 5 || got[o][1] != 5)
+			fail_msg("order %d (region 0 holds %g): max %g, min %g; want 5 and 5", o, orders[o][0]->value,
+				 got[o][0], got[o][1]);
+		if (!api[o] || !strstr(api[o], "\"max\":5.0,"))
+			fail_msg("order %d: API %s", o, api[o] ? api[o] : "(none)");
+	}
+	assert_true(isnan(got[2][0]) && isnan(got[2][1]));
+	for (int o = 0; o < 3; o++) {
+		char tag[16];
+		snprintf(tag, sizeof tag, "nan%d", o);
+		assert_true(bodies[o][0] && bodies[o][1]);
+		check_parsers(tag, bodies[o][0], bodies[o][1]);
+		free(bodies[o][0]);
+		free(bodies[o][1]);
+		free(api[o]);
+	}
+}
+
+/* Sums strict OpenMetrics parsers refuse: a histogram with a negative
+ * bucket bound, a summary and a histogram that observed a negative value,
+ * a histogram whose sum is NaN (+Inf and -Inf observed). */
+static void fill_sums(struct rawrg *r, const void *arg)
+{
+	(void)arg;
+	const double nb[] = {-1, 0, 1}, one[] = {1}, pos[] = {1, 2};
+	uint64_t *c = rr_series(r, rr_family(r, SHMET_HISTOGRAM, 0, "test_neg_bounds", 3, nb), 5 * 8);
+	c[0] = 1, c[2] = 1, c[4] = shmet__bits(-0.5);
+	c = rr_series(r, rr_family(r, SHMET_SUMMARY, 0, "test_neg_observed_seconds", 0, NULL), 16);
+	c[0] = 2, c[1] = shmet__bits(-3);
+	c = rr_series(r, rr_family(r, SHMET_HISTOGRAM, 0, "test_nan_sum", 1, one), 3 * 8);
+	c[0] = 1, c[1] = 1, c[2] = shmet__bits(NAN);
+	c = rr_series(r, rr_family(r, SHMET_HISTOGRAM, 0, "test_neg_sum", 2, pos), 4 * 8);
+	c[0] = 1, c[3] = shmet__bits(-2);
+	c = rr_series(r, rr_family(r, SHMET_COUNTER, 0, "test_fine_total", 0, NULL), 16);
+	c[0] = 3;
+}
+
+static void test_collector_strict_parsers_accept_negative_and_nan_sums(void **state)
+{
+	(void)state;
+	const char *s3 = tsupport_segment("sums");
+	struct tdaemon d3;
+	assert_int_equal(tsupport_daemon_start(&d3, s3, NULL), 0);
+	pid_t p[1] = {raw_writer(s3, fill_sums, NULL)};
+	char *text = scrape_port(d3.port, NULL), *om = scrape_port(d3.port, prom_accept);
+	kill_all(p, 1);
+	tsupport_daemon_stop(&d3, SIGTERM);
+	assert_true(text && om);
+	/* text 0.0.4 has no rule against them: everything is shown */
+	const char *in_text[] = {"test_neg_bounds_sum -0.5\n", "test_neg_bounds_count 2\n",
+				 "test_neg_observed_seconds_sum -3\n", "test_neg_observed_seconds_count 2\n", "test_nan_sum_sum NaN\n",
+				 "test_nan_sum_count 2\n", "test_neg_sum_sum -2\n", "test_fine_total 3\n"};
+	for (size_t i = 0; i < sizeof in_text / sizeof *in_text; i++)
+		if (!strstr(text, in_text[i]))
+			fail_msg("text lacks %s:\n%s", in_text[i], text);
+	/* OpenMetrics: what the spec forbids is left out, the rest stays */
+	const char *not_om[] = {"test_neg_bounds_sum", "test_neg_bounds_count", "test_neg_observed_seconds_sum",
+				"test_nan_sum_sum", "test_nan_sum_count", "test_neg_sum_sum", "test_neg_sum_count"};
+	for (size_t i = 0; i < sizeof not_om / sizeof *not_om; i++)
+		if (strstr(om, not_om[i]))
+			fail_msg("OpenMetrics body has %s:\n%s", not_om[i], om);
+	const char *in_om[] = {"test_neg_bounds_bucket{le=\"-1.0\"} 1\n", "test_neg_bounds_bucket{le=\"+Inf\"} 2\n",
+			       "test_neg_observed_seconds_count 2\n", "test_nan_sum_bucket{le=\"+Inf\"} 2\n",
+			       "test_fine_total 3.0\n"};
+	for (size_t i = 0; i < sizeof in_om / sizeof *in_om; i++)
+		if (!strstr(om, in_om[i]))
+			fail_msg("OpenMetrics body lacks %s:\n%s", in_om[i], om);
+	check_parsers("sums", text, om);
+	free(text);
+	free(om);
+}
+
 /* A corrupt record is skipped, logged and counted once, however often the
  * view is rebuilt while it stays in the segment. */
 static void test_collector_corrupt_record_counted_once(void **state)
@@ -446,6 +744,9 @@ int main(void)
 		cmocka_unit_test(test_collector_prometheus_server_stores_exact_values),
 		cmocka_unit_test(test_collector_scrape_sees_series_created_just_before),
 		cmocka_unit_test(test_collector_corrupt_record_counted_once),
+		cmocka_unit_test(test_collector_gauge_without_live_setter_absent),
+		cmocka_unit_test(test_collector_gauge_nan_ignored_in_both_region_orders),
+		cmocka_unit_test(test_collector_strict_parsers_accept_negative_and_nan_sums),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -278,3 +278,37 @@ int tsupport_run(const char *cmd, char **output)
 		free(buf);
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
+
+void tsupport_register_raw(const struct shmet_segment *s, const unsigned char *rg, uint64_t dir_end)
+{
+	unsigned char *reg = s->map.base + s->registry_off;
+	struct shmet_region_header *rh = (struct shmet_region_header *)(void *)reg;
+	shmet__ofd_lock(s->map.fd, SHMET_REGISTRY_LOCK_OFF, F_WRLCK, F_OFD_SETLKW);
+	uint64_t end = __atomic_load_n(&rh->rg_dir_end, __ATOMIC_ACQUIRE);
+	for (uint64_t pos = sizeof *rh; pos < dir_end;) {
+		struct shmet_rec_header h;
+		memcpy(&h, rg + pos, sizeof h);
+		if (h.rec_size < 8 || pos + h.rec_size > dir_end)
+			break;
+		struct shmet_shape mine, have;
+		int known = 0;
+		if (h.rec_kind == SHMET_REC_FAMILY && shmet_shape_decode(rg + pos, h.rec_size, &mine)) {
+			for (uint64_t q = sizeof *rh; q < end && !known;) {
+				uint32_t size;
+				memcpy(&size, reg + q, 4);
+				if (size < 8)
+					break;
+				known = shmet_shape_decode(reg + q, size, &have) && have.name_len == mine.name_len &&
+					memcmp(have.name, mine.name, mine.name_len) == 0;
+				q += size;
+			}
+			if (!known && end + h.rec_size <= s->registry_size) {
+				memcpy(reg + end, rg + pos, h.rec_size);
+				end += h.rec_size;
+			}
+		}
+		pos += h.rec_size;
+	}
+	__atomic_store_n(&rh->rg_dir_end, end, __ATOMIC_RELEASE);
+	shmet__ofd_lock(s->map.fd, SHMET_REGISTRY_LOCK_OFF, F_UNLCK, F_OFD_SETLK);
+}

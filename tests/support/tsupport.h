@@ -25,6 +25,11 @@ uint64_t tsupport_count(const char *path, const char *name, const char *const *v
 /* Fold the segment's dead regions and free them, as the collector does. */
 void tsupport_fold(const char *path);
 
+/* Record in the segment's family registry the FAMILY records of a region
+ * a test wrote by hand (rg, up to dir_end), as the writer would have, unless
+ * a family of that name is there already. */
+void tsupport_register_raw(const struct shmet_segment *s, const unsigned char *rg, uint64_t dir_end);
+
 /* Wait for a child; returns its exit status, or 128+signal. */
 int tsupport_wait(pid_t pid);
 
