@@ -80,6 +80,11 @@ struct collector_config {
 	size_t push_body_limit;
 	double push_rate; /* requests per second per client */
 	double push_burst;
+	/* HTTP limits (http.c); 0 takes the default */
+	uint32_t http_max_connections; /* admitted at once, all clients */
+	uint32_t http_max_per_client;  /* admitted at once from one address */
+	unsigned http_idle_timeout;    /* seconds without a byte either way */
+	unsigned http_request_timeout; /* seconds for a whole request and its answer */
 };
 
 struct collector {
@@ -102,6 +107,7 @@ struct collector {
 	uint64_t last_scrape_ns; /* duration of the last /metrics render */
 	struct api *api;         /* push endpoints and dashboard history (api.c) */
 	struct MHD_Daemon *httpd;
+	struct http_guard *guard; /* http.c: connections, admission, deadlines */
 	int bound_port;
 };
 
