@@ -521,9 +521,31 @@ static void completed(void *cls, struct MHD_Connection *conn, void **con_cls, en
 	pthread_mutex_unlock(&c->guard->mu);
 }
 
+/* libmicrohttpd logs a line for every connection a client breaks off:
+ * clients must not be able to fill the log, so at most HTTP_LOG_PER_SECOND
+ * lines a second, and then how many were left out. */
+#define HTTP_LOG_PER_SECOND 10
+static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER; /* guards the three below */
+static uint64_t log_second, log_lines, log_dropped;
+
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
 	(void)cls;
+	uint64_t sec = shmet__now_ns(CLOCK_MONOTONIC) / 1000000000ull, dropped = 0;
+	pthread_mutex_lock(&log_mu);
+	if (sec != log_second) {
+		dropped = log_dropped;
+		log_second = sec;
+		log_lines = log_dropped = 0;
+	}
+	bool show = log_lines < HTTP_LOG_PER_SECOND;
+	log_lines += show;
+	log_dropped += !show;
+	pthread_mutex_unlock(&log_mu);
+	if (dropped)
+		collector_log("http: %llu more messages left out", (unsigned long long)dropped);
+	if (!show)
+		return;
 	char line[512];
 	vsnprintf(line, sizeof line, fmt, ap);
 	size_t n = strlen(line);
