@@ -249,5 +249,5 @@ if kill -0 "${pids[0]}" 2>/dev/null; then
 else
   not_ok "shmetricsd is still running"
 fi
-grep -E 'ERROR: AddressSanitizer|runtime error' "$TMP/daemon.log" >/dev/null && { not_ok "no sanitizer report"; diag <"$TMP/daemon.log"; }
+grep -E 'ERROR: AddressSanitizer|WARNING: ThreadSanitizer|runtime error' "$TMP/daemon.log" >/dev/null && { not_ok "no sanitizer report"; diag <"$TMP/daemon.log"; }
 finish
