@@ -167,7 +167,7 @@ struct http_guard {
 	struct conn_slot *slots;
 	uint32_t nslots, hint;
 	uint32_t max_total, max_per_client; /* fixed after http_start */
-	uint64_t deadline_ns;
+	uint64_t deadline_ns, idle_ns;
 	bool stop;
 	pthread_cond_t wake; /* the reaper's sleep; signalled to stop it */
 	pthread_t reaper;
@@ -328,8 +328,8 @@ static void notify_connection(void *cls, struct MHD_Connection *conn, void **soc
 			status = 503;
 		else if (!s->called && began && tx == s->tx0)
 			/* libmicrohttpd gave up on the request without answering:
-			 * a line it could not parse, or its idle timeout */
-			status = s->seen ? 408 : 400;
+			 * its idle timeout, or a line it could not parse */
+			status = s->seen || now - s->t0 >= g->idle_ns ? 408 : 400;
 	}
 	s->used = false;
 	int fd = s->fd;
@@ -592,6 +592,7 @@ int http_start(struct collector *c, char *err, size_t errlen)
 	unsigned idle = cfg->http_idle_timeout ? cfg->http_idle_timeout : HTTP_DEFAULT_IDLE_TIMEOUT;
 	unsigned whole = cfg->http_request_timeout ? cfg->http_request_timeout : HTTP_DEFAULT_REQUEST_TIMEOUT;
 	g->deadline_ns = (uint64_t)whole * 1000000000ull;
+	g->idle_ns = (uint64_t)idle * 1000000000ull;
 	/* Room past the limit for the connections that will be cut, evicted
 	 * or answered 503: past it libmicrohttpd leaves them in the backlog. */
 	g->nslots = g->max_total + (g->max_total > HTTP_HEADROOM ? g->max_total : HTTP_HEADROOM);
