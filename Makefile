@@ -159,6 +159,14 @@ build/fuzz/%: tests/%.c $(LIBSHM_SRC) $(COLLECTOR_SRC) tools/shmetrics-dump.c
 	@mkdir -p $(dir $@)
 	clang -std=c11 -O1 -g -D_GNU_SOURCE -DSHMET_FUZZING -DSHMET_VERSION_STRING='"$(VERSION)"' \
 	  -Iinclude -Ilibshm -Icollector -fsanitize=fuzzer,address,undefined -o $@ $< $(LIBSHM_SRC) -pthread
+# fuzz_http includes api.c and api_push.c for their static functions and
+# links the rest of the collector.
+FUZZ_HTTP_SRC := $(filter-out collector/api.c collector/api_push.c,$(COLLECTOR_SRC))
+build/fuzz/fuzz_http: tests/fuzz_http.c $(LIBSHM_SRC) $(COLLECTOR_SRC)
+	@mkdir -p $(dir $@)
+	clang -std=c11 -O1 -g -D_GNU_SOURCE -DSHMET_FUZZING -DSHMET_VERSION_STRING='"$(VERSION)"' \
+	  -Iinclude -Ilibshm -Icollector -fsanitize=fuzzer,address,undefined -o $@ $< $(LIBSHM_SRC) \
+	  $(FUZZ_HTTP_SRC) -pthread $(COLLECTOR_LIBS)
 fuzz: deps $(FUZZ_BIN)
 	FUZZ_SECONDS=$(FUZZ_SECONDS) tests/run-fuzz.sh $(FUZZ_BIN)
 

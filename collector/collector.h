@@ -86,6 +86,11 @@ struct collector_config {
 	double push_burst;
 	bool allow_owner; /* --segment-owner: also accept a segment owned by owner_uid */
 	uid_t owner_uid;
+	/* HTTP limits (http.c); 0 takes the default */
+	uint32_t http_max_connections; /* admitted at once, all clients */
+	uint32_t http_max_per_client;  /* admitted at once from one address */
+	unsigned http_idle_timeout;    /* seconds without a byte either way */
+	unsigned http_request_timeout; /* seconds for a whole request and its answer */
 };
 
 struct collector {
@@ -122,6 +127,7 @@ struct collector {
 	bool truncated;       /* updater only */
 	struct api *api;         /* push endpoints and dashboard history (api.c) */
 	struct MHD_Daemon *httpd;
+	struct http_guard *guard; /* http.c: connections, admission, deadlines */
 	int bound_port;
 };
 

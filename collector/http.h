@@ -13,6 +13,12 @@ enum MHD_Result http_respond(struct MHD_Connection *conn, unsigned status, const
 enum MHD_Result http_respond_static(struct MHD_Connection *conn, unsigned status, const char *content_type,
 				    const char *body);
 
+/* Defaults of the HTTP limits (struct collector_config's http_* at 0). */
+#define HTTP_DEFAULT_MAX_CONNECTIONS 256u
+#define HTTP_DEFAULT_MAX_PER_CLIENT 64u
+#define HTTP_DEFAULT_IDLE_TIMEOUT 15u    /* seconds */
+#define HTTP_DEFAULT_REQUEST_TIMEOUT 30u /* seconds */
+
 int http_start(struct collector *c, char *err, size_t errlen);
 void http_stop(struct collector *c);
 

@@ -33,10 +33,16 @@ static void usage(FILE *out)
 		"      --push-max-batch N      samples per /api/v1/metrics/batch request (default 1000)\n"
 		"      --push-series-limit N   series per pushed family (default 1000)\n"
 		"      --push-rate R           push requests per second per client (default 50, burst 2x)\n"
+		"      --http-max-connections N  HTTP connections served at once (default %u)\n"
+		"      --http-max-per-client N   of them from one address (default %u)\n"
+		"      --http-idle-timeout S     close a connection silent for S seconds (default %u)\n"
+		"      --http-request-timeout S  a whole request and its answer, at most S seconds (default %u)\n"
 		"  -h, --help                  show this help\n"
 		"  -V, --version               show the version\n\n"
 		"SIGTERM or SIGINT stops it.  Logs go to stderr.\n",
-		SHMET_DEFAULT_PATH, DEFAULT_PORT, SHMET_DEFAULT_REGIONS, (unsigned long long)SHMET_DEFAULT_REGION_SIZE);
+		SHMET_DEFAULT_PATH, DEFAULT_PORT, SHMET_DEFAULT_REGIONS, (unsigned long long)SHMET_DEFAULT_REGION_SIZE,
+		HTTP_DEFAULT_MAX_CONNECTIONS, HTTP_DEFAULT_MAX_PER_CLIENT, HTTP_DEFAULT_IDLE_TIMEOUT,
+		HTTP_DEFAULT_REQUEST_TIMEOUT);
 }
 
 static int parse_u64(const char *s, uint64_t max, uint64_t *out)
@@ -76,7 +82,10 @@ int main(int argc, char **argv)
 		.push_max_batch = 1000, .push_series_limit = 1000, .push_body_limit = 4u << 20,
 		.push_rate = 50, .push_burst = 100,
 	};
-	enum { OPT_REGIONS = 256, OPT_REGION_SIZE, OPT_RETIRED_SIZE, OPT_SCAN, OPT_TOKEN, OPT_BATCH, OPT_SERIES, OPT_RATE, OPT_OWNER };
+	enum {
+		OPT_REGIONS = 256, OPT_REGION_SIZE, OPT_RETIRED_SIZE, OPT_SCAN, OPT_TOKEN, OPT_BATCH, OPT_SERIES, OPT_RATE,
+		OPT_OWNER, OPT_HTTP_MAX, OPT_HTTP_PER_CLIENT, OPT_HTTP_IDLE, OPT_HTTP_REQUEST,
+	};
 	static const struct option opts[] = {
 		{"segment", required_argument, NULL, 's'},
 		{"listen", required_argument, NULL, 'l'},
@@ -89,6 +98,10 @@ int main(int argc, char **argv)
 		{"push-max-batch", required_argument, NULL, OPT_BATCH},
 		{"push-series-limit", required_argument, NULL, OPT_SERIES},
 		{"push-rate", required_argument, NULL, OPT_RATE},
+		{"http-max-connections", required_argument, NULL, OPT_HTTP_MAX},
+		{"http-max-per-client", required_argument, NULL, OPT_HTTP_PER_CLIENT},
+		{"http-idle-timeout", required_argument, NULL, OPT_HTTP_IDLE},
+		{"http-request-timeout", required_argument, NULL, OPT_HTTP_REQUEST},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
 		{NULL, 0, NULL, 0},
@@ -172,6 +185,24 @@ int main(int argc, char **argv)
 				return 2;
 			}
 			cfg.push_burst = 2 * cfg.push_rate;
+			break;
+		case OPT_HTTP_MAX:
+		case OPT_HTTP_PER_CLIENT:
+			if (parse_u64(optarg, 65536, &u) != 0 || u == 0) {
+				fprintf(stderr, "shmetricsd: --%s wants 1..65536\n",
+					o == OPT_HTTP_MAX ? "http-max-connections" : "http-max-per-client");
+				return 2;
+			}
+			*(o == OPT_HTTP_MAX ? &cfg.http_max_connections : &cfg.http_max_per_client) = (uint32_t)u;
+			break;
+		case OPT_HTTP_IDLE:
+		case OPT_HTTP_REQUEST:
+			if (parse_u64(optarg, 3600, &u) != 0 || u == 0) {
+				fprintf(stderr, "shmetricsd: --%s wants whole seconds, 1..3600\n",
+					o == OPT_HTTP_IDLE ? "http-idle-timeout" : "http-request-timeout");
+				return 2;
+			}
+			*(o == OPT_HTTP_IDLE ? &cfg.http_idle_timeout : &cfg.http_request_timeout) = (unsigned)u;
 			break;
 		case 'h':
 			usage(stdout);
