@@ -234,7 +234,7 @@ static uint64_t last_fingerprint;
  * that sees them (a restarted collector too), then at most once a minute,
  * with the rise since the last line. */
 #define LOSS_LOG_INTERVAL_NS (UINT64_C(60) * 1000000000u)
-static uint64_t logged_dropped, logged_claims, loss_logged_ns;
+static uint64_t logged_dropped, logged_claims, logged_refused, loss_logged_ns;
 static bool loss_logged;
 
 static void log_losses(struct collector *c)
@@ -253,7 +253,19 @@ static void log_losses(struct collector *c)
 			dropped += info.dropped;
 	}
 	uint64_t claims = __atomic_load_n(&seg->map.hdr->sh_claim_failures, __ATOMIC_RELAXED);
+	uint64_t refused = __atomic_load_n(&seg->map.hdr->sh_registrations_refused, __ATOMIC_RELAXED);
 	uint64_t now = shmet__now_ns(CLOCK_MONOTONIC);
+	/* relaxed: the scrape's figure; never below one it showed (any worker
+	 * can write the sources) */
+	if (dropped > __atomic_load_n(&c->writes_dropped, __ATOMIC_RELAXED))
+		__atomic_store_n(&c->writes_dropped, dropped, __ATOMIC_RELAXED);
+	if (refused > logged_refused) {
+		collector_log("family registrations refused: %llu (+%llu): a process registered a family whose shape or "
+			      "sample names clash with one the segment already has (the application's error says which); "
+			      "see shmetricsd_registrations_refused_total",
+			      (unsigned long long)refused, (unsigned long long)(refused - logged_refused));
+		logged_refused = refused;
+	}
 	/* any worker can write these: a total below the last one logged is
 	 * not a rise, and is not logged either */
 	if ((dropped <= logged_dropped && claims <= logged_claims) ||

@@ -116,6 +116,7 @@ struct collector {
 	bool flip_unpublished;    /* updater only: a fold flipped; its view is not published yet */
 	bool fold_blocked;        /* relaxed: the active retired half is damaged, folding stopped */
 	uint64_t folds_inexact;   /* relaxed: float totals a fold had to round */
+	uint64_t writes_dropped;  /* relaxed: written by each scan, read by scrapes */
 	uint64_t registry_corrupt_logged;
 	struct builder *building; /* updater only: the view being built, for view_build_abandon */
 	uint64_t last_scan_ns;

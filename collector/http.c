@@ -114,6 +114,10 @@ static enum MHD_Result serve_ready(struct collector *c, struct MHD_Connection *c
 		return http_respond(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", body,
 				    n < 0 ? 0 : n >= 512 ? 511 : (size_t)n);
 	}
+	if (__atomic_load_n(&c->fold_blocked, __ATOMIC_RELAXED))
+		return http_respond_static(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "text/plain; charset=utf-8",
+					   "shmetricsd is not ready: folding stopped because the retired totals failed "
+					   "validation; dead workers' values still count from their regions (see the log).\n");
 	return ready(c) ? http_respond_static(conn, MHD_HTTP_OK, "text/plain; charset=utf-8", "shmetricsd is Ready.\n")
 			: http_respond_static(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "text/plain; charset=utf-8",
 					      "shmetricsd is not ready: the segment has not been scanned recently.\n");

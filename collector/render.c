@@ -145,6 +145,9 @@ void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enu
 	double claim_failures = collector_readable(h, sizeof *h) /* a truncated file may have lost even the header */
 					? (double)__atomic_load_n(&h->sh_claim_failures, __ATOMIC_RELAXED)
 					: 0;
+	double refused = collector_readable(h, sizeof *h)
+				 ? (double)__atomic_load_n(&h->sh_registrations_refused, __ATOMIC_RELAXED)
+				 : 0;
 	double last_scrape = (double)__atomic_load_n(&c->last_scrape_ns, __ATOMIC_RELAXED) / 1e9;
 	const struct own own[] = {
 		{"shmetricsd_build_info", "Build of this collector; the value is always 1.", SHMET_EXPO_GAUGE,
@@ -154,9 +157,15 @@ void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enu
 		{"shmetricsd_family_conflicts_total",
 		 "Series skipped because processes registered one family name with different types, labels or buckets.",
 		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)__atomic_load_n(&c->conflicts, __ATOMIC_RELAXED)}, {0}, 0},
+		{"shmetricsd_fold_blocked",
+		 "1 while folding is stopped because the active retired totals failed validation (see the log).",
+		 SHMET_EXPO_GAUGE, NULL, NULL, {__atomic_load_n(&c->fold_blocked, __ATOMIC_RELAXED) ? 1 : 0}, {0}, 0},
 		{"shmetricsd_fold_skipped_regions",
 		 "Dead regions the last fold had to leave allocated because the retired area is full.", SHMET_EXPO_GAUGE,
 		 NULL, NULL, {(double)__atomic_load_n(&c->fold_skipped, __ATOMIC_RELAXED)}, {0}, 0},
+		{"shmetricsd_folds_inexact_total",
+		 "Float totals a fold had to round because they needed more than 159 significant bits.", SHMET_EXPO_COUNTER,
+		 NULL, NULL, {(double)__atomic_load_n(&c->folds_inexact, __ATOMIC_RELAXED)}, {0}, 0},
 		{"shmetricsd_folds_total", "Dead worker regions folded into the retired totals, since the segment was created.",
 		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)st->folds}, {0}, 0},
 		{"shmetricsd_region_claim_failures_total",
@@ -164,6 +173,9 @@ void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enu
 		 SHMET_EXPO_COUNTER, NULL, NULL, {claim_failures}, {0}, 0},
 		{"shmetricsd_regions", "Regions of the segment by state.", SHMET_EXPO_GAUGE, "state", NULL,
 		 {st->regions_dead, st->regions_free, st->regions_live}, {"dead", "free", "live"}, 3},
+		{"shmetricsd_registrations_refused_total",
+		 "Family registrations the segment's family registry refused (a clashing shape or sample name, or a full registry).",
+		 SHMET_EXPO_COUNTER, NULL, NULL, {refused}, {0}, 0},
 		{"shmetricsd_scrape_duration_seconds", "Time the previous /metrics render took.", SHMET_EXPO_GAUGE, NULL,
 		 NULL, {last_scrape}, {0}, 0},
 		{"shmetricsd_segment_bus_errors_total",
@@ -180,7 +192,7 @@ void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enu
 		 {(double)st->series}, {0}, 0},
 		{"shmetricsd_writes_dropped_total",
 		 "Writes refused on the hot path (fallback handles, NaN, negative counter increments) or made without a region.",
-		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)st->dropped}, {0}, 0},
+		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)__atomic_load_n(&c->writes_dropped, __ATOMIC_RELAXED)}, {0}, 0},
 	};
 	size_t nown = sizeof own / sizeof *own, o = 0;
 	for (uint32_t i = 0; i < v->nfamilies; i++) {

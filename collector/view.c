@@ -450,6 +450,8 @@ bool view_series_agg(const struct view_family *f, const struct view_series *s, s
 		case SHMET_COUNTER:
 		case SHMET_SUMMARY:
 			v.whole = __atomic_load_n(&c[0], __ATOMIC_RELAXED);
+			if (f->type == SHMET_COUNTER && !s->refs[i].retired && v.whole > SHMET_COUNTER_WHOLE_MAX)
+				v.whole = SHMET_COUNTER_WHOLE_MAX; /* a saturating writer passes it for a moment */
 			v.value = shmet__double(__atomic_load_n(&c[1], __ATOMIC_RELAXED));
 			break;
 		case SHMET_HISTOGRAM:

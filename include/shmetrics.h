@@ -170,11 +170,10 @@ SHMET__API void shmet__drop(void);
  * counter never goes down.  Concurrent small adds of this process may pass
  * it for a moment before they pull it back; a reader takes
  * min(cell, SHMET_COUNTER_WHOLE_MAX). */
-#define SHMET_COUNTER_WHOLE_MAX (UINT64_C(1) << 63)
-/* The largest increment shmet_counter_add_u64 takes: 2^53, the integers a
+/* (SHMET_COUNTER_WHOLE_MAX is in shmetrics_layout.h: readers need it too.)
+ * The largest increment shmet_counter_add_u64 takes: 2^53, the integers a
  * double holds exactly.  A larger one, such as a negative difference cast
  * to uint64_t, is refused (dropped and counted). */
-#define SHMET_COUNTER_ADD_MAX (UINT64_C(1) << 53)
 /* Slow paths of shmet__add_whole: an add of 2^32 or more, and saturation. */
 SHMET__API void shmet__add_whole_big(uint64_t *cell, uint64_t n);
 SHMET__API void shmet__saturate(uint64_t *cell);

@@ -205,6 +205,13 @@ extern "C" {
 #define SHMET_MAX_LABELS       16u
 #define SHMET_MAX_BUCKETS      128u
 #define SHMET_MAX_VALUE_LEN    1024u
+/* A process's counter cell of whole increments stops at 2^63 (the writer
+ * saturates there); readers take min(cell, SHMET_COUNTER_WHOLE_MAX), since
+ * concurrent small adds may pass it for a moment.  The largest single
+ * increment is 2^53, the integers a double holds exactly. */
+#define SHMET_COUNTER_WHOLE_MAX (UINT64_C(1) << 63)
+#define SHMET_COUNTER_ADD_MAX   (UINT64_C(1) << 53)
+
 /* The largest records a writer makes within these limits.  A reader copies
  * a record into private memory before it validates it (a worker may change
  * the bytes between a check and a later use), so a larger one is corrupt. */

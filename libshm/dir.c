@@ -232,6 +232,8 @@ void shmet_read_cells(const struct shmet_area *a, const struct shmet_family_view
 	case SHMET_COUNTER:
 	case SHMET_SUMMARY:
 		v->whole = __atomic_load_n(&c[0], __ATOMIC_RELAXED);
+		if (f->type == SHMET_COUNTER && !a->retired && v->whole > SHMET_COUNTER_WHOLE_MAX)
+			v->whole = SHMET_COUNTER_WHOLE_MAX; /* a saturating writer passes it for a moment */
 		v->value = shmet__double(__atomic_load_n(&c[1], __ATOMIC_RELAXED));
 		break;
 	case SHMET_GAUGE:
