@@ -19,7 +19,9 @@
 
 static const char *seg;
 static struct tdaemon d;
-static shmet_counter counted, noise;
+static shmet_counter counted, noise, revenue;
+/* fractional adds whose sum depends on the order of additions */
+static const double money[] = {0.1, 0.7, 38.6, 49.2, 64.9};
 static shmet_histogram lat;
 
 static const char *const series[] = {
@@ -29,6 +31,8 @@ static const char *const series[] = {
 	"churn_latency_seconds_bucket{le=\"1.0\"}",
 	"churn_latency_seconds_bucket{le=\"+Inf\"}",
 	"churn_latency_seconds_count",
+	"churn_latency_seconds_sum",
+	"churn_revenue_total",
 };
 #define NSERIES (sizeof series / sizeof *series)
 
@@ -66,9 +70,11 @@ static void *scraper(void *arg)
 	return NULL;
 }
 
+static const double obs_values[] = {0.005, 0.05, 0.5, 5};
+
 static void worker(int done_fd, int exit_after_noise)
 {
-	double obs[] = {0.005, 0.05, 0.5, 5};
+	const double *obs = obs_values;
 	if (shmet_region_index() < 0) {
 		/* every region taken by dead workers not yet folded: this worker's
 		 * writes would be dropped (and counted), so it does none */
@@ -78,6 +84,7 @@ static void worker(int done_fd, int exit_after_noise)
 	for (int i = 0; i < PER_WORKER; i++) {
 		shmet_counter_inc(counted);
 		shmet_histogram_observe(lat, obs[i & 3]);
+		shmet_counter_add(revenue, money[i % 5]);
 	}
 	char one = 1;
 	if (write(done_fd, &one, 1) != 1)
@@ -99,6 +106,7 @@ static void test_churn_monotonic_then_exact_across_collector_kill(void **state)
 	assert_int_equal(shmet_counter_register(&fc, "churn_noise_total", "Noise.", 1, l), SHMET_OK);
 	noise = shmet_counter_labels(fc, "noise");
 	counted = shmet_counter_new("churn_counted_total", "Counted increments.");
+	revenue = shmet_counter_new("churn_revenue_total", "Fractional adds.");
 	double b[] = {0.01, 0.1, 1};
 	assert_int_equal(shmet_histogram_register(&fh, "churn_latency_seconds", "Latency.", b, 3, 0, NULL), SHMET_OK);
 	lat = shmet_histogram_get(fh, NULL);
@@ -167,6 +175,24 @@ static void test_churn_monotonic_then_exact_across_collector_kill(void **state)
 	assert_double_equal_exact(tsupport_sample(body, "churn_latency_seconds_count"), want);
 	assert_double_equal_exact(tsupport_sample(body, "churn_latency_seconds_bucket{le=\"0.01\"}"), want / 4);
 	assert_double_equal_exact(tsupport_sample(body, "churn_latency_seconds_bucket{le=\"1.0\"}"), want * 3 / 4);
+	/* float sums bit for bit: every worker's cell holds the same sequential
+	 * sum, and the exposed value is their exact sum rounded once, however
+	 * many were folded and in whatever order */
+	double cell_money = 0, cell_sum = 0;
+	for (int i = 0; i < PER_WORKER; i++) {
+		cell_money += money[i % 5];
+		cell_sum += obs_values[i & 3];
+	}
+	struct shmet_xsum xm, xh;
+	shmet_xsum_init(&xm);
+	shmet_xsum_init(&xh);
+	for (int k = 0; k < spawned - without_region; k++) {
+		shmet_xsum_add(&xm, cell_money);
+		shmet_xsum_add(&xh, cell_sum);
+	}
+	double want_money = shmet_xsum_round(&xm), want_sum = shmet_xsum_round(&xh);
+	assert_double_equal_exact(tsupport_sample(body, "churn_revenue_total"), want_money);
+	assert_double_equal_exact(tsupport_sample(body, "churn_latency_seconds_sum"), want_sum);
 	double folds = tsupport_sample(body, "shmetricsd_folds_total");
 	assert_true(folds >= spawned);
 	free(body);
@@ -178,6 +204,8 @@ static void test_churn_monotonic_then_exact_across_collector_kill(void **state)
 	assert_double_equal_exact(tsupport_sample(body, "churn_counted_total"), want);
 	assert_double_equal_exact(tsupport_sample(body, "churn_latency_seconds_count"), want);
 	assert_double_equal_exact(tsupport_sample(body, "churn_latency_seconds_bucket{le=\"0.1\"}"), want / 2);
+	assert_double_equal_exact(tsupport_sample(body, "churn_revenue_total"), want_money);
+	assert_double_equal_exact(tsupport_sample(body, "churn_latency_seconds_sum"), want_sum);
 	free(body);
 	assert_int_equal(tsupport_daemon_stop(&d, SIGTERM), 0);
 }
