@@ -331,7 +331,8 @@ static uint32_t rr_family(struct rawrg *r, unsigned type, unsigned mode, const c
 	uint32_t off = (uint32_t)r->dir;
 	unsigned char *p = r->rg + off;
 	memcpy(p, &fr, sizeof fr);
-	memcpy(p + sizeof fr, bounds, 8 * nb);
+	if (nb)
+		memcpy(p + sizeof fr, bounds, 8 * nb);
 	memcpy(p + sizeof fr + 8 * nb, name, nl);
 	memcpy(p + sizeof fr + 8 * nb + nl, help, sizeof help - 1);
 	r->dir += fr.fam_rec.rec_size;
