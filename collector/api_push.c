@@ -335,6 +335,22 @@ static size_t series_key(char *key, const char *const *values, uint32_t n);
  * twice.  Only what a push could have made is taken: counters, histograms,
  * summaries and most-recent gauges, each family once; anything else in the
  * region stays as it is and keeps adding up in the view. */
+
+/* The writer's registration of a pushed family: pushed gauges are
+ * most-recent, so a restarted collector's value carries over. */
+static void push_spec(const struct push_family *f, struct shmet_family_spec *spec)
+{
+	memset(spec, 0, sizeof *spec);
+	spec->type = f->type;
+	spec->name = f->name;
+	spec->help = f->help;
+	spec->nlabels = f->nlabels;
+	spec->label_names = (const char *const *)f->label_names;
+	spec->gauge_mode = SHMET_GAUGE_MOSTRECENT;
+	spec->nbuckets = f->nbuckets;
+	spec->buckets = f->bounds;
+}
+
 static int adopt_index(struct api *a)
 {
 	struct collector *c = a->c;
@@ -387,15 +403,7 @@ static int adopt_index(struct api *a)
 			memcpy(f->help, fv->help, fv->help_len);
 			f->help[fv->help_len] = 0;
 			struct shmet_family_spec spec;
-			memset(&spec, 0, sizeof spec);
-			spec.type = f->type;
-			spec.name = f->name;
-			spec.help = f->help;
-			spec.nlabels = f->nlabels;
-			spec.label_names = (const char *const *)f->label_names;
-			spec.gauge_mode = SHMET_GAUGE_MOSTRECENT;
-			spec.nbuckets = f->nbuckets;
-			spec.buckets = f->bounds;
+			push_spec(f, &spec);
 			size_t nl = fv->name_len;
 			if ((f->type == SHMET_HISTOGRAM && f->nbuckets == 0) ||
 			    (f->type == SHMET_COUNTER && !(nl > 6 && memcmp(f->name + nl - 6, "_total", 6) == 0))) {
@@ -1369,15 +1377,7 @@ static enum MHD_Result push_samples(struct api *a, struct MHD_Connection *conn, 
 			continue;
 		struct push_family *f = t->f;
 		struct shmet_family_spec spec;
-		memset(&spec, 0, sizeof spec);
-		spec.type = f->type;
-		spec.name = f->name;
-		spec.help = f->help;
-		spec.nlabels = f->nlabels;
-		spec.label_names = (const char *const *)f->label_names;
-		spec.gauge_mode = SHMET_GAUGE_MOSTRECENT;
-		spec.nbuckets = f->nbuckets;
-		spec.buckets = f->bounds;
+		push_spec(f, &spec);
 		if (a->nfams == a->fams_cap) {
 			uint32_t cap = a->fams_cap ? a->fams_cap * 2 : 16;
 			struct push_family **nf = realloc(a->fams, cap * sizeof *nf);
