@@ -331,7 +331,10 @@ static bool scan_guarded(struct collector *c)
 	 * regions would take their cells away.  So a flip waits for its view. */
 	log_losses(c);
 	if (!c->flip_unpublished) {
-		int rc = shmet_fold_dead(&c->seg, &fold_res);
+		/* the registry the view trusts: both must agree on every shape */
+		int rc = shmet_registry_update(&c->seg, &c->registry);
+		if (rc == SHMET_OK)
+			rc = shmet_fold_dead_with(&c->seg, &c->registry, &fold_res);
 		note_fold(c, rc);
 		if (fold_res.flipped)
 			c->flip_unpublished = true;

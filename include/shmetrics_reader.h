@@ -27,6 +27,7 @@
 #include <stdbool.h>
 
 struct keymap;
+struct shmet_registry;
 
 #ifdef __cplusplus
 extern "C" {
@@ -156,7 +157,7 @@ void shmet_read_cells(const struct shmet_area *a, const struct shmet_family_view
 
 /* A series' identity as bytes: "name\xff value\xff ..." (0xff never occurs in
  * UTF-8).  Returns its length, or 0 when it does not fit in cap. */
-#define SHMET_SERIES_KEY_MAX (SHMET_MAX_NAME_LEN + SHMET_MAX_LABELS * (SHMET_MAX_VALUE_LEN + 1) + 8)
+#define SHMET_SERIES_KEY_MAX (SHMET_MAX_NAME_LEN + 1 + SHMET_MAX_LABELS * (SHMET_MAX_VALUE_LEN + 1) + 24)
 size_t shmet_series_key(const struct shmet_record *r, char *buf, size_t cap);
 
 /* Do two family records describe the same family (name, type, mode, label
@@ -182,6 +183,9 @@ struct shmet_fold_result {
  * point neither loses nor double-counts, because a (region, generation)
  * already in the active half is never added again. */
 int shmet_fold_dead(struct shmet_segment *seg, struct shmet_fold_result *res);
+/* The same, trusting the registry reg the caller keeps up to date (the
+ * collector's, so the fold and the view agree on every family's shape). */
+int shmet_fold_dead_with(struct shmet_segment *seg, const struct shmet_registry *reg, struct shmet_fold_result *res);
 /* Zero and free the regions shmet_fold_dead listed (after the grace period). */
 void shmet_free_folded(struct shmet_segment *seg, const struct shmet_fold_result *res);
 /* Test-only: make the fold of the Nth series from now fail (0: never). */
@@ -224,6 +228,14 @@ void shmet_agg_init(struct shmet_agg *acc, uint32_t nbuckets);
 /* Round the exact sums once: sets acc->value for counters, histograms and
  * summaries.  Call after the last shmet_agg_add. */
 void shmet_agg_finish(struct shmet_agg *acc, enum shmet_type type);
+
+/* Most-recent gauges: does (stamp, value) replace (have_stamp, have)?  The
+ * later stamp wins; on equal stamps the larger bit pattern, so the answer
+ * never depends on the order processes (or a fold) are met in. */
+static inline bool shmet_most_recent_wins(uint64_t stamp, double value, uint64_t have_stamp, double have)
+{
+	return stamp > have_stamp || (stamp == have_stamp && shmet__bits(value) > shmet__bits(have));
+}
 
 /* Fold one process's values into acc.  live: the process is running (dead
  * workers' gauges count only in most-recent mode).  Max and min gauges take

@@ -35,7 +35,8 @@ void shmet_agg_add(struct shmet_agg *acc, enum shmet_type type, enum shmet_gauge
 {
 	switch (type) {
 	case SHMET_COUNTER:
-		/* the whole part joins the exact sum as well: no wrap, one rounding */
+		/* every whole part joins the exact sum: no wrap, no saturation,
+		 * one rounding (zero parts cost one compare) */
 		shmet_xsum_add_u64(&acc->xs, v->whole);
 		/* fall through */
 	case SHMET_SUMMARY:
@@ -56,7 +57,7 @@ void shmet_agg_add(struct shmet_agg *acc, enum shmet_type type, enum shmet_gauge
 		break;
 	case SHMET_GAUGE:
 		if (mode == SHMET_GAUGE_MOSTRECENT) {
-			if (!acc->has || v->stamp_ns > acc->stamp_ns) {
+			if (!acc->has || shmet_most_recent_wins(v->stamp_ns, v->value, acc->stamp_ns, acc->value)) {
 				acc->value = v->value;
 				acc->stamp_ns = v->stamp_ns;
 			}

@@ -23,6 +23,8 @@ void shmet_xsum_init(struct shmet_xsum *s)
 
 void shmet_xsum_add(struct shmet_xsum *s, double x)
 {
+	if (x == 0)
+		return; /* changes no sum; most cells a scrape adds are zero */
 	if (!isfinite(x)) {
 		s->special += x;
 		return;

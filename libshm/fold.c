@@ -106,9 +106,9 @@ static int fold_series(struct target *t, const struct shmet_area *src, const str
 	struct kv *ser = keymap_find(&t->series, key, klen);
 	uint32_t cell_off;
 	if (ser) {
-		struct shmet_rec_series sr;
-		memcpy(&sr, t->base + ser->val, sizeof sr);
-		cell_off = sr.ser_cell_off;
+		/* checked when indexed (or made here): the half is shared memory a
+		 * worker can rewrite, so its records are never read again */
+		cell_off = (uint32_t)ser->val;
 	} else {
 		uint64_t rs = series_rec_size(&r->series);
 		uint32_t cs = shmet_retired_cell_size(rf->type, rf->nbuckets);
@@ -134,7 +134,7 @@ static int fold_series(struct target *t, const struct shmet_area *src, const str
 			memcpy(q + 2, r->series.values[i], l);
 			q += 2 + l;
 		}
-		if (keymap_put(&t->series, key, klen, (uint32_t)(p - t->base)) != 0)
+		if (keymap_put(&t->series, key, klen, cell_off) != 0)
 			return -1;
 	}
 	struct shmet_values v;
@@ -143,14 +143,28 @@ static int fold_series(struct target *t, const struct shmet_area *src, const str
 	uint64_t *c = (uint64_t *)(void *)(t->base + cell_off);
 	uint32_t k = shmet_float_cell(rf->type, rf->nbuckets);
 	switch (rf->type) {
-	case SHMET_COUNTER:
+	case SHMET_COUNTER: {
+		/* whole parts past 2^64 go to the exact float total: readers add
+		 * every whole part exactly, and so must the fold */
+		uint64_t sum;
+		int exact = 1;
+		if (__builtin_add_overflow(c[0], v.whole, &sum)) {
+			exact &= add_exact(c, k, (double)(v.whole >> 32) * 4294967296.0);
+			exact &= add_exact(c, k, (double)(v.whole & 0xffffffffu));
+		} else {
+			c[0] = sum;
+		}
+		if (!add_exact(c, k, v.value) || !exact)
+			res->inexact++;
+		break;
+	}
 	case SHMET_SUMMARY:
 		c[0] = sat_add(c[0], v.whole);
 		if (!add_exact(c, k, v.value))
 			res->inexact++;
 		break;
 	case SHMET_GAUGE:
-		if (v.stamp_ns >= c[1]) {
+		if (shmet_most_recent_wins(v.stamp_ns, v.value, c[1], shmet__double(c[0]))) {
 			c[0] = shmet__bits(v.value);
 			c[1] = v.stamp_ns;
 		}
@@ -230,7 +244,8 @@ static int index_target(struct target *t, const struct shmet_registry *reg, stru
 				snprintf(res->err, sizeof res->err, "retired totals damaged: series at %u", r.series.off);
 				return 1;
 			}
-			if (keymap_put(&t->series, key, klen, r.series.off) != 0)
+			/* the cell offset parse_series validated, in the private copy */
+			if (keymap_put(&t->series, key, klen, r.series.cell_off) != 0)
 				return -1;
 		}
 	}
@@ -238,6 +253,19 @@ static int index_target(struct target *t, const struct shmet_registry *reg, stru
 }
 
 int shmet_fold_dead(struct shmet_segment *seg, struct shmet_fold_result *res)
+{
+	struct shmet_registry reg;
+	memset(&reg, 0, sizeof reg);
+	int rc = shmet_registry_update(seg, &reg);
+	if (rc == SHMET_OK)
+		rc = shmet_fold_dead_with(seg, &reg, res);
+	else
+		res->folded = res->to_free = 0;
+	shmet_registry_free(&reg);
+	return rc;
+}
+
+int shmet_fold_dead_with(struct shmet_segment *seg, const struct shmet_registry *regp, struct shmet_fold_result *res)
 {
 	res->folded = res->to_free = res->skipped = 0;
 	res->flipped = res->blocked = false;
@@ -271,9 +299,7 @@ int shmet_fold_dead(struct shmet_segment *seg, struct shmet_fold_result *res)
 
 	struct shmet_area src;
 	struct target t;
-	struct shmet_registry reg;
 	memset(&t, 0, sizeof t);
-	memset(&reg, 0, sizeof reg);
 	char *key = NULL;
 	int rc = SHMET_OK;
 	if (shmet_retired_area(seg, active, &src, res->err) != SHMET_OK) {
@@ -283,7 +309,7 @@ int shmet_fold_dead(struct shmet_segment *seg, struct shmet_fold_result *res)
 		res->to_free = 0;
 		return SHMET_E_CORRUPT;
 	}
-	if (shmet_registry_update(seg, &reg) != SHMET_OK || !(key = malloc(KEY_CAP))) {
+	if (!(key = malloc(KEY_CAP))) {
 		rc = shmet__fail(res->err, SHMET_E_SYS, "out of memory while folding");
 		goto fail;
 	}
@@ -297,7 +323,7 @@ int shmet_fold_dead(struct shmet_segment *seg, struct shmet_fold_result *res)
 	memcpy(t.base + sizeof(struct shmet_region_header), src.base + sizeof(struct shmet_region_header),
 	       src.dir_end - sizeof(struct shmet_region_header));
 	memcpy(t.base + src.cell_low, src.base + src.cell_low, src.size - src.cell_low);
-	int ix = index_target(&t, &reg, res, key);
+	int ix = index_target(&t, regp, res, key);
 	if (ix < 0) {
 		rc = shmet__fail(res->err, SHMET_E_SYS, "out of memory while folding");
 		goto fail;
@@ -318,7 +344,7 @@ int shmet_fold_dead(struct shmet_segment *seg, struct shmet_fold_result *res)
 				snprintf(res->err, sizeof res->err, "region %u: %s", d, why);
 		}
 		struct keymap seen = {0};
-		uint64_t need = room_needed(&t, &da, &reg, key, &seen);
+		uint64_t need = room_needed(&t, &da, regp, key, &seen);
 		keymap_free(&seen);
 		if (need > t.cell_low - t.dir_end) {
 			res->skipped++;
@@ -341,13 +367,13 @@ int shmet_fold_dead(struct shmet_segment *seg, struct shmet_fold_result *res)
 			}
 			if (r.kind != SHMET_REC_SERIES || !keeps(&r.fam))
 				continue;
-			const struct shmet_family_view *rf = shmet_registry_check(&reg, &r.fam);
+			const struct shmet_family_view *rf = shmet_registry_check(regp, &r.fam);
 			size_t klen = rf ? shmet_series_key(&r, key, KEY_CAP) : 0;
 			if (!klen) {
 				res->conflicts++; /* never exposed by any reader: nothing to keep */
 				continue;
 			}
-			if (fold_series(&t, &da, &r, &reg, rf, key, klen, res) < 0) {
+			if (fold_series(&t, &da, &r, regp, rf, key, klen, res) < 0) {
 				/* The room was counted beforehand, so only a region changed
 				 * under us gets here: give up without flipping. */
 				rc = shmet__fail(res->err, SHMET_E_REGION_FULL, "retired area full while folding region %u", d);
@@ -379,7 +405,6 @@ fail:
 	res->folded = 0;
 out:
 	free(key);
-	shmet_registry_free(&reg);
 	keymap_free(&t.families);
 	keymap_free(&t.series);
 	return rc;

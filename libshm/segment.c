@@ -162,7 +162,19 @@ int shmet_retired_area(const struct shmet_segment *seg, unsigned half, struct sh
 
 int shmet_registry_area(const struct shmet_segment *seg, struct shmet_area *a, char *err)
 {
-	int rc = area_from(seg->map.base + seg->registry_off, seg->registry_size, a, err);
-	a->cell_low = a->size; /* the registry has no cells */
-	return rc;
+	/* only the end means anything here: the registry has no cells, and
+	 * its rg_cell_low (which a stray write may change) is never read */
+	const struct shmet_region_header *rg = (const struct shmet_region_header *)(seg->map.base + seg->registry_off);
+	a->retired = false;
+	a->base = seg->map.base + seg->registry_off;
+	a->size = a->cell_low = seg->registry_size;
+	/* acquire: pairs with the registering writer's release of the end */
+	a->dir_end = __atomic_load_n(&rg->rg_dir_end, __ATOMIC_ACQUIRE);
+	if (a->dir_end < sizeof *rg || a->dir_end > a->size || a->dir_end % 8) {
+		uint64_t d = a->dir_end;
+		a->dir_end = sizeof *rg;
+		return shmet__fail(err, SHMET_E_CORRUPT, "family registry end %llu out of bounds (size %llu)",
+				   (unsigned long long)d, (unsigned long long)a->size);
+	}
+	return SHMET_OK;
 }

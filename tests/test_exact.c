@@ -300,12 +300,58 @@ static void test_exact_random_kills_and_folds_keep_every_bit(void **state)
 	}
 }
 
+static shmet_counter big;
+
+static int saturate_big(void)
+{
+	for (int i = 0; i < 1100; i++) /* past 2^63: the cell stays there */
+		shmet_counter_add_u64(big, UINT64_C(1) << 53);
+	return 0;
+}
+
+/* Whole parts past 2^64 in all: three dead workers at 2^63 each.  Readers
+ * add whole parts exactly; so must the fold, or the counter would drop
+ * from 3 * 2^63 to 2^64 - 1 when they are folded. */
+static void test_exact_whole_parts_past_2_64_survive_the_fold(void **state)
+{
+	(void)state;
+	shmet_family *f;
+	assert_int_equal(shmet_counter_register(&f, "huge_total", "", 0, NULL), SHMET_OK);
+	big = shmet_counter_get(f, NULL);
+	struct worker w[3];
+	for (int k = 0; k < 3; k++) {
+		assert_int_equal(pipe(w[k].ready), 0);
+		w[k].pid = fork();
+		if (w[k].pid == 0) {
+			saturate_big();
+			char one = 1;
+			if (write(w[k].ready[1], &one, 1) != 1)
+				_exit(3);
+			pause();
+			_exit(0);
+		}
+		char one;
+		assert_int_equal(read(w[k].ready[0], &one, 1), 1);
+		close(w[k].ready[0]);
+		close(w[k].ready[1]);
+	}
+	const double want = 3 * 9223372036854775808.0;
+	assert_same_bits(tsupport_value(seg, "huge_total", NULL), want);
+	for (int k = 0; k < 3; k++) {
+		kill(w[k].pid, SIGKILL);
+		tsupport_wait(w[k].pid);
+		tsupport_fold(seg);
+		assert_same_bits(tsupport_value(seg, "huge_total", NULL), want);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_exact_sum_is_order_free_and_correctly_rounded),
 		cmocka_unit_test(test_exact_fold_of_the_reported_case_changes_nothing),
 		cmocka_unit_test(test_exact_random_kills_and_folds_keep_every_bit),
+		cmocka_unit_test(test_exact_whole_parts_past_2_64_survive_the_fold),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);
 }

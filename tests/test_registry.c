@@ -373,6 +373,39 @@ static void test_registry_failed_view_after_flip_counts_once(void **state)
 	collector_close(&c);
 }
 
+/* A series at every limit at once (a 194-byte name, 16 values of 1024
+ * bytes) is a series like any other: its key once did not fit the view's
+ * buffer, and every view build after it failed. */
+static void test_registry_largest_series_key_served(void **state)
+{
+	(void)state;
+	char name[SHMET_MAX_NAME_LEN - 5], lnames[SHMET_MAX_LABELS][8];
+	static char value[SHMET_MAX_VALUE_LEN + 1];
+	memset(name, 'n', sizeof name - 1);
+	name[sizeof name - 1] = 0;
+	memset(value, 'v', SHMET_MAX_VALUE_LEN);
+	const char *labels[SHMET_MAX_LABELS], *values[SHMET_MAX_LABELS];
+	for (unsigned i = 0; i < SHMET_MAX_LABELS; i++) {
+		snprintf(lnames[i], sizeof lnames[i], "l%u", i);
+		labels[i] = lnames[i];
+		values[i] = value;
+	}
+	shmet_family *f;
+	assert_int_equal(shmet_counter_register(&f, name, "", SHMET_MAX_LABELS, labels), SHMET_OK);
+	shmet_counter c1 = shmet_counter_get(f, values);
+	assert_true(c1.off != 0);
+	shmet_counter_add(c1, 3);
+	static struct collector c;
+	struct collector_config cfg = {.segment = seg, .listen_host = "127.0.0.1", .scan_interval = 1};
+	char err[256];
+	assert_int_equal(collector_open(&c, &cfg, err, sizeof err), SHMET_OK);
+	bool found = false;
+	for (uint32_t i = 0; i < c.view->nfamilies; i++)
+		found |= strncmp(c.view->families[i].name, name, sizeof name - 1) == 0 && c.view->families[i].nseries == 1;
+	collector_close(&c);
+	assert_true(found);
+}
+
 /* Last: it fills the registry. */
 static void test_registry_full_refused_and_counted(void **state)
 {
@@ -402,6 +435,7 @@ int main(void)
 		cmocka_unit_test(test_registry_failed_fold_frees_nothing_unflipped),
 		cmocka_unit_test(test_registry_damaged_retired_half_blocks_folding),
 		cmocka_unit_test(test_registry_failed_view_after_flip_counts_once),
+		cmocka_unit_test(test_registry_largest_series_key_served),
 		cmocka_unit_test(test_registry_full_refused_and_counted),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);
