@@ -203,6 +203,12 @@ struct shmet_xsum {
 
 void shmet_xsum_init(struct shmet_xsum *s);
 void shmet_xsum_add(struct shmet_xsum *s, double x);
+/* The same, with the common case (a zero cell) inline. */
+static inline void shmet_xsum_add_nz(struct shmet_xsum *s, double x)
+{
+	if (x != 0)
+		shmet_xsum_add(s, x);
+}
 void shmet_xsum_add_u64(struct shmet_xsum *s, uint64_t v);
 void shmet_xsum_add_xsum(struct shmet_xsum *s, const struct shmet_xsum *t);
 /* The exact sum rounded once to the nearest double (ties to even). */
@@ -219,7 +225,9 @@ struct shmet_agg {
 			    sum of a histogram or summary */
 	uint64_t stamp_ns;
 	bool has;        /* a gauge got a value from some process */
-	struct shmet_xsum xs; /* counter: whole + fractional parts; histogram/summary: sum */
+	struct shmet_xsum xs; /* counter: fractional parts; histogram/summary: sum */
+	__extension__ unsigned __int128 whole_exact; /* counter: every whole part, exactly
+							 (4096 regions of 2^64 fit) */
 	uint64_t buckets[SHMET_MAX_BUCKETS + 1];
 };
 

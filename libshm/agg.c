@@ -20,12 +20,20 @@ void shmet_agg_init(struct shmet_agg *acc, uint32_t nbuckets)
 	acc->value = 0;
 	acc->stamp_ns = 0;
 	acc->has = false;
+	acc->whole_exact = 0;
 	shmet_xsum_init(&acc->xs);
 	memset(acc->buckets, 0, ((size_t)nbuckets + 1) * sizeof acc->buckets[0]);
 }
 
 void shmet_agg_finish(struct shmet_agg *acc, enum shmet_type type)
 {
+	if (type == SHMET_COUNTER) {
+		/* four 32-bit pieces, each exact as a double */
+		uint64_t hi = (uint64_t)(acc->whole_exact >> 64), lo = (uint64_t)acc->whole_exact;
+		shmet_xsum_add(&acc->xs, ldexp((double)(hi >> 32), 96));
+		shmet_xsum_add(&acc->xs, ldexp((double)(hi & 0xffffffffu), 64));
+		shmet_xsum_add_u64(&acc->xs, lo);
+	}
 	if (type != SHMET_GAUGE)
 		acc->value = shmet_xsum_round(&acc->xs);
 }
@@ -35,24 +43,24 @@ void shmet_agg_add(struct shmet_agg *acc, enum shmet_type type, enum shmet_gauge
 {
 	switch (type) {
 	case SHMET_COUNTER:
-		/* every whole part joins the exact sum: no wrap, no saturation,
-		 * one rounding (zero parts cost one compare) */
-		shmet_xsum_add_u64(&acc->xs, v->whole);
+		/* every whole part is summed exactly, and joins the float sum
+		 * once, at shmet_agg_finish: no wrap, no saturation, one rounding */
+		acc->whole_exact += v->whole;
 		/* fall through */
 	case SHMET_SUMMARY:
 		acc->whole = sat_add(acc->whole, v->whole);
-		shmet_xsum_add(&acc->xs, v->value);
-		shmet_xsum_add(&acc->xs, v->value_lo[0]);
-		shmet_xsum_add(&acc->xs, v->value_lo[1]);
+		shmet_xsum_add_nz(&acc->xs, v->value);
+		shmet_xsum_add_nz(&acc->xs, v->value_lo[0]);
+		shmet_xsum_add_nz(&acc->xs, v->value_lo[1]);
 		acc->has = true;
 		break;
 	case SHMET_HISTOGRAM:
 		for (uint32_t i = 0; i <= nbuckets; i++)
 			acc->buckets[i] = sat_add(acc->buckets[i], v->buckets[i]);
 		acc->whole = sat_add(acc->whole, v->whole);
-		shmet_xsum_add(&acc->xs, v->value);
-		shmet_xsum_add(&acc->xs, v->value_lo[0]);
-		shmet_xsum_add(&acc->xs, v->value_lo[1]);
+		shmet_xsum_add_nz(&acc->xs, v->value);
+		shmet_xsum_add_nz(&acc->xs, v->value_lo[0]);
+		shmet_xsum_add_nz(&acc->xs, v->value_lo[1]);
 		acc->has = true;
 		break;
 	case SHMET_GAUGE:
