@@ -250,15 +250,32 @@ void shmet_read_cells(const struct shmet_area *a, const struct shmet_family_view
 	}
 }
 
+/* The writer's rule (shmet_shape_same in shmetrics_layout.h), so that what
+ * the registry accepted and what readers count can never differ. */
+static void shape_of(const struct shmet_family_view *f, struct shmet_shape *s)
+{
+	memset(s, 0, sizeof *s);
+	s->type = f->type;
+	s->mode = f->mode;
+	s->nlabels = f->nlabels;
+	s->nbuckets = f->nbuckets;
+	s->bounds = f->bounds;
+	s->name = f->name;
+	s->name_len = f->name_len;
+	for (uint32_t i = 0; i < f->nlabels && i < SHMET_MAX_LABELS; i++) {
+		s->label_names[i] = f->label_names[i];
+		s->label_lens[i] = f->label_lens[i];
+	}
+}
+
 bool shmet_family_same(const struct shmet_family_view *a, const struct shmet_family_view *b)
 {
-	if (a->type != b->type || a->mode != b->mode || a->nlabels != b->nlabels || a->nbuckets != b->nbuckets ||
-	    a->name_len != b->name_len || memcmp(a->name, b->name, a->name_len) != 0)
+	struct shmet_shape x, y;
+	if (a->name_len != b->name_len || memcmp(a->name, b->name, a->name_len) != 0)
 		return false;
-	for (uint32_t i = 0; i < a->nlabels; i++)
-		if (a->label_lens[i] != b->label_lens[i] || memcmp(a->label_names[i], b->label_names[i], a->label_lens[i]))
-			return false;
-	return a->nbuckets == 0 || memcmp(a->bounds, b->bounds, 8ull * a->nbuckets) == 0;
+	shape_of(a, &x);
+	shape_of(b, &y);
+	return shmet_shape_same(&x, &y);
 }
 
 /* "name\xff value\xff value..." — 0xff never occurs in UTF-8. */
