@@ -7,9 +7,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static char paths[16][128];
+static char paths[64][128];
 static int npaths;
-static pid_t owner;
+static pid_t owner; /* the test process: set before main, so a fork child that names a segment first cannot claim it */
 
 static void remove_paths(void)
 {
@@ -19,14 +19,16 @@ static void remove_paths(void)
 		unlink(paths[i]);
 }
 
+__attribute__((constructor)) static void remember_owner(void)
+{
+	owner = getpid();
+	atexit(remove_paths);
+}
+
 const char *tsupport_segment(const char *tag)
 {
-	if (npaths == 16)
+	if (npaths == (int)(sizeof paths / sizeof *paths))
 		abort();
-	if (!owner) {
-		owner = getpid();
-		atexit(remove_paths);
-	}
 	char *p = paths[npaths++];
 	snprintf(p, sizeof paths[0], "/dev/shm/shmet-test-%s-%d", tag, (int)getpid());
 	unlink(p);
