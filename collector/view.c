@@ -458,7 +458,7 @@ bool view_series_agg(const struct view_family *f, const struct view_series *s, s
 			v.whole = 0;
 			for (uint32_t b = 0; b <= f->nbuckets; b++) {
 				v.buckets[b] = __atomic_load_n(&c[b], __ATOMIC_RELAXED);
-				v.whole = v.whole + v.buckets[b] < v.whole ? UINT64_MAX : v.whole + v.buckets[b];
+				v.whole = shmet_sat_add(v.whole, v.buckets[b]);
 			}
 			v.value = shmet__double(__atomic_load_n(&c[k], __ATOMIC_RELAXED));
 			break;

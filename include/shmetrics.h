@@ -1072,20 +1072,20 @@ static int shmet__registry_enter_locked(const unsigned char *rec, size_t size, c
 	while (pos < end && rc == SHMET_OK && !found) {
 		uint32_t rs;
 		memcpy(&rs, base + pos, 4);
-		if (rs < sizeof(struct shmet_rec_family) || rs % 8 || rs > end - pos) {
+		/* the readers' rule (registry.c): a size they cannot trust ends the
+		 * walk for them, so it is damage here too, not a record to skip */
+		if (rs < sizeof(struct shmet_rec_family) || rs % 8 || rs > end - pos || rs > sizeof copy) {
 			rc = shmet__err(SHMET_E_CORRUPT, "%s: the family registry is damaged at %llu", shmet__st.path,
 					(unsigned long long)pos);
 			break;
 		}
 		struct shmet_shape have;
 		/* a private copy: another process may change the bytes meanwhile */
-		if (rs <= sizeof copy) {
-			memcpy(copy, base + pos, rs);
-			if (shmet_shape_decode(copy, rs, &have)) {
-				rc = shmet__shape_check(&have, want, "in the segment");
-				found = rc == SHMET_OK && have.name_len == want->name_len &&
-					memcmp(have.name, want->name, want->name_len) == 0;
-			}
+		memcpy(copy, base + pos, rs);
+		if (shmet_shape_decode(copy, rs, &have)) {
+			rc = shmet__shape_check(&have, want, "in the segment");
+			found = rc == SHMET_OK && have.name_len == want->name_len &&
+				memcmp(have.name, want->name, want->name_len) == 0;
 		}
 		pos += rs;
 	}

@@ -210,7 +210,6 @@ static inline void shmet_xsum_add_nz(struct shmet_xsum *s, double x)
 		shmet_xsum_add(s, x);
 }
 void shmet_xsum_add_u64(struct shmet_xsum *s, uint64_t v);
-void shmet_xsum_add_xsum(struct shmet_xsum *s, const struct shmet_xsum *t);
 /* The exact sum rounded once to the nearest double (ties to even). */
 double shmet_xsum_round(const struct shmet_xsum *s);
 /* The exact sum as three non-overlapping doubles, out[0] largest; 1 when
@@ -218,6 +217,14 @@ double shmet_xsum_round(const struct shmet_xsum *s);
 int shmet_xsum_split3(const struct shmet_xsum *s, double out[3]);
 
 /* ---- aggregation across processes: one rule for collector, dump, tests ---- */
+
+/* Counts add with saturation: a total that reached 2^64 - 1 stays there
+ * rather than wrapping to a small number (a counter reset). */
+static inline uint64_t shmet_sat_add(uint64_t a, uint64_t b)
+{
+	uint64_t r;
+	return __builtin_add_overflow(a, b, &r) ? UINT64_MAX : r;
+}
 
 struct shmet_agg {
 	uint64_t whole;  /* counter whole part; histogram/summary count (saturating) */
@@ -280,9 +287,7 @@ void shmet_registry_free(struct shmet_registry *r);
  * region's series counts), else NULL. */
 const struct shmet_family_view *shmet_registry_check(const struct shmet_registry *r, const struct shmet_family_view *f);
 const struct shmet_family_view *shmet_registry_find(const struct shmet_registry *r, const char *name, size_t len);
-/* The record bytes of reg (as returned above): its validated private copy. */
-const unsigned char *shmet_registry_record(const struct shmet_registry *r, const struct shmet_family_view *reg,
-					   uint32_t *size);
+
 
 struct shmet_snap_series {
 	char **values;   /* nlabels values, then "worker" for per-worker gauges */

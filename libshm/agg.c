@@ -6,13 +6,6 @@
 #include <math.h>
 #include <stdlib.h>
 
-/* Counts add with saturation: a total that reached 2^64 - 1 stays there
- * rather than wrapping to a small number (a counter reset). */
-static uint64_t sat_add(uint64_t a, uint64_t b)
-{
-	uint64_t r;
-	return __builtin_add_overflow(a, b, &r) ? UINT64_MAX : r;
-}
 
 void shmet_agg_init(struct shmet_agg *acc, uint32_t nbuckets)
 {
@@ -48,7 +41,7 @@ void shmet_agg_add(struct shmet_agg *acc, enum shmet_type type, enum shmet_gauge
 		acc->whole_exact += v->whole;
 		/* fall through */
 	case SHMET_SUMMARY:
-		acc->whole = sat_add(acc->whole, v->whole);
+		acc->whole = shmet_sat_add(acc->whole, v->whole);
 		shmet_xsum_add_nz(&acc->xs, v->value);
 		shmet_xsum_add_nz(&acc->xs, v->value_lo[0]);
 		shmet_xsum_add_nz(&acc->xs, v->value_lo[1]);
@@ -56,8 +49,8 @@ void shmet_agg_add(struct shmet_agg *acc, enum shmet_type type, enum shmet_gauge
 		break;
 	case SHMET_HISTOGRAM:
 		for (uint32_t i = 0; i <= nbuckets; i++)
-			acc->buckets[i] = sat_add(acc->buckets[i], v->buckets[i]);
-		acc->whole = sat_add(acc->whole, v->whole);
+			acc->buckets[i] = shmet_sat_add(acc->buckets[i], v->buckets[i]);
+		acc->whole = shmet_sat_add(acc->whole, v->whole);
 		shmet_xsum_add_nz(&acc->xs, v->value);
 		shmet_xsum_add_nz(&acc->xs, v->value_lo[0]);
 		shmet_xsum_add_nz(&acc->xs, v->value_lo[1]);

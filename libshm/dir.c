@@ -244,7 +244,7 @@ void shmet_read_cells(const struct shmet_area *a, const struct shmet_family_view
 	case SHMET_HISTOGRAM:
 		v->whole = 0;
 		for (uint32_t i = 0; i <= f->nbuckets; i++)
-			v->whole += v->buckets[i] = __atomic_load_n(&c[i], __ATOMIC_RELAXED);
+			v->whole = shmet_sat_add(v->whole, v->buckets[i] = __atomic_load_n(&c[i], __ATOMIC_RELAXED));
 		v->value = shmet__double(__atomic_load_n(&c[f->nbuckets + 1], __ATOMIC_RELAXED));
 		break;
 	}

@@ -63,14 +63,6 @@ void shmet_xsum_add_u64(struct shmet_xsum *s, uint64_t v)
 	shmet_xsum_add(s, (double)(v & 0xffffffffu));
 }
 
-void shmet_xsum_add_xsum(struct shmet_xsum *s, const struct shmet_xsum *t)
-{
-	for (unsigned i = 0; i < t->n; i++)
-		shmet_xsum_add(s, t->p[i]);
-	s->special += t->special;
-	s->overflow += t->overflow;
-}
-
 double shmet_xsum_round(const struct shmet_xsum *s)
 {
 	if (s->special != 0 || s->special != s->special)

@@ -59,12 +59,6 @@ static unsigned char *append(struct target *t, uint64_t size)
 	return p;
 }
 
-static uint64_t sat_add(uint64_t a, uint64_t b)
-{
-	uint64_t r;
-	return __builtin_add_overflow(a, b, &r) ? UINT64_MAX : r;
-}
-
 /* c[k], c[k+1], c[k+2] := the exact sum of themselves and v.  0 when the
  * three components could not hold it. */
 static int add_exact(uint64_t *c, uint32_t k, double v)
@@ -83,8 +77,7 @@ static int add_exact(uint64_t *c, uint32_t k, double v)
 
 /* Add one dead series into the target; 0 ok, -1 no room. */
 static int fold_series(struct target *t, const struct shmet_area *src, const struct shmet_record *r,
-		       const struct shmet_registry *reg, const struct shmet_family_view *rf, char *key, size_t klen,
-		       struct shmet_fold_result *res)
+		       const struct shmet_family_view *rf, char *key, size_t klen, struct shmet_fold_result *res)
 {
 	if (shmet_test_fold_fail_at && --shmet_test_fold_fail_at == 0)
 		return -1;
@@ -93,12 +86,10 @@ static int fold_series(struct target *t, const struct shmet_area *src, const str
 	if (fam) {
 		fam_off = (uint32_t)fam->val; /* index_target checked its shape */
 	} else {
-		uint32_t size;
-		const unsigned char *rec = shmet_registry_record(reg, rf, &size);
-		unsigned char *p = rec ? append(t, size) : NULL;
+		unsigned char *p = append(t, rf->rec_size);
 		if (!p)
 			return -1;
-		memcpy(p, rec, size); /* the registry's validated private copy */
+		memcpy(p, rf->rec, rf->rec_size); /* the registry's validated private copy */
 		fam_off = (uint32_t)(p - t->base);
 		if (keymap_put(&t->families, rf->name, rf->name_len, fam_off) != 0)
 			return -1;
@@ -159,7 +150,7 @@ static int fold_series(struct target *t, const struct shmet_area *src, const str
 		break;
 	}
 	case SHMET_SUMMARY:
-		c[0] = sat_add(c[0], v.whole);
+		c[0] = shmet_sat_add(c[0], v.whole);
 		if (!add_exact(c, k, v.value))
 			res->inexact++;
 		break;
@@ -171,7 +162,7 @@ static int fold_series(struct target *t, const struct shmet_area *src, const str
 		break;
 	case SHMET_HISTOGRAM:
 		for (uint32_t i = 0; i <= rf->nbuckets; i++)
-			c[i] = sat_add(c[i], v.buckets[i]);
+			c[i] = shmet_sat_add(c[i], v.buckets[i]);
 		if (!add_exact(c, k, v.value))
 			res->inexact++;
 		break;
@@ -195,9 +186,7 @@ static uint64_t room_needed(struct target *t, const struct shmet_area *src, cons
 		if (!rf)
 			continue;
 		if (!keymap_find(&t->families, rf->name, rf->name_len) && !keymap_find(seen, rf->name, rf->name_len)) {
-			uint32_t size = 0;
-			shmet_registry_record(reg, rf, &size);
-			need += size;
+			need += rf->rec_size;
 			keymap_put(seen, rf->name, rf->name_len, 0);
 		}
 		size_t klen = shmet_series_key(&r, key, KEY_CAP);
@@ -373,7 +362,7 @@ int shmet_fold_dead_with(struct shmet_segment *seg, const struct shmet_registry 
 				res->conflicts++; /* never exposed by any reader: nothing to keep */
 				continue;
 			}
-			if (fold_series(&t, &da, &r, regp, rf, key, klen, res) < 0) {
+			if (fold_series(&t, &da, &r, rf, key, klen, res) < 0) {
 				/* The room was counted beforehand, so only a region changed
 				 * under us gets here: give up without flipping. */
 				rc = shmet__fail(res->err, SHMET_E_REGION_FULL, "retired area full while folding region %u", d);

@@ -140,10 +140,3 @@ const struct shmet_family_view *shmet_registry_check(const struct shmet_registry
 	return reg && shmet_family_same(reg, f) ? reg : NULL;
 }
 
-const unsigned char *shmet_registry_record(const struct shmet_registry *r, const struct shmet_family_view *reg,
-					   uint32_t *size)
-{
-	(void)r;
-	*size = reg->rec_size;
-	return reg->rec;
-}

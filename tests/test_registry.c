@@ -329,6 +329,56 @@ static void test_registry_damaged_retired_half_blocks_folding(void **state)
 	assert_double_equal_exact(fold_total(), before + 1.25);
 }
 
+static char *slurp(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	static char buf[65536];
+	size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+	buf[n] = 0;
+	if (f)
+		fclose(f);
+	return buf;
+}
+
+/* What an operator sees of a stopped fold and of refused registrations: a
+ * 503 on /-/ready with the reason, the metrics, and one log line each. */
+static void test_registry_blocked_fold_and_refusals_are_loud(void **state)
+{
+	(void)state;
+	struct child c;
+	run_child(&c, add_one_series);
+	kill_child(&c);
+	struct shmet_segment s;
+	char err[SHMET_ERRBUF];
+	assert_int_equal(shmet_segment_open(seg, 0, NULL, &s, err), SHMET_OK);
+	struct shmet_region_header *rg = (struct shmet_region_header *)(void *)((unsigned char *)shmet_retired_header(
+										 &s, shmet_retired_active(&s)) +
+									 s.retired_hdr_size);
+	uint64_t good = rg->rg_dir_end;
+	rg->rg_dir_end = good + 4;
+	uint64_t nrefused = refused();
+	assert_true(nrefused > 0); /* earlier cases were refused */
+	struct tdaemon d;
+	assert_int_equal(tsupport_daemon_start(&d, seg, NULL), 0);
+	char *body = NULL, *metrics = NULL;
+	int ready = tsupport_http_get(d.port, "/-/ready", NULL, &body, NULL);
+	int got = tsupport_http_get(d.port, "/metrics", NULL, &metrics, NULL);
+	const char *log = slurp(d.log); /* before the stop removes it */
+	tsupport_daemon_stop(&d, SIGTERM);
+	rg->rg_dir_end = good; /* repaired */
+	shmet_segment_close(&s);
+	assert_int_equal(ready, 503);
+	assert_non_null(strstr(body, "folding stopped"));
+	assert_int_equal(got, 200);
+	assert_double_equal_exact(tsupport_sample(metrics, "shmetricsd_fold_blocked"), 1);
+	assert_double_equal_exact(tsupport_sample(metrics, "shmetricsd_registrations_refused_total"), (double)nrefused);
+	if (!strstr(log, "fold stopped") || !strstr(log, "family registrations refused"))
+		fail_msg("the log lacks the fold or the refusals:\n%s", log);
+	free(body);
+	free(metrics);
+	tsupport_fold(seg); /* repaired: folds again */
+}
+
 /* After a flip, a view build that fails keeps the old view, which reads the
  * old half and the folded regions: a second fold then must not overwrite
  * that half (the old view would count the second region twice), nor may the
@@ -434,6 +484,7 @@ int main(void)
 		cmocka_unit_test(test_registry_refuses_across_processes),
 		cmocka_unit_test(test_registry_failed_fold_frees_nothing_unflipped),
 		cmocka_unit_test(test_registry_damaged_retired_half_blocks_folding),
+		cmocka_unit_test(test_registry_blocked_fold_and_refusals_are_loud),
 		cmocka_unit_test(test_registry_failed_view_after_flip_counts_once),
 		cmocka_unit_test(test_registry_largest_series_key_served),
 		cmocka_unit_test(test_registry_full_refused_and_counted),
