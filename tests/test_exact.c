@@ -345,6 +345,61 @@ static void test_exact_whole_parts_past_2_64_survive_the_fold(void **state)
 	}
 }
 
+static shmet_counter wide;
+static double wide_add;
+
+static int add_wide(void)
+{
+	shmet_counter_add(wide, wide_add);
+	return 0;
+}
+
+/* The documented bound: three components hold 159 significant bits.  Four
+ * dead workers whose adds span 1e-100 .. 1e200 need four; the fold keeps
+ * the nearest and counts it, never silently. */
+static void test_exact_fold_past_the_bound_is_counted(void **state)
+{
+	(void)state;
+	shmet_family *f;
+	assert_int_equal(shmet_counter_register(&f, "wide_total", "", 0, NULL), SHMET_OK);
+	wide = shmet_counter_get(f, NULL);
+	const double adds[] = {1e200, 1e100, 1.5, 1e-100};
+	struct worker w[4];
+	for (int k = 0; k < 4; k++) {
+		wide_add = adds[k];
+		assert_int_equal(pipe(w[k].ready), 0);
+		w[k].pid = fork();
+		if (w[k].pid == 0) {
+			add_wide();
+			char one = 1;
+			if (write(w[k].ready[1], &one, 1) != 1)
+				_exit(3);
+			pause();
+			_exit(0);
+		}
+		char one;
+		assert_int_equal(read(w[k].ready[0], &one, 1), 1);
+		close(w[k].ready[0]);
+		close(w[k].ready[1]);
+	}
+	double before = tsupport_value(seg, "wide_total", NULL);
+	for (int k = 0; k < 4; k++) {
+		kill(w[k].pid, SIGKILL);
+		tsupport_wait(w[k].pid);
+	}
+	struct shmet_segment s;
+	char err[SHMET_ERRBUF];
+	static struct shmet_fold_result res;
+	assert_int_equal(shmet_segment_open(seg, 0, NULL, &s, err), SHMET_OK);
+	assert_int_equal(shmet_segment_lock_collector(&s, NULL), SHMET_OK);
+	assert_int_equal(shmet_fold_dead(&s, &res), SHMET_OK);
+	shmet_free_folded(&s, &res);
+	shmet_segment_close(&s);
+	assert_true(res.inexact >= 1);
+	/* the rounding lies far below what a double shows */
+	assert_same_bits(tsupport_value(seg, "wide_total", NULL), before);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -352,6 +407,7 @@ int main(void)
 		cmocka_unit_test(test_exact_fold_of_the_reported_case_changes_nothing),
 		cmocka_unit_test(test_exact_random_kills_and_folds_keep_every_bit),
 		cmocka_unit_test(test_exact_whole_parts_past_2_64_survive_the_fold),
+		cmocka_unit_test(test_exact_fold_past_the_bound_is_counted),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);
 }
