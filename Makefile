@@ -113,9 +113,11 @@ $(DAEMON): $(call obj,collector/main.c) $(COLLECTOR_A) $(LIBSHM_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(COLLECTOR_LIBS)
 
-$(B)/bin/%: $(B)/obj/tools/%.o $(COLLECTOR_A) $(LIBSHM_A)
+# The tools read a segment through libshm and nothing else (no collector,
+# liburcu, libmicrohttpd, jansson or zlib): tests/test_dump.sh checks it.
+$(B)/bin/%: $(B)/obj/tools/%.o $(LIBSHM_A)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(COLLECTOR_LIBS)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ -lm
 
 # Each examples/<name>/ with a main.c becomes build/bin/<name>.
 define example_rule

@@ -14,8 +14,8 @@
 
 /* jansson writes reals with 17 significant digits (0.1 as
  * 0.10000000000000001).  Rewrite each real in the shortest form that reads
- * back as the same double, as Go and Prometheus write them.  Returns a new
- * malloc'd string, or NULL. */
+ * back as the same double (shmet_fmt_double_json, the exposition's digits).
+ * Returns a new malloc'd string, or NULL. */
 static char *tidy_numbers(const char *s, size_t *len)
 {
 	size_t n = strlen(s);
@@ -45,7 +45,7 @@ static char *tidy_numbers(const char *s, size_t *len)
 			real |= s[k] == '.' || s[k] == 'e' || s[k] == 'E';
 			k++;
 		}
-		char tok[64], best[40];
+		char tok[64], best[SHMET_FMT_DOUBLE_MAX];
 		if (!real || k - i >= sizeof tok) {
 			memcpy(o, s + i, k - i);
 			o += k - i;
@@ -54,15 +54,7 @@ static char *tidy_numbers(const char *s, size_t *len)
 		}
 		memcpy(tok, s + i, k - i);
 		tok[k - i] = 0;
-		double d = strtod(tok, NULL);
-		for (int prec = 15; prec <= 17; prec++) {
-			snprintf(best, sizeof best, "%.*g", prec, d);
-			if (strtod(best, NULL) == d)
-				break;
-		}
-		if (!strpbrk(best, ".eEn")) /* still a real to a reader who cares: 2.0 */
-			strcat(best, ".0");
-		size_t bl = strlen(best);
+		size_t bl = shmet_fmt_double_json(best, strtod(tok, NULL));
 		if (bl > k - i) { /* never longer in practice; keep jansson's if it were */
 			memcpy(o, s + i, k - i);
 			o += k - i;

@@ -24,6 +24,30 @@ for b in "$DUMP" "$MAKER"; do
   fi
 done
 
+# The dump reads segments through libshm alone: no collector code and none
+# of the daemon's libraries (liburcu, libmicrohttpd, jansson, zlib) in it.
+# The link line first: with --as-needed (a distribution default) an unused
+# library leaves no trace in the binary, yet a change that starts to use one
+# would link quietly.
+link=$(make -s -n -B SANITIZER="${SANITIZER:-}" "$DUMP" 2>/dev/null | grep -F -- "-o $DUMP ")
+if [ -z "$link" ]; then
+  not_ok "make shows how shmetrics-dump is linked"
+elif echo "$link" | grep -qE -- '-l(urcu|microhttpd|jansson|z)\b|libshmetricsd\.a'; then
+  not_ok "shmetrics-dump is linked with libshm only"
+  echo "$link" | sed 's/^/#   /'
+else ok "shmetrics-dump is linked with libshm only"; fi
+deps=$(ldd "$DUMP" 2>&1)
+if echo "$deps" | grep -qE 'liburcu|libmicrohttpd|libjansson|libz\.'; then
+  not_ok "shmetrics-dump links none of the collector's libraries"
+  echo "$deps" | sed 's/^/#   /'
+else ok "shmetrics-dump links none of the collector's libraries"; fi
+syms=$(nm "$DUMP" | awk '$2 ~ /^[TtDdBbUu]$/ {print $NF}' |
+  grep -E '^(collector_|view_|render_|api_|http_|json_|MHD_|urcu|cds_|rcu_|deflate|shmet_negotiate|shmet_gzip)' | sort -u)
+if [ -n "$syms" ]; then
+  not_ok "shmetrics-dump holds no collector, HTTP, JSON or RCU code"
+  echo "$syms" | head -n 20 | sed 's/^/#   /'
+else ok "shmetrics-dump holds no collector, HTTP, JSON or RCU code"; fi
+
 tmp=$(mktemp -d /dev/shm/shmet-dump-test.XXXXXX)
 stay_pid=
 cleanup() {

@@ -522,6 +522,61 @@ static void test_expfmt_float_random_bits_match_recipe(void **state)
 	assert_int_equal(bad, 0);
 }
 
+/* The JSON API's spelling as it was before it shared the exposition's
+ * digits: the first of %.15g, %.16g, %.17g that reads back, then ".0" when
+ * that shows neither '.' nor 'e'.  shmet_fmt_double_json keeps its layout
+ * byte for byte, with digits that are never longer. */
+static void recipe_json(char *out, size_t cap, double v)
+{
+	for (int prec = 15; prec <= 17; prec++) {
+		snprintf(out, cap, "%.*g", prec, v);
+		if (strtod(out, NULL) == v)
+			break;
+	}
+	if (!strpbrk(out, ".eE"))
+		strcat(out, ".0");
+}
+
+static void test_expfmt_float_json_random_bits_match_printf_recipe(void **state)
+{
+	uint64_t s = UINT64_C(0x2545F4914F6CDD1D);
+	char got[SHMET_FMT_DOUBLE_MAX], want[64];
+	long i, n = 0, bad = 0;
+	static const double fixed[] = {0.0, -0.0, 1, -2, 0.1, 1e15, 1e16, 1e17, 123456789012345678.0, 1e21,
+				       1e-5, 0.0001, 1234567.5, 5e-324, 1.7976931348623157e308};
+
+	(void)state;
+	for (i = 0; i < 200000 + (long)(sizeof fixed / sizeof *fixed); i++) {
+		double v;
+		if (i < (long)(sizeof fixed / sizeof *fixed)) {
+			v = fixed[i];
+		} else {
+			uint64_t b = rng_next(&s);
+			if (i & 1) /* half of them in the metric range, 2^-60 .. 2^130 */
+				b = (b & UINT64_C(0x800FFFFFFFFFFFFF)) | ((UINT64_C(963) + (b >> 40) % 190) << 52);
+			if (i % 7 == 0) /* short mantissas: short decimals, powers of two */
+				b &= ~UINT64_C(0xFFFFFFFFFF);
+			v = from_bits(b);
+		}
+		if (!isfinite(v))
+			continue;
+		n++;
+		shmet_fmt_double_json(got, v);
+		recipe_json(want, sizeof want, v);
+		/* the same text, but where the recipe was not the shortest
+		 * (subnormals; a power of two whose nearest 16 digits miss
+		 * but whose shortest do not, 2^-24): shorter, and still v */
+		bool shorter = strlen(got) < strlen(want) && strtod(got, NULL) == v;
+		if (strcmp(got, want) != 0 && !shorter) {
+			if (bad < 20)
+				print_error("%.17g: expected \"%s\", actual \"%s\"\n", v, want, got);
+			bad++;
+		}
+	}
+	print_message("random doubles as JSON: %ld checked, %ld mismatches\n", n, bad);
+	assert_int_equal(bad, 0);
+}
+
 /* ---- Families and samples ------------------------------------------------- */
 
 static void test_expfmt_gauge_row1_text_and_om(void **state)
@@ -1202,6 +1257,7 @@ int main(void)
 		cmocka_unit_test(test_expfmt_bound_uses_om_canonical_spelling),
 		cmocka_unit_test(test_expfmt_float_python_vectors_match_go),
 		cmocka_unit_test(test_expfmt_float_random_bits_match_recipe),
+		cmocka_unit_test(test_expfmt_float_json_random_bits_match_printf_recipe),
 		cmocka_unit_test(test_expfmt_gauge_row1_text_and_om),
 		cmocka_unit_test(test_expfmt_counter_row7_total_per_format),
 		cmocka_unit_test(test_expfmt_counter_without_total_is_unknown_in_om),

@@ -20,6 +20,7 @@
  * Exit status: 0 done (or --check found nothing wrong), 1 --check found
  * problems, 2 the segment cannot be opened or the command line is wrong.
  */
+#include "format.h"
 #include "keymap.h"
 #include "shmetrics_reader.h"
 
@@ -144,39 +145,9 @@ static void msgs_free(struct msgs *m)
 
 /* ---- formatting ---- */
 
-/* The shortest text that reads back as the same double, spelled as Go's
- * strconv.FormatFloat(v, 'g', -1, 64) (and so the collector) spells it;
- * +Inf, -Inf and NaN as Prometheus does.  cap >= 32. */
-static void fmt_double(char *buf, size_t cap, double v)
-{
-	if (isnan(v)) {
-		snprintf(buf, cap, "NaN");
-		return;
-	}
-	if (isinf(v)) {
-		snprintf(buf, cap, v > 0 ? "+Inf" : "-Inf");
-		return;
-	}
-	int digits = 17;
-	for (int p = 1; p <= 17; p++) {
-		snprintf(buf, cap, "%.*e", p - 1, v);
-		if (strtod(buf, NULL) == v) {
-			digits = p;
-			break;
-		}
-	}
-	snprintf(buf, cap, "%.*e", digits - 1, v);
-	const char *e = strchr(buf, 'e');
-	int exp = e ? atoi(e + 1) : 0, point = exp + 1;
-	/* Go: exponent form when exp < -4 || exp >= eprec, where eprec is 6,
-	 * or the digit count when that is smaller and no zeros would pad. */
-	int eprec = 6;
-	if (eprec > digits && digits >= point)
-		eprec = digits;
-	if (exp < -4 || exp >= eprec)
-		return;
-	snprintf(buf, cap, "%.*f", digits > point ? digits - point : 0, v);
-}
+/* Numbers are spelled by libshm's format.c, as the collector spells them:
+ * shmet_fmt_double (the shortest text that reads back as the same double,
+ * as Go writes it). */
 
 static void fmt_time(char *buf, size_t cap, uint64_t ns)
 {
@@ -186,23 +157,13 @@ static void fmt_time(char *buf, size_t cap, uint64_t ns)
 		snprintf(buf, cap, "-");
 }
 
-/* Length of the valid UTF-8 sequence at s[0..n), or 0. */
-static size_t utf8_seq(const char *s, size_t n)
-{
-	unsigned char c = (unsigned char)s[0];
-	size_t len = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
-	if (len == 0 || len > n || !shmet_valid_utf8(s, len))
-		return 0;
-	return len;
-}
-
 /* Text output: Prometheus escapes (\\, \", \n) plus \xNN for every other
  * control byte and every byte that is not valid UTF-8. */
 static void t_str(FILE *o, const char *s, size_t n)
 {
 	for (size_t i = 0; i < n;) {
 		unsigned char c = (unsigned char)s[i];
-		size_t len = utf8_seq(s + i, n - i);
+		size_t len = shmet_utf8_len(s + i, n - i);
 		if (c == '\\' || c == '"')
 			fprintf(o, "\\%c", c);
 		else if (c == '\n')
@@ -220,7 +181,7 @@ static void t_line(FILE *o, const char *s)
 {
 	for (size_t i = 0, n = strlen(s); i < n;) {
 		unsigned char c = (unsigned char)s[i];
-		size_t len = utf8_seq(s + i, n - i);
+		size_t len = shmet_utf8_len(s + i, n - i);
 		if (len == 0 || c < 0x20 || c == 0x7f)
 			fprintf(o, "\\x%02x", c);
 		else
@@ -236,7 +197,7 @@ static void j_str(FILE *o, const char *s, size_t n)
 	fputc('"', o);
 	for (size_t i = 0; i < n;) {
 		unsigned char c = (unsigned char)s[i];
-		size_t len = utf8_seq(s + i, n - i);
+		size_t len = shmet_utf8_len(s + i, n - i);
 		if (c == '"' || c == '\\')
 			fprintf(o, "\\%c", c);
 		else if (c == '\n')
@@ -260,7 +221,7 @@ static void j_cstr(FILE *o, const char *s) { j_str(o, s, strlen(s)); }
 static void j_double(FILE *o, double v)
 {
 	char b[40];
-	fmt_double(b, sizeof b, v);
+	shmet_fmt_double(b, v);
 	if (isfinite(v))
 		fputs(b, o);
 	else
@@ -1075,16 +1036,16 @@ static void t_vals(FILE *o, const struct d_family *f, const struct pvals *v)
 		if (v->value == 0) {
 			fprintf(o, "%llu", (unsigned long long)v->whole);
 		} else if (v->whole == 0) {
-			fmt_double(b, sizeof b, v->value);
+			shmet_fmt_double(b, v->value);
 			fputs(b, o);
 		} else {
-			fmt_double(b, sizeof b, (double)v->whole + v->value);
-			fmt_double(t, sizeof t, v->value);
+			shmet_fmt_double(b, (double)v->whole + v->value);
+			shmet_fmt_double(t, v->value);
 			fprintf(o, "%s (%llu + %s)", b, (unsigned long long)v->whole, t);
 		}
 		break;
 	case SHMET_GAUGE:
-		fmt_double(b, sizeof b, v->value);
+		shmet_fmt_double(b, v->value);
 		fputs(b, o);
 		if (f->mode == SHMET_GAUGE_MOSTRECENT) {
 			fmt_time(t, sizeof t, v->stamp_ns);
@@ -1092,19 +1053,19 @@ static void t_vals(FILE *o, const struct d_family *f, const struct pvals *v)
 		}
 		break;
 	case SHMET_HISTOGRAM: {
-		fmt_double(b, sizeof b, v->value);
+		shmet_fmt_double(b, v->value);
 		fprintf(o, "count %llu sum %s  ", (unsigned long long)v->whole, b);
 		uint64_t cum = 0;
 		for (uint32_t i = 0; i <= f->nbuckets; i++) {
 			cum += v->buckets ? v->buckets[i] : 0;
 			if (i < f->nbuckets)
-				fmt_double(b, sizeof b, f->bounds[i]);
+				shmet_fmt_double(b, f->bounds[i]);
 			fprintf(o, "%sle=%s:%llu", i ? " " : "", i < f->nbuckets ? b : "+Inf", (unsigned long long)cum);
 		}
 		break;
 	}
 	case SHMET_SUMMARY:
-		fmt_double(b, sizeof b, v->value);
+		shmet_fmt_double(b, v->value);
 		fprintf(o, "count %llu sum %s", (unsigned long long)v->whole, b);
 		break;
 	}
@@ -1220,7 +1181,7 @@ static void print_text(FILE *o, const struct dump *d)
 		if (f->type == SHMET_HISTOGRAM) {
 			fputs("  buckets:", o);
 			for (uint32_t k = 0; k < f->nbuckets; k++) {
-				fmt_double(t, sizeof t, f->bounds[k]);
+				shmet_fmt_double(t, f->bounds[k]);
 				fprintf(o, " %s", t);
 			}
 			fputs(" +Inf", o);
@@ -1321,7 +1282,7 @@ static void j_vals(FILE *o, const struct d_family *f, const struct pvals *v)
 		for (uint32_t i = 0; i <= f->nbuckets; i++) {
 			cum += v->buckets ? v->buckets[i] : 0;
 			if (i < f->nbuckets)
-				fmt_double(b, sizeof b, f->bounds[i]);
+				shmet_fmt_double(b, f->bounds[i]);
 			fprintf(o, "%s{\"le\":\"%s\",\"count\":%llu}", i ? "," : "", i < f->nbuckets ? b : "+Inf",
 				(unsigned long long)cum);
 		}
