@@ -145,11 +145,9 @@ static struct bfamily *family_for(struct builder *b, const struct shmet_family_v
 
 static struct bseries *series_for(struct builder *b, struct bfamily *f, const struct shmet_record *r, int worker)
 {
-	size_t klen = shmet_series_key(r, b->key, SHMET_SERIES_KEY_MAX - 16);
+	size_t klen = shmet_series_key_worker(r, worker, b->key, SHMET_SERIES_KEY_MAX);
 	if (!klen)
 		return NULL;
-	if (worker >= 0)
-		klen += (size_t)snprintf(b->key + klen, 16, "%d\xff", worker);
 	struct kv *kv = keymap_find(&f->index, b->key, klen);
 	if (kv)
 		return &f->series[kv->val];
@@ -223,7 +221,8 @@ static void add_area(struct builder *b, const struct shmet_area *area, int regio
 			continue;
 		/* the registry decides the shape; a record that disagrees was
 		 * written past the registry (a hostile or damaged writer) */
-		const struct shmet_family_view *rf = shmet_registry_check(&b->c->registry, &r.fam);
+		bool counts;
+		const struct shmet_family_view *rf = shmet_series_family(&b->c->registry, &r, live, &counts);
 		if (!rf) {
 			if (first_sighting(b->c, 'f', region, gen, r.fam.off) &&
 			    __atomic_fetch_add(&b->c->conflicts, 1, __ATOMIC_RELAXED) < 100)
@@ -236,9 +235,9 @@ static void add_area(struct builder *b, const struct shmet_area *area, int regio
 			b->oom = true;
 			return;
 		}
-		bool per_worker = r.fam.type == SHMET_GAUGE && r.fam.mode == SHMET_GAUGE_PER_WORKER;
-		if (per_worker && !live)
+		if (!counts)
 			continue;
+		bool per_worker = rf->type == SHMET_GAUGE && rf->mode == SHMET_GAUGE_PER_WORKER;
 		struct bseries *s = series_for(b, f, &r, per_worker ? region : -1);
 		if (!s) {
 			b->oom = true;
@@ -343,40 +342,43 @@ struct view *view_build(struct collector *c)
 		__atomic_fetch_add(&c->corrupt_records, c->registry.corrupt - c->registry_corrupt_logged, __ATOMIC_RELAXED);
 		c->registry_corrupt_logged = c->registry.corrupt;
 	}
-	unsigned active = shmet_retired_active(seg);
-	const struct shmet_retired_header *rh = shmet_retired_header(seg, active);
-	struct shmet_area area;
-	char why[SHMET_ERRBUF];
-	if (shmet_retired_area(seg, active, &area, why) != SHMET_OK)
-		collector_log("retired totals unreadable: %s", why);
-	add_area(b, &area, -1, __atomic_load_n(&rh->rh_folds, __ATOMIC_RELAXED) << 1 | active, false);
+	struct shmet_scan sc;
+	struct shmet_scan_area sa;
+	shmet_scan_begin(&sc, seg);
+	const struct shmet_retired_header *rh = sc.rh;
+	uint64_t folds = __atomic_load_n(&rh->rh_folds, __ATOMIC_RELAXED);
 	st->dropped = __atomic_load_n(&rh->rh_dropped, __ATOMIC_RELAXED) +
 		      __atomic_load_n(&seg->map.hdr->sh_dropped_orphan, __ATOMIC_RELAXED);
-	st->folds = __atomic_load_n(&rh->rh_folds, __ATOMIC_RELAXED);
+	st->folds = folds;
 	st->bytes_total = seg->map.size;
 	st->bytes_used = seg->regions_off + 2 * seg->retired_half_size;
-	for (uint32_t i = 0; i < seg->regions && !b->oom; i++) {
-		struct shmet_region_info info;
-		shmet_region_info(seg, i, &info);
-		if (info.state != SHMET_REGION_LIVE) {
+	while (!b->oom && shmet_scan_next(&sc, &sa)) {
+		const struct shmet_region_info *info = &sa.info;
+		if (sa.region < 0) { /* the active retired half */
+			if (sa.rc != SHMET_OK)
+				collector_log("retired totals unreadable: %s", sa.err);
+			add_area(b, &sa.area, -1, folds << 1 | sc.active, false);
+			continue;
+		}
+		if (info->state != SHMET_REGION_LIVE) {
 			st->regions_free++;
 			continue;
 		}
-		if (info.alive)
+		if (info->alive)
 			st->regions_live++;
 		else
 			st->regions_dead++;
-		if (__atomic_load_n(&rh->rh_folded_gen[i], __ATOMIC_RELAXED) == info.generation)
+		if (!sa.counts)
 			continue; /* already in the retired totals */
-		if (shmet_region_area(seg, i, &area, why) != SHMET_OK) {
-			if (first_sighting(c, 'h', (int)i, info.generation, 0) &&
+		if (sa.rc != SHMET_OK) {
+			if (first_sighting(c, 'h', sa.region, info->generation, 0) &&
 			    __atomic_fetch_add(&c->corrupt_records, 1, __ATOMIC_RELAXED) < 100)
-				collector_log("region %u: %s", i, why);
+				collector_log("region %d: %s", sa.region, sa.err);
 			continue;
 		}
-		st->bytes_used += (area.dir_end - sizeof(struct shmet_region_header)) + (area.size - area.cell_low);
-		st->dropped += info.dropped;
-		add_area(b, &area, (int)i, info.generation, info.alive);
+		st->bytes_used += (sa.area.dir_end - sizeof(struct shmet_region_header)) + (sa.area.size - sa.area.cell_low);
+		st->dropped += info->dropped;
+		add_area(b, &sa.area, sa.region, info->generation, sa.live);
 	}
 	if (b->oom)
 		goto fail;
@@ -429,7 +431,6 @@ void view_free(struct view *v)
 bool view_series_agg(const struct view_family *f, const struct view_series *s, struct shmet_agg *acc)
 {
 	shmet_agg_init(acc, f->type == SHMET_HISTOGRAM ? f->nbuckets : 0);
-	uint32_t k = shmet_float_cell(f->type, f->nbuckets);
 	bool whole = true;
 	for (uint32_t i = 0; i < s->nrefs; i++) {
 		const uint64_t *c = s->refs[i].cells;
@@ -440,34 +441,7 @@ bool view_series_agg(const struct view_family *f, const struct view_series *s, s
 			whole = false; /* past the end of a truncated segment: never touched */
 			continue;
 		}
-		/* relaxed: each cell is one value; see shmet_read_cells. */
-		v.value_lo[0] = v.value_lo[1] = 0;
-		if (s->refs[i].retired && f->type != SHMET_GAUGE) {
-			v.value_lo[0] = shmet__double(__atomic_load_n(&c[k + 1], __ATOMIC_RELAXED));
-			v.value_lo[1] = shmet__double(__atomic_load_n(&c[k + 2], __ATOMIC_RELAXED));
-		}
-		switch (f->type) {
-		case SHMET_COUNTER:
-		case SHMET_SUMMARY:
-			v.whole = __atomic_load_n(&c[0], __ATOMIC_RELAXED);
-			if (f->type == SHMET_COUNTER && !s->refs[i].retired && v.whole > SHMET_COUNTER_WHOLE_MAX)
-				v.whole = SHMET_COUNTER_WHOLE_MAX; /* a saturating writer passes it for a moment */
-			v.value = shmet__double(__atomic_load_n(&c[1], __ATOMIC_RELAXED));
-			break;
-		case SHMET_HISTOGRAM:
-			v.whole = 0;
-			for (uint32_t b = 0; b <= f->nbuckets; b++) {
-				v.buckets[b] = __atomic_load_n(&c[b], __ATOMIC_RELAXED);
-				v.whole = shmet_sat_add(v.whole, v.buckets[b]);
-			}
-			v.value = shmet__double(__atomic_load_n(&c[k], __ATOMIC_RELAXED));
-			break;
-		case SHMET_GAUGE:
-			v.whole = 0;
-			v.value = shmet__double(__atomic_load_n(&c[0], __ATOMIC_RELAXED));
-			v.stamp_ns = __atomic_load_n(&c[1], __ATOMIC_RELAXED);
-			break;
-		}
+		shmet_read_cell_values(c, f->type, f->nbuckets, s->refs[i].retired, &v);
 		shmet_agg_add(acc, f->type, f->mode, f->nbuckets, &v, s->refs[i].live);
 	}
 	shmet_agg_finish(acc, f->type);

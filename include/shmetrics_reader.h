@@ -226,6 +226,44 @@ static inline uint64_t shmet_sat_add(uint64_t a, uint64_t b)
 	return __builtin_add_overflow(a, b, &r) ? UINT64_MAX : r;
 }
 
+/* shmet_read_cells from the cells c of a series of this type (retired: cells of
+ * a retired half), for readers that keep cell pointers (the collector's
+ * view).  Inline: the scrape's inner loop. */
+static inline void shmet_read_cell_values(const uint64_t *c, enum shmet_type type, uint32_t nbuckets, bool retired,
+					  struct shmet_values *v)
+{
+	/* relaxed: each cell is one value; a scrape needs no order between them. */
+	v->stamp_ns = 0;
+	v->value_lo[0] = v->value_lo[1] = 0;
+	if (retired && type != SHMET_GAUGE) {
+		uint32_t k = shmet_float_cell(type, nbuckets) + 1;
+		v->value_lo[0] = shmet__double(__atomic_load_n(&c[k], __ATOMIC_RELAXED));
+		v->value_lo[1] = shmet__double(__atomic_load_n(&c[k + 1], __ATOMIC_RELAXED));
+	}
+	switch (type) {
+	case SHMET_COUNTER:
+	case SHMET_SUMMARY:
+		v->whole = __atomic_load_n(&c[0], __ATOMIC_RELAXED);
+		if (type == SHMET_COUNTER && !retired && v->whole > SHMET_COUNTER_WHOLE_MAX)
+			v->whole = SHMET_COUNTER_WHOLE_MAX; /* a saturating writer passes it for a moment */
+		v->value = shmet__double(__atomic_load_n(&c[1], __ATOMIC_RELAXED));
+		break;
+	case SHMET_GAUGE:
+		v->whole = 0;
+		v->value = shmet__double(__atomic_load_n(&c[0], __ATOMIC_RELAXED));
+		v->stamp_ns = __atomic_load_n(&c[1], __ATOMIC_RELAXED);
+		break;
+	case SHMET_HISTOGRAM:
+		v->whole = 0;
+		for (uint32_t i = 0; i <= nbuckets; i++) {
+			v->buckets[i] = __atomic_load_n(&c[i], __ATOMIC_RELAXED);
+			v->whole = shmet_sat_add(v->whole, v->buckets[i]);
+		}
+		v->value = shmet__double(__atomic_load_n(&c[nbuckets + 1], __ATOMIC_RELAXED));
+		break;
+	}
+}
+
 struct shmet_agg {
 	uint64_t whole;  /* counter whole part; histogram/summary count (saturating) */
 	double value;    /* after shmet_agg_finish: the exposed value of a counter or gauge, the
@@ -289,9 +327,54 @@ const struct shmet_family_view *shmet_registry_check(const struct shmet_registry
 const struct shmet_family_view *shmet_registry_find(const struct shmet_registry *r, const char *name, size_t len);
 
 
+/* ---- the one walk: what counts now (libshm/walk.c) ----
+ * Every reader (the collector's view, the snapshot, shmetrics-dump) meets
+ * the areas of a segment in this order and counts a series by these rules,
+ * so that they agree on every value.
+ *
+ *   struct shmet_scan sc;
+ *   struct shmet_scan_area a;
+ *   shmet_scan_begin(&sc, seg);
+ *   while (shmet_scan_next(&sc, &a))
+ *           if (a.counts) ... walk a.area with shmet_dir_begin/next ...
+ */
+struct shmet_scan {
+	const struct shmet_segment *seg;
+	unsigned active;                        /* the retired half read first */
+	const struct shmet_retired_header *rh;  /* its header */
+	int64_t next;                           /* -1: that half; then region indexes */
+};
+
+struct shmet_scan_area {
+	int region;                     /* -1: the active retired half; else a region index */
+	struct shmet_region_info info;  /* regions: the slot and header, read once */
+	uint64_t folded_gen;            /* regions: the generation the active half folded */
+	bool folded;                    /* a live slot whose generation is folded already */
+	bool counts;                    /* its records count now: the retired half, or a live, unfolded region */
+	bool live;                      /* its owner runs (gauges other than most-recent count) */
+	int rc;                         /* SHMET_OK, or why area could not be read (err) */
+	struct shmet_area area;         /* empty when rc is not SHMET_OK or the slot is free */
+	char err[SHMET_ERRBUF];
+};
+
+/* Start at the active retired half; then every region in index order. */
+void shmet_scan_begin(struct shmet_scan *s, const struct shmet_segment *seg);
+/* 1: *out is the next area (free and folded regions too: see counts); 0: done. */
+int shmet_scan_next(struct shmet_scan *s, struct shmet_scan_area *out);
+/* The registered family of series record r, or NULL when the registry has
+ * none of r's shape (a conflict: never exposed).  *counts: r's values count
+ * (false for a per-worker gauge of a process that is not live). */
+const struct shmet_family_view *shmet_series_family(const struct shmet_registry *reg, const struct shmet_record *r,
+						    bool live, bool *counts);
+/* The identity of r's series across areas: shmet_series_key, then for a
+ * per-worker gauge (worker >= 0) "<worker>\xff".  0 when cap is too small. */
+size_t shmet_series_key_worker(const struct shmet_record *r, int worker, char *buf, size_t cap);
+
 struct shmet_snap_series {
 	char **values;   /* nlabels values, then "worker" for per-worker gauges */
 	struct shmet_agg agg;
+	char *key;       /* its shmet_series_key_worker */
+	size_t key_len;
 };
 
 struct shmet_snap_family {

@@ -117,7 +117,7 @@ static int cmp_values(char *const *a, char *const *b, uint32_t n)
 struct snap_index {
 	struct shmet_registry reg; /* the shape of every family */
 	struct keymap fams;    /* name -> index in families */
-	struct keymap *series; /* per family: label values -> index in its series */
+	struct keymap series;  /* shmet_series_key_worker -> family index << 32 | series index */
 	char *key;             /* SNAP_KEY_CAP bytes */
 };
 #define SNAP_KEY_CAP (SHMET_SERIES_KEY_MAX + 16)
@@ -144,13 +144,8 @@ static struct shmet_snap_family *add_family(struct shmet_snapshot *s, struct sna
 		if (!nf)
 			return NULL;
 		s->families = nf;
-		struct keymap *ns = realloc(ix->series, cap * sizeof *ns);
-		if (!ns)
-			return NULL;
-		ix->series = ns;
 	}
-	struct shmet_snap_family *nf = s->families;
-	struct shmet_snap_family *f = &nf[s->nfamilies];
+	struct shmet_snap_family *f = &s->families[s->nfamilies];
 	memset(f, 0, sizeof *f);
 	bool per_worker = v->type == SHMET_GAUGE && v->mode == SHMET_GAUGE_PER_WORKER;
 	f->name = dupn(v->name, v->name_len);
@@ -171,7 +166,6 @@ static struct shmet_snap_family *add_family(struct shmet_snapshot *s, struct sna
 		goto oom;
 	if (keymap_put(&ix->fams, v->name, v->name_len, (uint32_t)s->nfamilies) != 0)
 		goto oom;
-	memset(&ix->series[s->nfamilies], 0, sizeof ix->series[0]);
 	s->nfamilies++;
 	return f;
 oom:
@@ -183,52 +177,56 @@ oom:
 	return NULL;
 }
 
-static struct shmet_snap_series *get_series(struct shmet_snap_family *f, struct keymap *index, char *key,
-					    char **values)
+static void series_free(struct shmet_snap_series *r, uint32_t nvalues)
 {
-	size_t n = 0;
-	for (uint32_t i = 0; i < f->nlabels; i++) {
-		size_t l = strlen(values[i]);
-		if (n + l + 1 > SNAP_KEY_CAP)
-			return NULL;
-		memcpy(key + n, values[i], l);
-		n += l;
-		key[n++] = '\xff'; /* never in UTF-8 */
-	}
-	struct kv *kv = keymap_find(index, key, n);
+	for (uint32_t i = 0; r->values && i < nvalues; i++)
+		free(r->values[i]);
+	free(r->values);
+	free(r->key);
+}
+
+/* The series of record r (of family f, fi in the snapshot) under its
+ * key, created when new; NULL when out of memory. */
+static struct shmet_snap_series *get_series(struct shmet_snapshot *s, struct snap_index *ix, size_t fi,
+					    const struct shmet_record *r, int worker)
+{
+	struct shmet_snap_family *f = &s->families[fi];
+	size_t n = shmet_series_key_worker(r, worker, ix->key, SNAP_KEY_CAP);
+	if (!n)
+		return NULL;
+	struct kv *kv = keymap_find(&ix->series, ix->key, n);
 	if (kv)
-		return &f->series[kv->val];
+		return &f->series[(uint32_t)kv->val];
 	if (full(f->nseries)) {
 		struct shmet_snap_series *ns = realloc(f->series, (f->nseries ? 2 * f->nseries : 1) * sizeof *ns);
 		if (!ns)
 			return NULL;
 		f->series = ns;
 	}
-	struct shmet_snap_series *r = &f->series[f->nseries];
-	memset(r, 0, sizeof *r);
-	r->values = calloc(f->nlabels + 1, sizeof(char *));
-	if (!r->values)
-		return NULL;
-	for (uint32_t i = 0; i < f->nlabels; i++)
-		if (!(r->values[i] = strdup(values[i]))) {
-			while (i--)
-				free(r->values[i]);
-			free(r->values);
-			return NULL;
-		}
-	if (keymap_put(index, key, n, (uint32_t)f->nseries) != 0) {
-		for (uint32_t i = 0; i < f->nlabels; i++)
-			free(r->values[i]);
-		free(r->values);
+	struct shmet_snap_series *ser = &f->series[f->nseries];
+	memset(ser, 0, sizeof *ser);
+	ser->values = calloc(f->nlabels + 1, sizeof(char *));
+	ser->key = dupn(ix->key, n);
+	ser->key_len = n;
+	bool ok = ser->values && ser->key;
+	for (uint32_t i = 0; ok && i < r->series.nvalues; i++)
+		ok = (ser->values[i] = dupn(r->series.values[i], r->series.value_lens[i])) != NULL;
+	if (ok && worker >= 0) {
+		char w[16];
+		int wl = snprintf(w, sizeof w, "%d", worker);
+		ok = (ser->values[r->series.nvalues] = dupn(w, (size_t)wl)) != NULL;
+	}
+	if (!ok || keymap_put(&ix->series, ix->key, n, (uint64_t)fi << 32 | f->nseries) != 0) {
+		series_free(ser, f->nlabels);
 		return NULL;
 	}
 	f->nseries++;
-	return r;
+	return ser;
 }
 
-static void snap_area(struct shmet_snapshot *s, struct snap_index *ix, const struct shmet_area *a, int worker,
-		      bool live)
+static void snap_area(struct shmet_snapshot *s, struct snap_index *ix, const struct shmet_scan_area *sa)
 {
+	const struct shmet_area *a = &sa->area;
 	struct shmet_dir_iter it;
 	struct shmet_record r;
 	char why[SHMET_ERRBUF];
@@ -243,37 +241,22 @@ static void snap_area(struct shmet_snapshot *s, struct snap_index *ix, const str
 		}
 		if (r.kind != SHMET_REC_SERIES)
 			continue;
-		const struct shmet_family_view *reg = shmet_registry_check(&ix->reg, &r.fam);
+		bool counts;
+		const struct shmet_family_view *reg = shmet_series_family(&ix->reg, &r, sa->live, &counts);
 		if (!reg) {
-			s->conflicts++; /* unregistered, or not the registered shape: never exposed */
+			s->conflicts++;
 			continue;
 		}
 		struct shmet_snap_family *f = find_family(s, ix, reg->name, reg->name_len);
-		if (!f && !(f = add_family(s, ix, reg)))
+		if ((!f && !(f = add_family(s, ix, reg))) || !counts)
 			continue;
 		bool per_worker = f->type == SHMET_GAUGE && f->mode == SHMET_GAUGE_PER_WORKER;
-		if (per_worker && !live)
-			continue;
-		char *values[SHMET_MAX_LABELS + 1];
-		char wbuf[16];
-		uint32_t k;
-		for (k = 0; k < r.series.nvalues; k++)
-			if (!(values[k] = dupn(r.series.values[k], r.series.value_lens[k])))
-				break;
-		if (k == r.series.nvalues) {
-			if (per_worker) {
-				snprintf(wbuf, sizeof wbuf, "%d", worker);
-				values[k] = wbuf;
-			}
-			struct shmet_snap_series *ser = get_series(f, &ix->series[f - s->families], ix->key, values);
-			if (ser) {
-				struct shmet_values v;
-				shmet_read_cells(a, &r.fam, &r.series, &v);
-				shmet_agg_add(&ser->agg, f->type, f->mode, f->nbuckets, &v, live);
-			}
+		struct shmet_snap_series *ser = get_series(s, ix, (size_t)(f - s->families), &r, per_worker ? sa->region : -1);
+		if (ser) {
+			struct shmet_values v;
+			shmet_read_cells(a, &r.fam, &r.series, &v);
+			shmet_agg_add(&ser->agg, f->type, f->mode, f->nbuckets, &v, sa->live);
 		}
-		while (k--)
-			free(values[k]);
 	}
 }
 
@@ -304,32 +287,27 @@ int shmet_snapshot_take(const struct shmet_segment *seg, struct shmet_snapshot *
 	s->corrupt += ix.reg.corrupt;
 	if (ix.reg.err[0])
 		snprintf(s->err, sizeof s->err, "%s", ix.reg.err);
-	unsigned active = shmet_retired_active(seg);
-	const struct shmet_retired_header *rh = shmet_retired_header(seg, active);
-	struct shmet_area a;
-	if (shmet_retired_area(seg, active, &a, s->err) != SHMET_OK)
-		s->corrupt++;
-	snap_area(s, &ix, &a, -1, false);
-	s->dropped = __atomic_load_n(&rh->rh_dropped, __ATOMIC_RELAXED) +
+	struct shmet_scan sc;
+	struct shmet_scan_area sa;
+	shmet_scan_begin(&sc, seg);
+	s->dropped = __atomic_load_n(&sc.rh->rh_dropped, __ATOMIC_RELAXED) +
 		     __atomic_load_n(&seg->map.hdr->sh_dropped_orphan, __ATOMIC_RELAXED);
-	for (uint32_t i = 0; i < seg->regions; i++) {
-		struct shmet_region_info info;
-		shmet_region_info(seg, i, &info);
-		if (info.state != SHMET_REGION_LIVE ||
-		    __atomic_load_n(&rh->rh_folded_gen[i], __ATOMIC_RELAXED) == info.generation)
+	while (shmet_scan_next(&sc, &sa)) {
+		if (!sa.counts)
 			continue;
-		char why[SHMET_ERRBUF];
-		if (shmet_region_area(seg, i, &a, why) != SHMET_OK) {
+		if (sa.rc != SHMET_OK) {
 			s->corrupt++;
-			if (!s->err[0])
-				snprintf(s->err, sizeof s->err, "region %u: %s", i, why);
+			if (!s->err[0]) {
+				if (sa.region < 0)
+					snprintf(s->err, sizeof s->err, "%s", sa.err);
+				else
+					snprintf(s->err, sizeof s->err, "region %d: %s", sa.region, sa.err);
+			}
 		}
-		s->dropped += info.dropped;
-		snap_area(s, &ix, &a, (int)i, info.alive);
+		s->dropped += sa.info.dropped;
+		snap_area(s, &ix, &sa);
 	}
-	for (size_t i = 0; i < s->nfamilies; i++)
-		keymap_free(&ix.series[i]);
-	free(ix.series);
+	keymap_free(&ix.series);
 	keymap_free(&ix.fams);
 	shmet_registry_free(&ix.reg);
 	free(ix.key);
@@ -351,11 +329,8 @@ void shmet_snapshot_free(struct shmet_snapshot *s)
 {
 	for (size_t i = 0; i < s->nfamilies; i++) {
 		struct shmet_snap_family *f = &s->families[i];
-		for (size_t j = 0; j < f->nseries; j++) {
-			for (uint32_t k = 0; k < f->nlabels; k++)
-				free(f->series[j].values[k]);
-			free(f->series[j].values);
-		}
+		for (size_t j = 0; j < f->nseries; j++)
+			series_free(&f->series[j], f->nlabels);
 		for (uint32_t k = 0; k < f->nlabels; k++)
 			free(f->label_names[k]);
 		free(f->label_names);

@@ -219,35 +219,8 @@ int shmet_dir_next(struct shmet_dir_iter *it, struct shmet_record *rec, char *er
 void shmet_read_cells(const struct shmet_area *a, const struct shmet_family_view *f,
 		      const struct shmet_series_view *s, struct shmet_values *v)
 {
-	/* relaxed: each cell is one value; a scrape needs no order between them. */
-	const uint64_t *c = (const uint64_t *)(const void *)(a->base + s->cell_off);
-	v->stamp_ns = 0;
-	v->value_lo[0] = v->value_lo[1] = 0;
-	if (a->retired && f->type != SHMET_GAUGE) {
-		uint32_t k = shmet_float_cell(f->type, f->nbuckets) + 1;
-		v->value_lo[0] = shmet__double(__atomic_load_n(&c[k], __ATOMIC_RELAXED));
-		v->value_lo[1] = shmet__double(__atomic_load_n(&c[k + 1], __ATOMIC_RELAXED));
-	}
-	switch (f->type) {
-	case SHMET_COUNTER:
-	case SHMET_SUMMARY:
-		v->whole = __atomic_load_n(&c[0], __ATOMIC_RELAXED);
-		if (f->type == SHMET_COUNTER && !a->retired && v->whole > SHMET_COUNTER_WHOLE_MAX)
-			v->whole = SHMET_COUNTER_WHOLE_MAX; /* a saturating writer passes it for a moment */
-		v->value = shmet__double(__atomic_load_n(&c[1], __ATOMIC_RELAXED));
-		break;
-	case SHMET_GAUGE:
-		v->whole = 0;
-		v->value = shmet__double(__atomic_load_n(&c[0], __ATOMIC_RELAXED));
-		v->stamp_ns = __atomic_load_n(&c[1], __ATOMIC_RELAXED);
-		break;
-	case SHMET_HISTOGRAM:
-		v->whole = 0;
-		for (uint32_t i = 0; i <= f->nbuckets; i++)
-			v->whole = shmet_sat_add(v->whole, v->buckets[i] = __atomic_load_n(&c[i], __ATOMIC_RELAXED));
-		v->value = shmet__double(__atomic_load_n(&c[f->nbuckets + 1], __ATOMIC_RELAXED));
-		break;
-	}
+	shmet_read_cell_values((const uint64_t *)(const void *)(a->base + s->cell_off), f->type, f->nbuckets, a->retired,
+			       v);
 }
 
 /* The writer's rule (shmet_shape_same in shmetrics_layout.h), so that what

@@ -237,6 +237,7 @@ struct d_value {
 	uint64_t whole, stamp_ns;
 	double value;
 	uint64_t *buckets; /* histograms: nbuckets + 1, non-cumulative */
+	const struct shmet_snap_series *agg; /* per-worker gauges: this region's exposed series */
 };
 
 struct d_series {
@@ -247,6 +248,7 @@ struct d_series {
 	uint32_t lens[SHMET_MAX_LABELS];
 	struct d_value *v;
 	size_t nv, capv;
+	const struct shmet_snap_series *agg; /* the exposed aggregate (not per-worker), or NULL */
 };
 
 struct d_family {
@@ -273,7 +275,8 @@ struct dump {
 	size_t nfams, capf;
 	struct keymap fam_by_name, series_by_key;
 	struct shmet_snapshot snap;
-	struct keymap snap_by_key; /* name 0xff value 0xff ... -> snap series */
+	struct keymap snap_by_key; /* shmet_series_key_worker -> snap series */
+	char *key;                 /* SERIES_KEY_CAP bytes, for snap_by_key lookups */
 	struct msgs problems, info;
 	struct shmet_registry reg; /* the shape of every family */
 	uint64_t corrupt, conflicts;
@@ -315,6 +318,7 @@ static void dump_free(struct dump *d)
 	msgs_free(&d->info);
 	free(d->ri);
 	free(d->folded);
+	free(d->key);
 	memset(d, 0, sizeof *d);
 }
 
@@ -387,19 +391,23 @@ oom:
 	return NULL;
 }
 
-/* "name 0xff value 0xff ..." into buf (cap >= the largest possible key). */
-#define DUMP_KEY_CAP (SHMET_MAX_NAME_LEN + 1 + SHMET_MAX_LABELS * (SHMET_MAX_VALUE_LEN + 1))
-static size_t series_key(const struct shmet_record *r, char *buf)
+/* Room for any shmet_series_key_worker. */
+#define SERIES_KEY_CAP (SHMET_SERIES_KEY_MAX + 16)
+
+static bool per_worker(const struct d_family *f)
 {
-	size_t n = r->fam.name_len;
-	memcpy(buf, r->fam.name, n);
-	buf[n++] = '\xff';
-	for (uint32_t i = 0; i < r->series.nvalues; i++) {
-		memcpy(buf + n, r->series.values[i], r->series.value_lens[i]);
-		n += r->series.value_lens[i];
-		buf[n++] = '\xff';
-	}
-	return n;
+	return f->type == SHMET_GAUGE && f->mode == SHMET_GAUGE_PER_WORKER;
+}
+
+/* The snapshot's series of record r as met in area: the aggregate the
+ * collector exposes for it (per-worker gauges: the one of that region). */
+static const struct shmet_snap_series *snap_of(const struct dump *d, const struct d_family *f,
+					       const struct shmet_record *r, int32_t area)
+{
+	if (!d->key || (per_worker(f) && area < 0))
+		return NULL; /* out of memory; a per-worker gauge is never folded */
+	size_t n = shmet_series_key_worker(r, per_worker(f) ? area : -1, d->key, SERIES_KEY_CAP);
+	return n ? dmap_get(&d->snap_by_key, d->key, n) : NULL;
 }
 
 static void index_value(struct dump *d, struct d_family *f, const struct shmet_area *a, const struct shmet_record *r,
@@ -424,6 +432,8 @@ static void index_value(struct dump *d, struct d_family *f, const struct shmet_a
 		f->series[f->nseries++] = s;
 		if (dmap_put(&d->series_by_key, key, klen, s) != 0)
 			goto oom;
+		if (!per_worker(f))
+			s->agg = snap_of(d, f, r, area);
 	}
 	if (dump_grow(&s->v, &s->capv, s->nv + 1, sizeof *s->v) != 0)
 		goto oom;
@@ -436,6 +446,8 @@ static void index_value(struct dump *d, struct d_family *f, const struct shmet_a
 		dv->alive = d->ri[area].alive;
 		dv->folded = d->folded[area];
 	}
+	if (per_worker(f) && area >= 0)
+		dv->agg = snap_of(d, f, r, area);
 	dv->whole = v.whole;
 	dv->value = v.value;
 	dv->stamp_ns = v.stamp_ns;
@@ -567,7 +579,7 @@ static void walk_series(struct walk *w, const struct shmet_record *r)
 	}
 	if (dump_grow(&w->cells, &w->capc, w->ncells + 1, sizeof *w->cells) == 0)
 		w->cells[w->ncells++] = (struct walk_cell){s->cell_off, s->cell_size, s->off};
-	size_t klen = series_key(r, w->key);
+	size_t klen = shmet_series_key(r, w->key, SERIES_KEY_CAP);
 	void *first = dmap_get(&w->seen_series, w->key, klen);
 	if (first) {
 		walk_problem(w, "series at %u of %.*s duplicates the one at %u (same label values)", s->off, name_len,
@@ -595,7 +607,7 @@ static uint64_t walk_area(struct dump *d, const struct shmet_area *a, int32_t ar
 	w.area = area;
 	w.what = what;
 	w.sink = sink;
-	if (!(w.key = malloc(DUMP_KEY_CAP))) {
+	if (!(w.key = malloc(SERIES_KEY_CAP))) {
 		d->oom = true;
 		return 0;
 	}
@@ -766,51 +778,28 @@ static void dump_read(struct dump *d, const struct shmet_segment *seg, const str
 	if (d->reg.corrupt)
 		msgs_add(&d->problems, "%llu family registry records are damaged or clash (%s)",
 			 (unsigned long long)d->reg.corrupt, d->reg.err);
-	char *key = malloc(DUMP_KEY_CAP + 16);
-	if (!key)
+	if (!(d->key = malloc(SERIES_KEY_CAP)))
 		d->oom = true;
-	for (size_t i = 0; key && i < d->snap.nfamilies; i++) {
+	for (size_t i = 0; i < d->snap.nfamilies; i++) {
 		const struct shmet_snap_family *f = &d->snap.families[i];
-		for (size_t j = 0; j < f->nseries; j++) {
-			size_t n = 0, l = strlen(f->name);
-			memcpy(key, f->name, l);
-			n += l;
-			key[n++] = '\xff';
-			for (uint32_t k = 0; k < f->nlabels; k++) {
-				l = strlen(f->series[j].values[k]);
-				if (n + l + 1 > DUMP_KEY_CAP + 16)
-					break;
-				memcpy(key + n, f->series[j].values[k], l);
-				n += l;
-				key[n++] = '\xff';
-			}
-			if (dmap_put(&d->snap_by_key, key, n, (void *)&f->series[j]) != 0)
+		for (size_t j = 0; j < f->nseries; j++)
+			if (dmap_put(&d->snap_by_key, f->series[j].key, f->series[j].key_len, (void *)&f->series[j]) != 0)
 				d->oom = true;
-		}
 	}
-	free(key);
 
-	/* Retired header before the slots: a generation recorded as folded can
-	 * then never be newer than the slot's (generations only grow). */
+	/* The areas in the order every reader meets them (shmet_scan): the
+	 * active retired half, then each region, its slot read once. */
 	uint64_t raw_active = __atomic_load_n(&h->sh_retired_active, __ATOMIC_ACQUIRE);
-	d->active = shmet_retired_active(seg);
-	const struct shmet_retired_header *rh = shmet_retired_header(seg, d->active);
+	struct shmet_scan sc;
+	struct shmet_scan_area sa;
+	shmet_scan_begin(&sc, seg);
+	d->active = sc.active;
+	const struct shmet_retired_header *rh = sc.rh;
 	d->ri = calloc(seg->regions, sizeof *d->ri);
 	d->folded = calloc(seg->regions, sizeof *d->folded);
 	if (!d->ri || !d->folded) {
 		d->oom = true;
 		return;
-	}
-	uint64_t *folded_gen = calloc(seg->regions, sizeof *folded_gen);
-	if (!folded_gen) {
-		d->oom = true;
-		return;
-	}
-	for (uint32_t i = 0; i < seg->regions; i++)
-		folded_gen[i] = __atomic_load_n(&rh->rh_folded_gen[i], __ATOMIC_RELAXED);
-	for (uint32_t i = 0; i < seg->regions; i++) {
-		shmet_region_info(seg, i, &d->ri[i]);
-		d->folded[i] = d->ri[i].state == SHMET_REGION_LIVE && folded_gen[i] == d->ri[i].generation;
 	}
 
 	/* header */
@@ -838,11 +827,12 @@ static void dump_read(struct dump *d, const struct shmet_segment *seg, const str
 	size_t mark = d->problems.n;
 	uint64_t folds = __atomic_load_n(&rh->rh_folds, __ATOMIC_ACQUIRE);
 	snprintf(what, sizeof what, "retired half %u (active)", d->active);
-	if (shmet_retired_area(seg, d->active, &a, err) != SHMET_OK) {
+	shmet_scan_next(&sc, &sa); /* the active half comes first */
+	if (sa.rc != SHMET_OK) {
 		d->corrupt++;
-		msgs_add(&d->problems, "%s: %s", what, err);
+		msgs_add(&d->problems, "%s: %s", what, sa.err);
 	}
-	walk_area(d, &a, region_wanted(d, DUMP_RETIRED) ? DUMP_RETIRED : DUMP_CHECK_ONLY, what, &d->problems);
+	walk_area(d, &sa.area, region_wanted(d, DUMP_RETIRED) ? DUMP_RETIRED : DUMP_CHECK_ONLY, what, &d->problems);
 	if (d->problems.n > mark && (__atomic_load_n(&h->sh_retired_active, __ATOMIC_ACQUIRE) != raw_active ||
 				     __atomic_load_n(&rh->rh_folds, __ATOMIC_ACQUIRE) != folds)) {
 		msgs_truncate(&d->problems, mark);
@@ -860,12 +850,15 @@ static void dump_read(struct dump *d, const struct shmet_segment *seg, const str
 		msgs_add(isink, "%s: %s", what, err);
 	walk_area(d, &a, DUMP_CHECK_ONLY, what, isink);
 
-	for (uint32_t i = 0; i < seg->regions; i++) {
+	while (shmet_scan_next(&sc, &sa)) {
+		uint32_t i = (uint32_t)sa.region;
+		d->ri[i] = sa.info;
+		d->folded[i] = sa.folded;
 		const struct shmet_region_info *ri = &d->ri[i];
 		snprintf(what, sizeof what, "region %u", i);
-		if (folded_gen[i] > ri->generation)
+		if (sa.folded_gen > ri->generation)
 			msgs_add(&d->problems, "retired half %u: records region %u generation %llu as folded, but the region is only at generation %llu",
-				 d->active, i, (unsigned long long)folded_gen[i], (unsigned long long)ri->generation);
+				 d->active, i, (unsigned long long)sa.folded_gen, (unsigned long long)ri->generation);
 		if (ri->state == SHMET_REGION_FREE) {
 			if (ri->dir_end != 0 || ri->cell_low != 0)
 				msgs_add(&d->info, "%s: free but its header is not empty (being claimed?)", what);
@@ -880,11 +873,11 @@ static void dump_read(struct dump *d, const struct shmet_segment *seg, const str
 		if (ri->parent != SHMET_NO_PARENT && ri->parent >= seg->regions)
 			msgs_add(&d->problems, "%s: parent region %u does not exist", what, ri->parent);
 		mark = d->problems.n;
-		if (shmet_region_area(seg, i, &a, err) != SHMET_OK) {
+		if (sa.rc != SHMET_OK) {
 			d->corrupt++;
-			msgs_add(&d->problems, "%s: %s", what, err);
+			msgs_add(&d->problems, "%s: %s", what, sa.err);
 		}
-		uint64_t n = walk_area(d, &a, region_wanted(d, (int32_t)i) ? (int32_t)i : DUMP_CHECK_ONLY, what,
+		uint64_t n = walk_area(d, &sa.area, region_wanted(d, (int32_t)i) ? (int32_t)i : DUMP_CHECK_ONLY, what,
 				       &d->problems);
 		struct shmet_region_info now;
 		shmet_region_info(seg, i, &now);
@@ -893,7 +886,7 @@ static void dump_read(struct dump *d, const struct shmet_segment *seg, const str
 			msgs_add(&d->info, "%s: freed or claimed again while it was read; run again to check it", what);
 			continue;
 		}
-		uint64_t claimed = __atomic_load_n(&((const struct shmet_region_header *)(const void *)a.base)->rg_series,
+		uint64_t claimed = __atomic_load_n(&((const struct shmet_region_header *)(const void *)sa.area.base)->rg_series,
 						   __ATOMIC_RELAXED);
 		if (claimed < n)
 			msgs_add(&d->problems, "%s: header counts %llu series, its directory holds %llu", what,
@@ -913,7 +906,6 @@ static void dump_read(struct dump *d, const struct shmet_segment *seg, const str
 				 "negative counter adds)",
 				 what, ri->pid, (unsigned long long)ri->dropped);
 	}
-	free(folded_gen);
 
 	/* Writes that never reached a cell, and claims that found no region:
 	 * the counters only grow, so once a write was lost this stays a problem. */
@@ -977,26 +969,6 @@ static void dump_sort(struct dump *d)
 	for (size_t i = 0; i < d->nfams; i++)
 		if (d->fams[i]->nseries)
 			qsort(d->fams[i]->series, d->fams[i]->nseries, sizeof *d->fams[i]->series, series_cmp);
-}
-
-/* The snapshot's series for s (per-worker gauges: the one of region worker). */
-static const struct shmet_snap_series *snap_lookup(const struct dump *d, const struct d_series *s, int worker)
-{
-	char *key = malloc(s->key_len + 16);
-	if (!key)
-		return NULL;
-	memcpy(key, s->key, s->key_len);
-	size_t n = s->key_len;
-	if (worker >= 0)
-		n += (size_t)snprintf(key + n, 16, "%d\xff", worker);
-	const struct shmet_snap_series *r = dmap_get(&d->snap_by_key, key, n);
-	free(key);
-	return r;
-}
-
-static bool per_worker(const struct d_family *f)
-{
-	return f->type == SHMET_GAUGE && f->mode == SHMET_GAUGE_PER_WORKER;
 }
 
 /* Values in one shape for printing: a region's cells or an aggregate. */
@@ -1213,8 +1185,7 @@ static void print_text(FILE *o, const struct dump *d)
 			if (per_worker(f)) {
 				bool any = false;
 				for (size_t k = 0; k < s->nv; k++) {
-					const struct shmet_snap_series *ss =
-						s->v[k].area >= 0 ? snap_lookup(d, s, s->v[k].area) : NULL;
+					const struct shmet_snap_series *ss = s->v[k].agg;
 					if (!ss || !ss->agg.has)
 						continue;
 					char label[48];
@@ -1229,7 +1200,7 @@ static void print_text(FILE *o, const struct dump *d)
 					fprintf(o, "    %-22s not exposed (no live worker has it)\n", "= aggregate");
 				continue;
 			}
-			const struct shmet_snap_series *ss = snap_lookup(d, s, -1);
+			const struct shmet_snap_series *ss = s->agg;
 			fprintf(o, "    %-22s ", "= aggregate");
 			if (!ss)
 				fputs("not exposed", o);
@@ -1416,8 +1387,7 @@ static void print_json(FILE *o, const struct dump *d)
 				fputs("{\"workers\":[", o);
 				bool any = false;
 				for (size_t k = 0; k < s->nv; k++) {
-					const struct shmet_snap_series *ss =
-						s->v[k].area >= 0 ? snap_lookup(d, s, s->v[k].area) : NULL;
+					const struct shmet_snap_series *ss = s->v[k].agg;
 					if (!ss || !ss->agg.has)
 						continue;
 					fprintf(o, "%s{\"worker\":\"%d\",", any ? "," : "", (int)s->v[k].area);
@@ -1429,7 +1399,7 @@ static void print_json(FILE *o, const struct dump *d)
 				fputs("]}}", o);
 				continue;
 			}
-			const struct shmet_snap_series *ss = snap_lookup(d, s, -1);
+			const struct shmet_snap_series *ss = s->agg;
 			if (!ss || (f->type == SHMET_GAUGE && !ss->agg.has)) {
 				fputs("null}", o);
 				continue;
