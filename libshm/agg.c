@@ -34,53 +34,44 @@ void shmet_agg_finish(struct shmet_agg *acc, enum shmet_type type)
 void shmet_agg_add(struct shmet_agg *acc, enum shmet_type type, enum shmet_gauge_mode mode, uint32_t nbuckets,
 		   const struct shmet_values *v, bool live)
 {
-	switch (type) {
-	case SHMET_COUNTER:
-		/* every whole part is summed exactly, and joins the float sum
-		 * once, at shmet_agg_finish: no wrap, no saturation, one rounding */
-		acc->whole_exact += v->whole;
-		/* fall through */
-	case SHMET_SUMMARY:
-		acc->whole = shmet_sat_add(acc->whole, v->whole);
-		shmet_xsum_add_nz(&acc->xs, v->value);
-		shmet_xsum_add_nz(&acc->xs, v->value_lo[0]);
-		shmet_xsum_add_nz(&acc->xs, v->value_lo[1]);
-		acc->has = true;
-		break;
-	case SHMET_HISTOGRAM:
-		for (uint32_t i = 0; i <= nbuckets; i++)
+	if (type != SHMET_GAUGE) {
+		/* every whole part of a counter is summed exactly, and joins the
+		 * float sum once, at shmet_agg_finish: no wrap, no saturation,
+		 * one rounding */
+		if (type == SHMET_COUNTER)
+			acc->whole_exact += v->whole;
+		for (uint32_t i = 0; type == SHMET_HISTOGRAM && i <= nbuckets; i++)
 			acc->buckets[i] = shmet_sat_add(acc->buckets[i], v->buckets[i]);
 		acc->whole = shmet_sat_add(acc->whole, v->whole);
 		shmet_xsum_add_nz(&acc->xs, v->value);
 		shmet_xsum_add_nz(&acc->xs, v->value_lo[0]);
 		shmet_xsum_add_nz(&acc->xs, v->value_lo[1]);
 		acc->has = true;
-		break;
-	case SHMET_GAUGE:
-		if (mode == SHMET_GAUGE_MOSTRECENT) {
-			if (!acc->has || shmet_most_recent_wins(v->stamp_ns, v->value, acc->stamp_ns, acc->value)) {
-				acc->value = v->value;
-				acc->stamp_ns = v->stamp_ns;
-			}
-			acc->has = true;
-			break;
-		}
-		if (!live || ((mode == SHMET_GAUGE_MAX || mode == SHMET_GAUGE_MIN) && v->stamp_ns == 0))
-			break; /* dead, or a process that never set this max/min gauge */
-		if (mode == SHMET_GAUGE_MAX || mode == SHMET_GAUGE_MIN) {
-			/* NaN takes part only when every setter holds NaN (as PromQL's
-			 * max and min do), so the answer never depends on which
-			 * process has the lower region index. */
-			bool take = !acc->has || (isnan(acc->value) && !isnan(v->value)) ||
-				    (mode == SHMET_GAUGE_MAX ? v->value > acc->value : v->value < acc->value);
-			if (take)
-				acc->value = v->value;
-		} else {
-			acc->value += v->value;
+		return;
+	}
+	/* gauges */
+	if (mode == SHMET_GAUGE_MOSTRECENT) {
+		if (!acc->has || shmet_most_recent_wins(v->stamp_ns, v->value, acc->stamp_ns, acc->value)) {
+			acc->value = v->value;
+			acc->stamp_ns = v->stamp_ns;
 		}
 		acc->has = true;
-		break;
+		return;
 	}
+	if (!live || ((mode == SHMET_GAUGE_MAX || mode == SHMET_GAUGE_MIN) && v->stamp_ns == 0))
+		return; /* dead, or a process that never set this max/min gauge */
+	if (mode == SHMET_GAUGE_MAX || mode == SHMET_GAUGE_MIN) {
+		/* NaN takes part only when every setter holds NaN (as PromQL's
+		 * max and min do), so the answer never depends on which
+		 * process has the lower region index. */
+		bool take = !acc->has || (isnan(acc->value) && !isnan(v->value)) ||
+			    (mode == SHMET_GAUGE_MAX ? v->value > acc->value : v->value < acc->value);
+		if (take)
+			acc->value = v->value;
+	} else {
+		acc->value += v->value;
+	}
+	acc->has = true;
 }
 
 double shmet_agg_value(const struct shmet_agg *acc, enum shmet_type type)

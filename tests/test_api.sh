@@ -9,73 +9,12 @@
 # is non-zero when any failed.  Binaries come from ${BUILD_DIR:-build}/bin.
 set -u
 cd "$(dirname "$0")/.."
-BUILD_DIR=${BUILD_DIR:-build}
-BIN=$BUILD_DIR/bin
-PY=/usr/bin/python3
-SEG=/dev/shm/shmet-test-api-$$
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/shmet-test-api.XXXXXX")
-export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}exitcode=86
-export UBSAN_OPTIONS=${UBSAN_OPTIONS:+$UBSAN_OPTIONS:}print_stacktrace=1
+TEST_NAME=api
+. tests/lib/daemon.sh
+need "$BIN/shmetricsd" "$PY"
 
-failed=0 n=0
-ok() { n=$((n + 1)); echo "ok - $*"; }
-not_ok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok - $*"; }
-
-PIDS=()
-cleanup() {
-	local p
-	for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
-	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
-	rm -f "$SEG" "$SEG"-*
-	rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-for b in "$BIN/shmetricsd" "$PY"; do
-	if [ ! -x "$b" ]; then
-		echo "not ok - $b is there (run make first)"
-		exit 1
-	fi
-done
-command -v curl >/dev/null || { echo "not ok - curl is installed"; exit 1; }
-
-TOKEN="test-token-$$-0123456789abcdef"
-(umask 077 && printf '%s\n' "$TOKEN" >"$TMP/token")
 AUTH="Authorization: Bearer $TOKEN"
 JSON='Content-Type: application/json'
-
-# start NAME SEGMENT ARGS...: a daemon on a free port; sets PID and BASE.
-start() {
-	local name=$1 seg=$2 i port=
-	shift 2
-	LOG=$TMP/$name.log
-	"$BIN/shmetricsd" --segment "$seg" --listen 127.0.0.1:0 --scan-interval 0.2 "$@" 2>"$LOG" &
-	PID=$!
-	PIDS+=("$PID")
-	for i in $(seq 100); do
-		port=$(sed -n 's|.*listening on http://127\.0\.0\.1:\([0-9]*\)/metrics.*|\1|p' "$LOG")
-		[ -n "$port" ] && break
-		kill -0 "$PID" 2>/dev/null || break
-		sleep 0.1
-	done
-	BASE=http://127.0.0.1:$port
-	[ -n "$port" ]
-}
-
-# stop SIGNAL: stop the daemon PID and wait for it, bounded.
-stop() {
-	local i
-	# bash reports a child killed by SIGKILL on stderr; nobody needs its status
-	[ "$1" = KILL ] && disown "$PID" 2>/dev/null
-	kill "-$1" "$PID" 2>/dev/null
-	for i in $(seq 100); do
-		kill -0 "$PID" 2>/dev/null || break
-		sleep 0.1
-	done
-	{ wait "$PID"; } 2>/dev/null
-	RC=$?
-}
 
 # http CURL-ARGS...: the status in CODE, the body in $TMP/body, headers in $TMP/hdr.
 http() {
