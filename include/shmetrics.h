@@ -159,6 +159,14 @@ SHMET__API int shmet__init_adopted(const struct shmet_options *options, uint32_t
  * (libshm's directory walk) and that spec and values are what they hold. */
 SHMET__API int shmet__adopt_family(const struct shmet_family_spec *spec, uint32_t rec_off, shmet_family **out);
 SHMET__API int shmet__adopt_series(shmet_family *f, const char *const *values, uint32_t cell_off);
+/* shmetricsd's push planner: the region bytes shmet_register(spec) would
+ * take for its FAMILY record (0, with the reason in shmet_last_error, when
+ * spec is invalid), and those a new series of (type, nbuckets) with these
+ * nvalues label values would take (record and cells), by the writer's own
+ * arithmetic, so that a plan checked against the free bytes is what the
+ * registrations then write. */
+SHMET__API size_t shmet__family_bytes(const struct shmet_family_spec *spec);
+SHMET__API size_t shmet__series_bytes(unsigned type, uint32_t nbuckets, uint32_t nvalues, const char *const *values);
 
 /* Called by the hot path for a dropped write (fallback handle, NaN, negative
  * counter add, an add_u64 past SHMET_COUNTER_ADD_MAX): counts it in the
@@ -984,16 +992,31 @@ static int shmet__validate_spec(const struct shmet_family_spec *s, char *name, c
 	return SHMET_OK;
 }
 
+/* The size of the FAMILY record of a validated spec (name: its canonical
+ * name, nb: its bucket count). */
+static size_t shmet__family_rec_size(const struct shmet_family_spec *s, const char *name, size_t nb)
+{
+	size_t size = sizeof(struct shmet_rec_family) + nb * 8 + strlen(name) + strlen(s->help ? s->help : "");
+	for (size_t i = 0; i < s->nlabels; i++)
+		size += 2 + strlen(s->label_names[i]);
+	return (size_t)shmet_align8(size);
+}
+
+size_t shmet__family_bytes(const struct shmet_family_spec *spec)
+{
+	char name[SHMET_MAX_NAME_LEN + 8];
+	const double *bounds = NULL;
+	size_t nb = 0;
+	return shmet__validate_spec(spec, name, &bounds, &nb) == SHMET_OK ? shmet__family_rec_size(spec, name, nb) : 0;
+}
+
 /* Encode the FAMILY record of a validated spec into a new private buffer. */
 static unsigned char *shmet__encode_family(const struct shmet_family_spec *s, const char *name, const double *bounds,
 					   size_t nb, size_t *size_out)
 {
 	const char *help = s->help ? s->help : "";
 	size_t nlen = strlen(name), hlen = strlen(help);
-	size_t size = sizeof(struct shmet_rec_family) + nb * 8 + nlen + hlen;
-	for (size_t i = 0; i < s->nlabels; i++)
-		size += 2 + strlen(s->label_names[i]);
-	size = (size_t)shmet_align8(size);
+	size_t size = shmet__family_rec_size(s, name, nb);
 	unsigned char *rec = (unsigned char *)calloc(1, size);
 	if (!rec)
 		return NULL;
@@ -1273,6 +1296,25 @@ static struct shmet__node *shmet__find(const shmet_family *f, uint64_t h, const 
 	return NULL;
 }
 
+/* A SERIES record's size before alignment: header, then each value with
+ * its 2-byte length. */
+static size_t shmet__series_rec_size(uint32_t nvalues, const size_t *lens)
+{
+	size_t size = sizeof(struct shmet_rec_series);
+	for (uint32_t i = 0; i < nvalues; i++)
+		size += 2 + lens[i];
+	return size;
+}
+
+size_t shmet__series_bytes(unsigned type, uint32_t nbuckets, uint32_t nvalues, const char *const *values)
+{
+	size_t lens[SHMET_MAX_LABELS];
+	for (uint32_t i = 0; i < nvalues && i < SHMET_MAX_LABELS; i++)
+		lens[i] = strlen(values[i]);
+	return (size_t)shmet_align8(shmet__series_rec_size(nvalues < SHMET_MAX_LABELS ? nvalues : SHMET_MAX_LABELS, lens)) +
+	       shmet_cell_size(type, nbuckets);
+}
+
 static int shmet__create_series_locked(shmet_family *f, uint64_t h, const char *const *values,
 				       const size_t *lens, uint32_t *off)
 {
@@ -1281,7 +1323,6 @@ static int shmet__create_series_locked(shmet_family *f, uint64_t h, const char *
 		*off = n->off;
 		return SHMET_OK;
 	}
-	size_t size = sizeof(struct shmet_rec_series);
 	for (uint32_t i = 0; i < f->nlabels; i++) {
 		if (lens[i] > SHMET_MAX_VALUE_LEN)
 			return shmet__err(SHMET_E_TOO_LONG, "\"%s\": label value longer than %u bytes", f->name,
@@ -1289,8 +1330,8 @@ static int shmet__create_series_locked(shmet_family *f, uint64_t h, const char *
 		if (!shmet_valid_utf8(values[i], lens[i]))
 			return shmet__err(SHMET_E_INVALID_UTF8, "\"%s\": value of label \"%s\" is not valid UTF-8", f->name,
 					  f->label_names[i]);
-		size += 2 + lens[i];
 	}
+	size_t size = shmet__series_rec_size(f->nlabels, lens);
 	if (shmet__st.region < 0 && shmet__init_locked(NULL) != SHMET_OK)
 		return SHMET_E_SEGMENT_FULL;
 	n = (struct shmet__node *)calloc(1, sizeof *n);

@@ -10,8 +10,8 @@
  *   - shmet_negotiate and shmet_accepts_gzip (/metrics' content and
  *     encoding negotiation), and the push API's Content-Type check;
  *   - the push API's body checks as a request runs them: the nesting scan
- *     (depth_ok), jansson's parse with duplicate keys refused, and each
- *     sample's validation (parse_item), as /api/v1/metrics/custom (the body
+ *     (push_depth_ok), jansson's parse with duplicate keys refused, and each
+ *     sample's validation (push_parse_item), as /api/v1/metrics/custom (the body
  *     is one sample) and as /batch ({"samples": [...]}), with the canonical
  *     name and series key of every valid sample;
  *   - the errors as the answer carries them: json_dumps and tidy_numbers,
@@ -19,8 +19,9 @@
  *     (a finding otherwise); tidy_numbers on the raw body as well.
  * Any crash, hang, leak or sanitizer report is a bug.
  *
- * api.c and api_push.c are included here for their static functions; the
- * rest of the collector is linked (`make fuzz`, -DSHMET_FUZZING).  Under
+ * api.c and api_push.c are included here for their static functions
+ * (tidy_numbers, is_json_type); the rest of the collector, the push
+ * schema (api_push_schema.c) among it, is linked (`make fuzz`, -DSHMET_FUZZING).  Under
  * AddressSanitizer the push API's parse arena is off (plain malloc). */
 #include "../collector/api.c"
 #include "../collector/api_push.c"
@@ -52,14 +53,14 @@ static void check_item(struct req *r, uint32_t idx, json_t *sample)
 {
 	struct item it;
 	memset(&it, 0, sizeof it);
-	if (!parse_item(r, idx, sample, &it))
+	if (!push_parse_item(r, idx, sample, &it))
 		return;
 	char name[SHMET_MAX_NAME_LEN + 8];
 	if (it.name_len + (it.add_total ? 6 : 0) >= sizeof name)
-		abort(); /* parse_item let a name through that canonical() cannot hold */
-	canonical(&it, name);
+		abort(); /* push_parse_item let a name through that push_canonical() cannot hold */
+	push_canonical(&it, name);
 	static char key[SHMET_SERIES_KEY_MAX];
-	size_t kl = series_key(key, it.lvalues, it.nlabels);
+	size_t kl = push_series_key(key, it.lvalues, it.nlabels);
 	if (kl > sizeof key)
 		abort();
 }
@@ -111,7 +112,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	free(cbody);
 
 	size_t where = 0;
-	if (len && depth_ok(body, len, API_MAX_DEPTH, &where)) {
+	if (len && push_depth_ok(body, len, API_MAX_DEPTH, &where)) {
 		json_error_t e;
 		json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &e);
 		if (root) {

@@ -328,6 +328,9 @@ post custom '{"name":"t_temp","type":"summary","observe":1}'
 jcheck "type clash with a family pushed earlier" 422 "err()['code'] == 'type_clash'" "err()['field'] == 'type'"
 post custom '{"name":"t_lat_count","type":"gauge","value":1}'
 jcheck "a gauge named like a histogram's _count clashes" 422 "err()['code'] == 'name_clash'"
+post custom '{"name":"t_jobs_created","type":"gauge","value":1}'
+jcheck "a gauge named like a counter's _created clashes, by the writer's rule, before anything is registered" 422 \
+	"err()['code'] == 'name_clash'" "'t_jobs_total' in err()['error']"
 post custom '{"name":"t_jobs","type":"counter","labels":{"other":"a"},"inc":1}'
 jcheck "other label names than the family's are a 422" 422 "err()['code'] == 'label_mismatch'" \
 	"'queue' in err()['error']"

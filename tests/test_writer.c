@@ -72,6 +72,49 @@ static void test_writer_type_clash_refused(void **state)
 	assert_int_equal(shmet_summary_register(&b, "hclash", "h", 0, NULL), SHMET_E_TYPE_CLASH);
 }
 
+/* What shmet__family_bytes and shmet__series_bytes say a registration
+ * takes is what it takes: the push API plans a request with them. */
+static uint64_t region_used(void)
+{
+	/* the directory grows up, the cells down: used bytes up to a constant */
+	const struct shmet_region_header *rg = (const struct shmet_region_header *)(const void *)shmet__base;
+	return __atomic_load_n(&rg->rg_dir_end, __ATOMIC_ACQUIRE) - __atomic_load_n(&rg->rg_cell_low, __ATOMIC_RELAXED);
+}
+
+static void test_writer_planned_bytes_match_registration(void **state)
+{
+	(void)state;
+	const char *names[] = {"method", "route"};
+	const double bounds[] = {0.1, 0.5, 2.5};
+	struct shmet_family_spec specs[] = {
+		{.type = SHMET_COUNTER, .name = "plan_requests", .help = "Requests, \"quoted\".", .nlabels = 2, .label_names = names},
+		{.type = SHMET_GAUGE, .name = "plan_temp", .help = "", .gauge_mode = SHMET_GAUGE_MOSTRECENT},
+		{.type = SHMET_HISTOGRAM, .name = "plan_seconds", .help = "h", .nlabels = 1, .label_names = names,
+		 .nbuckets = 3, .buckets = bounds},
+		{.type = SHMET_SUMMARY, .name = "plan_bytes", .help = "s", .nlabels = 2, .label_names = names},
+	};
+	const char *values[] = {"GET", "/a/longer/route/é"};
+	for (size_t i = 0; i < sizeof specs / sizeof *specs; i++) {
+		shmet_family *f;
+		size_t want = shmet__family_bytes(&specs[i]);
+		uint64_t before = region_used();
+		assert_int_equal(shmet_register(&specs[i], &f), SHMET_OK);
+		if (region_used() - before != want)
+			fail_msg("%s: planned %zu bytes, the registration took %llu", specs[i].name, want,
+				 (unsigned long long)(region_used() - before));
+		uint32_t nb = specs[i].type == SHMET_HISTOGRAM ? 3 : 0, off;
+		want = shmet__series_bytes(specs[i].type, nb, (uint32_t)specs[i].nlabels, values);
+		before = region_used();
+		assert_int_equal(shmet_series_lookup(f, values, &off), SHMET_OK);
+		if (region_used() - before != want)
+			fail_msg("%s: a series planned at %zu bytes took %llu", specs[i].name, want,
+				 (unsigned long long)(region_used() - before));
+	}
+	struct shmet_family_spec bad = {.type = SHMET_GAUGE, .name = "bad-name"};
+	assert_int_equal(shmet__family_bytes(&bad), 0);
+	assert_non_null(strstr(shmet_last_error(), "bad-name"));
+}
+
 static void test_writer_counter_arithmetic_exact(void **state)
 {
 	(void)state;
@@ -370,6 +413,7 @@ int main(void)
 		cmocka_unit_test(test_writer_metric_names_validated),
 		cmocka_unit_test(test_writer_label_names_validated),
 		cmocka_unit_test(test_writer_type_clash_refused),
+		cmocka_unit_test(test_writer_planned_bytes_match_registration),
 		cmocka_unit_test(test_writer_counter_arithmetic_exact),
 		cmocka_unit_test(test_writer_counter_add_u64_never_wraps),
 		cmocka_unit_test(test_writer_counter_concurrent_adds_saturate),
