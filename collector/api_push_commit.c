@@ -53,6 +53,20 @@ static char *xstrdup(const char *s)
 }
 
 
+/* Room in a->fams for one more family: 0, or -1 when out of memory. */
+static int fams_room(struct api *a)
+{
+	if (a->nfams < a->fams_cap)
+		return 0;
+	uint32_t cap = a->fams_cap ? a->fams_cap * 2 : 16;
+	struct push_family **n = realloc(a->fams, cap * sizeof *n);
+	if (!n)
+		return -1;
+	a->fams = n;
+	a->fams_cap = cap;
+	return 0;
+}
+
 /* ---- a push region taken back from an earlier collector ----
  * Its families and series become this process's again (the writer's index
  * and ours), so pushes land in the same cells and no record is written
@@ -142,15 +156,9 @@ int push_adopt_index(struct api *a)
 				push_family_free(f);
 				continue;
 			}
-			if (a->nfams == a->fams_cap) {
-				uint32_t cap = a->fams_cap ? a->fams_cap * 2 : 16;
-				struct push_family **n = realloc(a->fams, cap * sizeof *n);
-				if (!n) {
-					push_family_free(f);
-					goto oom;
-				}
-				a->fams = n;
-				a->fams_cap = cap;
+			if (fams_room(a) != 0) {
+				push_family_free(f);
+				goto oom;
 			}
 			if (keymap_put(&a->fam_index, f->name, strlen(f->name), a->nfams) != 0 ||
 			    keymap_put(&by_off, (const char *)&foff, sizeof foff, a->nfams + 1) != 0) {
@@ -623,15 +631,9 @@ enum MHD_Result push_samples(struct api *a, struct MHD_Connection *conn, json_t 
 		struct push_family *f = t->f;
 		struct shmet_family_spec spec;
 		push_spec(f, &spec);
-		if (a->nfams == a->fams_cap) {
-			uint32_t cap = a->fams_cap ? a->fams_cap * 2 : 16;
-			struct push_family **nf = realloc(a->fams, cap * sizeof *nf);
-			if (!nf) {
-				fail = "out of memory";
-				break;
-			}
-			a->fams = nf;
-			a->fams_cap = cap;
+		if (fams_room(a) != 0) {
+			fail = "out of memory";
+			break;
 		}
 		if (shmet_register(&spec, &f->fam) != SHMET_OK) {
 			fail = shmet_last_error();

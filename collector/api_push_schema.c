@@ -273,13 +273,12 @@ void push_canonical(const struct item *it, char *out)
 
 size_t push_series_key(char *key, const char *const *values, uint32_t n)
 {
+	/* the values part of libshm's series key; each value was checked to
+	 * be at most SHMET_MAX_VALUE_LEN bytes, so every one fits */
 	size_t len = 0;
-	for (uint32_t i = 0; i < n; i++) {
-		size_t l = strlen(values[i]);
-		memcpy(key + len, values[i], l);
-		len += l;
-		key[len++] = (char)0xff;
-	}
+	for (uint32_t i = 0; i < n; i++)
+		if (!(len = shmet_key_append(key, len, SHMET_SERIES_KEY_MAX, values[i], strlen(values[i]))))
+			return 0;
 	return len;
 }
 

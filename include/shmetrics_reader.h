@@ -159,6 +159,9 @@ void shmet_read_cells(const struct shmet_area *a, const struct shmet_family_view
  * UTF-8).  Returns its length, or 0 when it does not fit in cap. */
 #define SHMET_SERIES_KEY_MAX (SHMET_MAX_NAME_LEN + 1 + SHMET_MAX_LABELS * (SHMET_MAX_VALUE_LEN + 1) + 24)
 size_t shmet_series_key(const struct shmet_record *r, char *buf, size_t cap);
+/* The encoding itself: s and the 0xff after it appended to the n bytes of
+ * a key in buf; the new length, or 0 when it would pass cap. */
+size_t shmet_key_append(char *buf, size_t n, size_t cap, const char *s, size_t len);
 
 /* Do two family records describe the same family (name, type, mode, label
  * names, buckets)? */

@@ -252,21 +252,19 @@ bool shmet_family_same(const struct shmet_family_view *a, const struct shmet_fam
 }
 
 /* "name\xff value\xff value..." — 0xff never occurs in UTF-8. */
-size_t shmet_series_key(const struct shmet_record *r, char *buf, size_t cap)
+size_t shmet_key_append(char *buf, size_t n, size_t cap, const char *s, size_t len)
 {
-	size_t n = 0;
-	if (r->fam.name_len + 1 > cap)
+	if (n > cap || len + 1 > cap - n)
 		return 0;
-	memcpy(buf, r->fam.name, r->fam.name_len);
-	n = r->fam.name_len;
-	buf[n++] = '\xff';
-	for (uint32_t i = 0; i < r->series.nvalues; i++) {
-		if (n + r->series.value_lens[i] + 1 > cap)
-			return 0;
-		memcpy(buf + n, r->series.values[i], r->series.value_lens[i]);
-		n += r->series.value_lens[i];
-		buf[n++] = '\xff';
-	}
-	return n;
+	memcpy(buf + n, s, len);
+	buf[n + len] = '\xff';
+	return n + len + 1;
 }
 
+size_t shmet_series_key(const struct shmet_record *r, char *buf, size_t cap)
+{
+	size_t n = shmet_key_append(buf, 0, cap, r->fam.name, r->fam.name_len);
+	for (uint32_t i = 0; n && i < r->series.nvalues; i++)
+		n = shmet_key_append(buf, n, cap, r->series.values[i], r->series.value_lens[i]);
+	return n;
+}

@@ -140,6 +140,20 @@ static double from_bits(uint64_t b)
 	return v;
 }
 
+/* The i-th of a run of random doubles' bits: half of them in the metric
+ * range, 2^-60 .. 2^130, and every seventh with a short mantissa (short
+ * decimals, powers of two). */
+static uint64_t random_bits(uint64_t *s, long i)
+{
+	uint64_t b = rng_next(s);
+
+	if (i & 1)
+		b = (b & UINT64_C(0x800FFFFFFFFFFFFF)) | ((UINT64_C(963) + (b >> 40) % 190) << 52);
+	if (i % 7 == 0)
+		b &= ~UINT64_C(0xFFFFFFFFFF);
+	return b;
+}
+
 #define L(n, v) SHMET_EXPO_LABEL(n, v)
 
 /* ---- Buffer -------------------------------------------------------------- */
@@ -499,14 +513,9 @@ static void test_expfmt_float_random_bits_match_recipe(void **state)
 
 	(void)state;
 	for (i = 0; i < 200000; i++) {
-		uint64_t b = rng_next(&s);
-		double v;
+		uint64_t b = random_bits(&s, i);
+		double v = from_bits(b);
 
-		if (i & 1) /* half of them in the metric range, 2^-60 .. 2^130 */
-			b = (b & UINT64_C(0x800FFFFFFFFFFFFF)) | ((UINT64_C(963) + (b >> 40) % 190) << 52);
-		if (i % 7 == 0) /* short mantissas: short decimals, powers of two */
-			b &= ~UINT64_C(0xFFFFFFFFFF);
-		v = from_bits(b);
 		if (!isfinite(v))
 			continue;
 		n++;
@@ -547,17 +556,7 @@ static void test_expfmt_float_json_random_bits_match_printf_recipe(void **state)
 
 	(void)state;
 	for (i = 0; i < 200000 + (long)(sizeof fixed / sizeof *fixed); i++) {
-		double v;
-		if (i < (long)(sizeof fixed / sizeof *fixed)) {
-			v = fixed[i];
-		} else {
-			uint64_t b = rng_next(&s);
-			if (i & 1) /* half of them in the metric range, 2^-60 .. 2^130 */
-				b = (b & UINT64_C(0x800FFFFFFFFFFFFF)) | ((UINT64_C(963) + (b >> 40) % 190) << 52);
-			if (i % 7 == 0) /* short mantissas: short decimals, powers of two */
-				b &= ~UINT64_C(0xFFFFFFFFFF);
-			v = from_bits(b);
-		}
+		double v = i < (long)(sizeof fixed / sizeof *fixed) ? fixed[i] : from_bits(random_bits(&s, i));
 		if (!isfinite(v))
 			continue;
 		n++;

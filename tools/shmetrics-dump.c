@@ -157,17 +157,31 @@ static void fmt_time(char *buf, size_t cap, uint64_t ns)
 		snprintf(buf, cap, "-");
 }
 
-/* Text output: Prometheus escapes (\\, \", \n) plus \xNN for every other
- * control byte and every byte that is not valid UTF-8. */
-static void t_str(FILE *o, const char *s, size_t n)
+/* Bytes from the segment on a terminal or in JSON: each well-formed UTF-8
+ * character as it is, everything else escaped, so that no byte can break
+ * the JSON or drive the terminal.
+ *   ESC_TEXT  Prometheus escapes (\\, \", \n), \xNN for every other control
+ *             byte and every byte that is not valid UTF-8;
+ *   ESC_LINE  a message on one terminal line: only \xNN (quotes stay);
+ *   ESC_JSON  a JSON string's contents: \\, \", \n, \t, \u00XX for the
+ *             other control bytes, U+FFFD for invalid UTF-8. */
+enum esc { ESC_TEXT, ESC_LINE, ESC_JSON };
+
+static void put_escaped(FILE *o, const char *s, size_t n, enum esc mode)
 {
 	for (size_t i = 0; i < n;) {
 		unsigned char c = (unsigned char)s[i];
 		size_t len = shmet_utf8_len(s + i, n - i);
-		if (c == '\\' || c == '"')
+		if (mode != ESC_LINE && (c == '\\' || c == '"'))
 			fprintf(o, "\\%c", c);
-		else if (c == '\n')
+		else if (mode != ESC_LINE && c == '\n')
 			fputs("\\n", o);
+		else if (mode == ESC_JSON && c == '\t')
+			fputs("\\t", o);
+		else if (mode == ESC_JSON && (c < 0x20 || c == 0x7f))
+			fprintf(o, "\\u%04x", c);
+		else if (mode == ESC_JSON && len == 0)
+			fputs("\\ufffd", o);
 		else if (len == 0 || c < 0x20 || c == 0x7f)
 			fprintf(o, "\\x%02x", c);
 		else
@@ -176,42 +190,19 @@ static void t_str(FILE *o, const char *s, size_t n)
 	}
 }
 
+static void t_str(FILE *o, const char *s, size_t n) { put_escaped(o, s, n, ESC_TEXT); }
+
 /* A message (built from segment bytes) on a terminal line. */
 static void t_line(FILE *o, const char *s)
 {
-	for (size_t i = 0, n = strlen(s); i < n;) {
-		unsigned char c = (unsigned char)s[i];
-		size_t len = shmet_utf8_len(s + i, n - i);
-		if (len == 0 || c < 0x20 || c == 0x7f)
-			fprintf(o, "\\x%02x", c);
-		else
-			fwrite(s + i, 1, len, o);
-		i += len ? len : 1;
-	}
+	put_escaped(o, s, strlen(s), ESC_LINE);
 	fputc('\n', o);
 }
 
-/* JSON string: control bytes as \u00XX, invalid UTF-8 as U+FFFD. */
 static void j_str(FILE *o, const char *s, size_t n)
 {
 	fputc('"', o);
-	for (size_t i = 0; i < n;) {
-		unsigned char c = (unsigned char)s[i];
-		size_t len = shmet_utf8_len(s + i, n - i);
-		if (c == '"' || c == '\\')
-			fprintf(o, "\\%c", c);
-		else if (c == '\n')
-			fputs("\\n", o);
-		else if (c == '\t')
-			fputs("\\t", o);
-		else if (c < 0x20 || c == 0x7f)
-			fprintf(o, "\\u%04x", c);
-		else if (len == 0)
-			fputs("\\ufffd", o);
-		else
-			fwrite(s + i, 1, len, o);
-		i += len ? len : 1;
-	}
+	put_escaped(o, s, n, ESC_JSON);
 	fputc('"', o);
 }
 
