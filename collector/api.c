@@ -1,6 +1,7 @@
 /* The JSON API under /api/v1/metrics/: routing, the read-only endpoints
  * (health, summary) and the helpers the other api_*.c files share.
- * Push lives in api_push.c, the dashboard and its history in api_dash.c;
+ * Push lives in api_push*.c (api_push_int.h), the dashboard and its
+ * history in api_dash.c;
  * API.md documents every endpoint and schema. */
 #include "api_int.h"
 

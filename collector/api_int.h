@@ -1,4 +1,4 @@
-/* api_int.h — what the JSON API's files (api.c, api_push.c, api_dash.c)
+/* api_int.h — what the JSON API's files (api.c, api_push*.c, api_dash.c)
  * share.  Private to them: nothing outside collector/api*.c includes it.
  *
  * Threads and what they may touch:

@@ -436,7 +436,7 @@ static void test_expfmt_float_python_vectors_match_go(void **state)
 	assert_true(n >= 100000);
 }
 
-/* §1.3's recipe, written independently of expfmt.c: the first %.*e that
+/* §1.3's recipe, written independently of libshm/format.c: the first %.*e that
  * strtod maps back, or at a power of two the decimal one unit above. */
 static void recipe_go_g(char *out, double v)
 {
