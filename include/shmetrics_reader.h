@@ -191,6 +191,15 @@ int shmet_fold_dead(struct shmet_segment *seg, struct shmet_fold_result *res);
 int shmet_fold_dead_with(struct shmet_segment *seg, const struct shmet_registry *reg, struct shmet_fold_result *res);
 /* Zero and free the regions shmet_fold_dead listed (after the grace period). */
 void shmet_free_folded(struct shmet_segment *seg, const struct shmet_fold_result *res);
+/* What a fold would leave for want of room in the retired area, by the
+ * fold's own arithmetic, without writing anything (shmetrics-dump --check). */
+struct shmet_fold_room {
+	uint32_t skipped;    /* dead, unfolded regions that do not fit now */
+	uint32_t first;      /* the first of them, */
+	uint64_t first_need; /* the bytes it needs */
+	uint64_t free;       /* bytes the active half has free after the regions that fit */
+};
+int shmet_fold_room(const struct shmet_segment *seg, const struct shmet_registry *reg, struct shmet_fold_room *out);
 /* Test-only: make the fold of the Nth series from now fail (0: never). */
 extern unsigned long shmet_test_fold_fail_at;
 

@@ -420,3 +420,73 @@ void shmet_free_folded(struct shmet_segment *seg, const struct shmet_fold_result
 					    __ATOMIC_RELAXED);
 	}
 }
+
+/* The fold's own room arithmetic, read-only: what shmet_fold_dead_with would
+ * skip now for want of room, for tools that report it (shmetrics-dump).  The
+ * active half is indexed where it lies (only read), and each dead region
+ * that fits adds its new families and series to the index, as a fold would. */
+int shmet_fold_room(const struct shmet_segment *seg, const struct shmet_registry *reg, struct shmet_fold_room *out)
+{
+	memset(out, 0, sizeof *out);
+	unsigned active = shmet_retired_active(seg);
+	const struct shmet_retired_header *ra = shmet_retired_header(seg, active);
+	struct shmet_area src;
+	if (shmet_retired_area(seg, active, &src, NULL) != SHMET_OK)
+		return SHMET_E_CORRUPT;
+	struct target t;
+	memset(&t, 0, sizeof t);
+	t.base = (unsigned char *)(uintptr_t)src.base; /* index_target only reads it */
+	t.size = src.size;
+	t.dir_end = src.dir_end;
+	t.cell_low = src.cell_low;
+	struct shmet_fold_result scratch;
+	memset(&scratch, 0, sizeof scratch);
+	int rc = SHMET_OK;
+	char *key = malloc(KEY_CAP);
+	if (!key) {
+		rc = SHMET_E_SYS;
+		goto out;
+	}
+	int ix = index_target(&t, reg, &scratch, key);
+	if (ix != 0) {
+		rc = ix < 0 ? SHMET_E_SYS : SHMET_E_CORRUPT;
+		goto out;
+	}
+	out->free = t.cell_low - t.dir_end;
+	for (uint32_t i = 0; i < seg->regions; i++) {
+		struct shmet_region_info info;
+		struct shmet_area da;
+		shmet_region_info(seg, i, &info);
+		if (info.state != SHMET_REGION_LIVE || info.alive ||
+		    __atomic_load_n(&ra->rh_folded_gen[i], __ATOMIC_RELAXED) == info.generation ||
+		    shmet_region_area(seg, i, &da, NULL) != SHMET_OK)
+			continue;
+		struct keymap seen = {0};
+		uint64_t need = room_needed(&t, &da, reg, key, &seen);
+		if (need > out->free) {
+			if (out->skipped++ == 0) {
+				out->first = i;
+				out->first_need = need;
+			}
+		} else {
+			out->free -= need;
+			/* what the fold would add: series keys end in 0xff, names never do */
+			for (size_t k = 0; seen.slots && k <= seen.mask && rc == SHMET_OK; k++) {
+				const struct kv *kv = &seen.slots[k];
+				if (!kv->key)
+					continue;
+				bool series = kv->len && kv->key[kv->len - 1] == '\xff';
+				if (keymap_put(series ? &t.series : &t.families, kv->key, kv->len, 0) != 0)
+					rc = SHMET_E_SYS;
+			}
+		}
+		keymap_free(&seen);
+		if (rc != SHMET_OK)
+			break;
+	}
+out:
+	free(key);
+	keymap_free(&t.families);
+	keymap_free(&t.series);
+	return rc;
+}

@@ -90,6 +90,15 @@ else
 	not_ok "shmetrics-dump --check: exit $rc"
 	sed 's/^/#   /' "$TMP/check" | head -n 20
 fi
+# the dump prices the region by the fold's own arithmetic: the bytes it says
+# the region needs are the collector's (what is free moved on since it
+# logged: the small region was folded after)
+want=$(sed -n 's/.*retired area full: region \([0-9]*\) needs \([0-9]*\) more bytes.*/\1 \2/p' "$LOG" | head -n 1)
+got=$(sed -n 's/.*cannot be folded (region \([0-9]*\) needs \([0-9]*\) bytes.*/\1 \2/p' "$TMP/check" | head -n 1)
+if [ -n "$want" ] && [ "$want" = "$got" ]; then ok "shmetrics-dump --check and the collector agree on the room a region needs: $got"; else
+	not_ok "shmetrics-dump --check says region, bytes needed = '$got'; the collector '$want'"
+	grep 'retired area full' "$LOG" "$TMP/check" | sed 's/^/#   /'
+fi
 stop TERM
 if sanitizer_clean "$LOG"; then ok "stops cleanly"; else not_ok "stops cleanly"; fi
 

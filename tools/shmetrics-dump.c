@@ -643,116 +643,6 @@ static bool region_wanted(const struct dump *d, int32_t area)
 	return d->o->region == DUMP_ALL || d->o->region == area || d->o->check;
 }
 
-/* Dead regions a collector cannot fold now because the retired area is
- * full: the fold's own arithmetic (each dead, unfolded region in index
- * order adds its new families and series, with their cells, to the active
- * half, and is left out when they do not fit the bytes still free).  They
- * stay allocated, and count from their region, until room is found. */
-struct fold_room {
-	uint32_t skipped, first;
-	uint64_t first_need, free;
-};
-
-static bool fold_keeps(const struct shmet_family_view *f)
-{
-	return f->type != SHMET_GAUGE || f->mode == SHMET_GAUGE_MOSTRECENT;
-}
-
-static int fold_room_add(struct keymap *fams, struct keymap *series, const struct shmet_area *a, char *key,
-			 bool only_count, uint64_t *need)
-{
-	struct shmet_dir_iter it;
-	struct shmet_record r;
-	struct keymap seen = {0};
-	int rc;
-	*need = 0;
-	shmet_dir_begin(&it, a);
-	while ((rc = shmet_dir_next(&it, &r, NULL)) != 0) {
-		if (rc < 0 || r.kind != SHMET_REC_SERIES || !fold_keeps(&r.fam))
-			continue;
-		if (!keymap_find(fams, r.fam.name, r.fam.name_len) && !keymap_find(&seen, r.fam.name, r.fam.name_len)) {
-			struct shmet_rec_header h;
-			memcpy(&h, a->base + r.fam.off, sizeof h);
-			*need += h.rec_size;
-			if (keymap_put(&seen, r.fam.name, r.fam.name_len, 0) != 0)
-				goto oom;
-			if (!only_count && keymap_put(fams, r.fam.name, r.fam.name_len, 0) != 0)
-				goto oom;
-		}
-		size_t klen = shmet_series_key(&r, key, SHMET_SERIES_KEY_MAX);
-		if (klen && !keymap_find(series, key, klen)) {
-			uint64_t n = sizeof(struct shmet_rec_series);
-			for (uint32_t i = 0; i < r.series.nvalues; i++)
-				n += 2 + r.series.value_lens[i];
-			*need += shmet_align8(n) + r.series.cell_size;
-			if (!only_count && keymap_put(series, key, klen, 0) != 0)
-				goto oom;
-		}
-	}
-	keymap_free(&seen);
-	return 0;
-oom:
-	keymap_free(&seen);
-	return -1;
-}
-
-static int fold_room_check(const struct dump *d, struct fold_room *fr)
-{
-	const struct shmet_segment *seg = d->seg;
-	struct keymap fams = {0}, series = {0};
-	struct shmet_area a;
-	uint64_t need;
-	int rc = -1;
-	memset(fr, 0, sizeof *fr);
-	char *key = malloc(SHMET_SERIES_KEY_MAX);
-	if (!key || shmet_retired_area(seg, d->active, &a, NULL) != SHMET_OK)
-		goto out;
-	/* the active half's own records, so that a dead region's series already
-	 * there need no room */
-	struct shmet_dir_iter it;
-	struct shmet_record r;
-	int n;
-	shmet_dir_begin(&it, &a);
-	while ((n = shmet_dir_next(&it, &r, NULL)) != 0) {
-		if (n < 0)
-			continue;
-		if (r.kind == SHMET_REC_FAMILY) {
-			if (!keymap_find(&fams, r.fam.name, r.fam.name_len) &&
-			    keymap_put(&fams, r.fam.name, r.fam.name_len, 0) != 0)
-				goto out;
-		} else {
-			size_t klen = shmet_series_key(&r, key, SHMET_SERIES_KEY_MAX);
-			if (klen && !keymap_find(&series, key, klen) && keymap_put(&series, key, klen, 0) != 0)
-				goto out;
-		}
-	}
-	fr->free = a.cell_low - a.dir_end;
-	for (uint32_t i = 0; i < seg->regions; i++) {
-		const struct shmet_region_info *ri = &d->ri[i];
-		if (ri->state != SHMET_REGION_LIVE || ri->alive || d->folded[i] ||
-		    shmet_region_area(seg, i, &a, NULL) != SHMET_OK)
-			continue;
-		if (fold_room_add(&fams, &series, &a, key, true, &need) != 0)
-			goto out;
-		if (need > fr->free) {
-			if (fr->skipped++ == 0) {
-				fr->first = i;
-				fr->first_need = need;
-			}
-			continue;
-		}
-		if (fold_room_add(&fams, &series, &a, key, false, &need) != 0)
-			goto out;
-		fr->free -= need;
-	}
-	rc = 0;
-out:
-	free(key);
-	keymap_free(&fams);
-	keymap_free(&series);
-	return rc;
-}
-
 /* Read the whole segment into d: snapshot, region table, walks, checks. */
 static void dump_read(struct dump *d, const struct shmet_segment *seg, const struct dump_opts *o)
 {
@@ -914,10 +804,14 @@ static void dump_read(struct dump *d, const struct shmet_segment *seg, const str
 		msgs_add(&d->problems, "retired half %u (active): %llu writes dropped by workers since folded (rh_dropped)",
 			 d->active, (unsigned long long)retired_dropped);
 
-	struct fold_room fr;
-	if (fold_room_check(d, &fr) != 0)
+	/* Dead regions a collector cannot fold now because the retired area is
+	 * full (the fold's own arithmetic): they stay allocated, and count from
+	 * their region, until room is found. */
+	struct shmet_fold_room fr;
+	int frc = shmet_fold_room(seg, &d->reg, &fr);
+	if (frc == SHMET_E_SYS)
 		d->oom = true;
-	else if (fr.skipped)
+	else if (frc == SHMET_OK && fr.skipped)
 		msgs_add(&d->problems,
 			 "retired area full: %u dead region%s cannot be folded (region %u needs %llu bytes, %llu are free); "
 			 "they stay allocated until there is room: create the segment anew with a larger "
