@@ -1278,7 +1278,7 @@ static void write_value(const struct push_family *f, const struct item *it)
 		break;
 	}
 	case SHMET_GAUGE: {
-		shmet_gauge h = {it->off, SHMET_GAUGE_MOSTRECENT};
+		shmet_gauge h = {it->off, SHMET_GAUGE_MOSTRECENT, shmet__stamp_kind(SHMET_GAUGE_MOSTRECENT)};
 		if (it->op == OP_SET)
 			shmet_gauge_set(h, it->v);
 		else
@@ -1424,7 +1424,7 @@ static enum MHD_Result push_samples(struct api *a, struct MHD_Connection *conn, 
 			break;
 		}
 		if (carry) {
-			shmet_gauge h = {it->off, SHMET_GAUGE_MOSTRECENT};
+			shmet_gauge h = {it->off, SHMET_GAUGE_MOSTRECENT, shmet__stamp_kind(SHMET_GAUGE_MOSTRECENT)};
 			shmet_gauge_set(h, init);
 		}
 		series_created++;

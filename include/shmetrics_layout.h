@@ -279,6 +279,9 @@ struct shmet_region_slot {
  * holds the collector lock takes it back when its owner died, unfolded.
  * The claim and the folder's free clear the flags. */
 #define SHMET_SLOT_COLLECTOR 1u
+/* rs_flags: the region holds the cells of one thread of the process that
+ * owns region rs_parent (see WRITING THREADS); informational. */
+#define SHMET_SLOT_THREAD 2u
 
 struct shmet_region_header {
 	uint64_t rg_dir_end;
