@@ -32,11 +32,17 @@
  *    every write, through any handle, and counts it in the segment header
  *    (sh_dropped_orphan); it claims again about once a second, at a write.
  *  - Hot path (inc/add/set/observe through a handle): no syscall, no lock, no
- *    allocation; relaxed atomics on cells that only this process writes.
+ *    allocation.  A counter, histogram or summary write is a relaxed load
+ *    and a relaxed store of cells only the calling thread writes; a gauge
+ *    write a relaxed store (CAS for add) on its process's one cell.
  *  - fork(): handles made before fork keep working in the child, which keeps
  *    its parent's directory (pthread_atfork) and claims a region of its own
- *    at its first write; a child that only exec()s claims none.  Threads share their process's
- *    region; every call here is thread-safe.
+ *    at its first write; a child that only exec()s claims none.
+ *  - Threads: the first writing thread of a process writes its region; any
+ *    other claims a region of its own at its first counter, histogram or
+ *    summary write, and gives it back when it exits (the collector folds
+ *    it, nothing is lost).  Size the segment for one region per writing
+ *    thread.  Every call here is thread-safe.
  *  - ABI: handles are plain values holding offsets; the segment layout is
  *    versioned (shmetrics_layout.h) and a mismatch is refused, never guessed.
  */
