@@ -1598,25 +1598,63 @@ static int shmet__create_series_locked(shmet_family *f, uint64_t h, const char *
 	return SHMET_OK;
 }
 
+/* Most lookups name a series with the very strings (pointers) an earlier
+ * one used: label values are literals, or interned by the caller.  A slot
+ * picked by (family, value pointers) remembers the node found then, and
+ * the next lookup compares its values with the node's in full (strcmp)
+ * before it trusts it: the pointers only pick, the bytes decide, so a
+ * buffer reused for another value is never mistaken for the old one.
+ * That skips the hash over every byte and the bucket walk.  Slots are
+ * shared by all threads: a slot overwritten meanwhile costs a slow
+ * lookup, never a wrong one (nodes are immutable and never freed). */
+#define SHMET__PCACHE_BITS 12
+static struct shmet__node *shmet__pcache[1u << SHMET__PCACHE_BITS];
+
+static size_t shmet__pslot(const shmet_family *f, const char *const *values, uint32_t n)
+{
+	uint64_t h = (uint64_t)(uintptr_t)f * 0x9e3779b97f4a7c15ull;
+	for (uint32_t i = 0; i < n; i++)
+		h = (h ^ (uint64_t)(uintptr_t)values[i]) * 0x9fb21c651e98df25ull;
+	return (size_t)(h >> (64 - SHMET__PCACHE_BITS));
+}
+
 int shmet_series_lookup(shmet_family *f, const char *const *values, uint32_t *off)
 {
 	*off = 0;
 	if (!f)
 		return shmet__err(SHMET_E_INVALID_ARG, "no family (its registration failed)");
-	size_t lens[SHMET_MAX_LABELS];
 	for (uint32_t i = 0; i < f->nlabels; i++)
 		if (!values || !values[i])
 			return shmet__err(SHMET_E_LABEL_COUNT, "\"%s\" needs %u label values", f->name, f->nlabels);
-	uint64_t h = shmet__hash(f->id, values, lens, f->nlabels);
-	struct shmet__node *n = shmet__find(f, h, values, lens);
-	if (n) {
-		*off = n->off;
-		return SHMET_OK;
+	size_t slot = shmet__pslot(f, values, f->nlabels);
+	/* acquire: pairs with the release below, so the node's fields are complete */
+	struct shmet__node *n = __atomic_load_n(&shmet__pcache[slot], __ATOMIC_ACQUIRE);
+	if (n && n->fam == f) {
+		uint32_t i = 0;
+		while (i < f->nlabels && strcmp(n->values[i], values[i]) == 0)
+			i++;
+		if (i == f->nlabels) {
+			*off = n->off;
+			return SHMET_OK;
+		}
 	}
-	pthread_mutex_lock(&shmet__st.mu);
-	int rc = shmet__create_series_locked(f, h, values, lens, off);
-	pthread_mutex_unlock(&shmet__st.mu);
-	return rc;
+	size_t lens[SHMET_MAX_LABELS];
+	uint64_t h = shmet__hash(f->id, values, lens, f->nlabels);
+	n = shmet__find(f, h, values, lens);
+	if (!n) {
+		pthread_mutex_lock(&shmet__st.mu);
+		int rc = shmet__create_series_locked(f, h, values, lens, off);
+		pthread_mutex_unlock(&shmet__st.mu);
+		if (rc != SHMET_OK)
+			return rc;
+		n = shmet__find(f, h, values, lens);
+		if (!n)
+			return SHMET_OK; /* an adopted series' scratch lookup: nothing to remember */
+	}
+	/* release: the node (published with release) before its pointer here */
+	__atomic_store_n(&shmet__pcache[slot], n, __ATOMIC_RELEASE);
+	*off = n->off;
+	return SHMET_OK;
 }
 
 static uint32_t shmet__typed_off(shmet_family *f, enum shmet_type t, const char *const *values)
