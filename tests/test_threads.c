@@ -316,12 +316,40 @@ static void test_threads_fork_from_threaded_process_totals_exact(void **state)
 	assert_int_equal(live_regions(), 1); /* the threads' and the child's regions were folded */
 }
 
+/* A lookup through the same buffer, rewritten with another value, names
+ * the other series: the pointers pick a remembered node, the bytes decide. */
+static void test_threads_lookup_reused_buffer_other_series(void **state)
+{
+	(void)state;
+	char buf[16];
+	strcpy(buf, "reused-a");
+	shmet_counter a = shmet_counter_labels(fam, buf);
+	shmet_counter a2 = shmet_counter_labels(fam, buf);
+	strcpy(buf, "reused-b");
+	shmet_counter b = shmet_counter_labels(fam, buf);
+	strcpy(buf, "reused-a");
+	shmet_counter a3 = shmet_counter_labels(fam, buf);
+	assert_int_not_equal(a.off, 0);
+	assert_int_equal(a2.off, a.off);
+	assert_int_not_equal(b.off, a.off);
+	assert_int_equal(a3.off, a.off);
+	strcpy(buf, "reused-ab"); /* a longer value, same prefix */
+	shmet_counter ab = shmet_counter_labels(fam, buf);
+	assert_int_not_equal(ab.off, a.off);
+	assert_int_not_equal(ab.off, b.off);
+	shmet_counter_inc(b);
+	const char *vb[] = {"reused-b", NULL}, *va[] = {"reused-a", NULL};
+	assert_double_equal_exact(tsupport_value(seg, "thread_hits_total", vb), 1);
+	assert_double_equal_exact(tsupport_value(seg, "thread_hits_total", va), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_threads_exit_midstream_while_folding_totals_exact),
 		cmocka_unit_test(test_threads_region_own_given_back_folded_reused),
 		cmocka_unit_test(test_threads_fork_from_threaded_process_totals_exact),
+		cmocka_unit_test(test_threads_lookup_reused_buffer_other_series),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);
 }
