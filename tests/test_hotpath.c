@@ -161,6 +161,8 @@ static int probe(const char *path)
 
 	/* window 3: a second thread's hot path (the window is its own) */
 	struct hot_thread ht = {c, h, s, gsum, 0};
+	const struct shmet_region_header *rg = (const struct shmet_region_header *)(void *)shmet__base;
+	uint64_t dropped = __atomic_load_n(&rg->rg_dropped, __ATOMIC_RELAXED);
 	pthread_t th;
 	if (pthread_create(&th, NULL, hot_thread, &ht) != 0) {
 		fprintf(stderr, "probe: pthread_create failed\n");
@@ -170,8 +172,9 @@ static int probe(const char *path)
 		/* spin: a wait that calls nothing, so the window holds only the thread's calls */
 	}
 	pthread_join(th, NULL);
-	if (shmet_region_index() < 0) {
-		fprintf(stderr, "probe: no region\n");
+	/* and its writes were written, not dropped for want of a region */
+	if (__atomic_load_n(&rg->rg_dropped, __ATOMIC_RELAXED) != dropped) {
+		fprintf(stderr, "probe: the thread's writes were dropped\n");
 		return 2;
 	}
 
