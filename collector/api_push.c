@@ -1439,7 +1439,9 @@ static enum MHD_Result push_samples(struct api *a, struct MHD_Connection *conn, 
 		goto out;
 	}
 
-	/* phase 4: values */
+	/* phase 4: values, into the push region (not one per HTTP thread):
+	 * push_mu serializes every write to its cells */
+	shmet__share_process_region();
 	for (uint32_t i = 0; i < n; i++)
 		write_value(r.t[r.items[i].t].f, &r.items[i]);
 	pthread_mutex_unlock(&a->push_mu);

@@ -376,7 +376,7 @@ struct view *view_build(struct collector *c)
 		}
 		st->bytes_used += (area.dir_end - sizeof(struct shmet_region_header)) + (area.size - area.cell_low);
 		st->dropped += info.dropped;
-		add_area(b, &area, (int)i, info.generation, info.alive);
+		add_area(b, &area, (int)i, info.generation, shmet_region_gauges_live(&info));
 	}
 	if (b->oom)
 		goto fail;

@@ -170,6 +170,15 @@ SHMET__API int shmet__init_adopted(const struct shmet_options *options, uint32_t
 SHMET__API int shmet__adopt_family(const struct shmet_family_spec *spec, uint32_t rec_off, shmet_family **out);
 SHMET__API int shmet__adopt_series(shmet_family *f, const char *const *values, uint32_t cell_off);
 
+/* shmetricsd only: the calling thread writes its process's region (as
+ * the thread that claimed it does) instead of claiming one of its own, so
+ * that pushed values stay in the region a restarted collector adopts.
+ * The caller serializes every counter, histogram and summary write of
+ * every thread that does this, and of that first thread, with a lock of
+ * its own: the lock orders them, and one writer at a time per cell is all
+ * a relaxed load and store need. */
+SHMET__API void shmet__share_process_region(void);
+
 /* Called by the hot path for a dropped write (fallback handle, NaN, negative
  * counter add, an add_u64 past SHMET_COUNTER_ADD_MAX): counts it in the
  * segment. */
@@ -548,7 +557,7 @@ static struct {
 	int own_key_done;
 	int said_own; /* the stderr notice of a thread without a region, once (atomic) */
 } shmet__st = {PTHREAD_MUTEX_INITIALIZER, 0, 0, {-1, 0, 0, NULL, 0, NULL, 0, 0, 0, 0, 0, 0, 0, 0}, -1, 0, 0, 0, 0, NULL, 0,
-	       NULL, 0, SHMET_NO_PARENT, NULL, 0, 0, 0, 0, {0}, 0, 0, NULL};
+	       NULL, 0, SHMET_NO_PARENT, NULL, 0, 0, 0, 0, {0}, 0, 0, NULL, 0, NULL, 0, 0, 0};
 
 static __thread char shmet__errmsg[SHMET_ERRBUF];
 
@@ -841,6 +850,14 @@ static unsigned char *shmet__own_locked(void)
 	o->next = shmet__st.owns;
 	shmet__st.owns = o;
 	return rb;
+}
+
+void shmet__share_process_region(void)
+{
+	/* relaxed: as in shmet__cell */
+	unsigned char *b = __atomic_load_n(&shmet__base, __ATOMIC_RELAXED);
+	if (b)
+		shmet__own_base = b;
 }
 
 unsigned char *shmet__claim_own(void)

@@ -325,7 +325,7 @@ int shmet_snapshot_take(const struct shmet_segment *seg, struct shmet_snapshot *
 				snprintf(s->err, sizeof s->err, "region %u: %s", i, why);
 		}
 		s->dropped += info.dropped;
-		snap_area(s, &ix, &a, (int)i, info.alive);
+		snap_area(s, &ix, &a, (int)i, shmet_region_gauges_live(&info));
 	}
 	for (size_t i = 0; i < s->nfamilies; i++)
 		keymap_free(&ix.series[i]);

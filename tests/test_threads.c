@@ -29,6 +29,7 @@ static shmet_counter hits, late;
 static shmet_histogram lat;
 static shmet_summary sizes;
 static shmet_family *fam;
+static shmet_gauge busy, depth;
 
 static int setup(void **state)
 {
@@ -44,10 +45,21 @@ static int setup(void **state)
 	    shmet_histogram_register(&fh, "thread_latency_seconds", "Observations.", b, 3, 0, NULL) != SHMET_OK ||
 	    shmet_summary_register(&fs, "thread_sizes_bytes", "Observations.", 0, NULL) != SHMET_OK)
 		return -1;
+	busy = shmet_gauge_new("thread_busy", "Per worker.", SHMET_GAUGE_PER_WORKER);
+	depth = shmet_gauge_new("thread_depth", "Summed.", SHMET_GAUGE_SUM);
 	hits = shmet_counter_labels(fam, "hits");
 	lat = shmet_histogram_get(fh, NULL);
 	sizes = shmet_summary_get(fs, NULL);
 	return hits.off && lat.off && sizes.off ? 0 : -1;
+}
+
+static const char *const hits_v[] = {"hits", NULL};
+
+/* Fold what is dead, then the hits total a case starts from. */
+static double hits_after_fold(void)
+{
+	tsupport_fold(seg);
+	return tsupport_value(seg, "thread_hits_total", hits_v);
 }
 
 static struct shmet_region_info region(uint32_t i)
@@ -176,9 +188,8 @@ static void *one_thread(void *arg)
 static void test_threads_region_own_given_back_folded_reused(void **state)
 {
 	(void)state;
-	tsupport_fold(seg);
-	const char *v[] = {"hits", NULL};
-	double before = tsupport_value(seg, "thread_hits_total", v);
+	const char *const *v = hits_v;
+	double before = hits_after_fold();
 	shmet_counter_inc(hits); /* the main thread writes the process's region */
 	int home = shmet_region_index();
 	pthread_barrier_t hold;
@@ -287,9 +298,8 @@ static void *forking_thread(void *arg)
 static void test_threads_fork_from_threaded_process_totals_exact(void **state)
 {
 	(void)state;
-	tsupport_fold(seg);
-	const char *v[] = {"hits", NULL};
-	double before = tsupport_value(seg, "thread_hits_total", v);
+	const char *const *v = hits_v;
+	double before = hits_after_fold();
 	uint64_t sc = tsupport_count(seg, "thread_sizes_bytes", NULL);
 	double ss = tsupport_value(seg, "thread_sizes_bytes", NULL);
 	if (sc == UINT64_MAX)
@@ -343,6 +353,47 @@ static void test_threads_lookup_reused_buffer_other_series(void **state)
 	assert_double_equal_exact(tsupport_value(seg, "thread_hits_total", va), 0);
 }
 
+/* Gauges are one value per process: a thread with a region of its own
+ * sets them in its process's region, and its region shows no per-worker
+ * series of its own. */
+static void *gauge_thread(void *arg)
+{
+	(void)arg;
+	shmet_counter_inc(hits); /* a region of its own */
+	shmet_gauge_set(busy, 7);
+	shmet_gauge_add(depth, 2);
+	return NULL;
+}
+
+static void test_threads_gauges_one_per_process(void **state)
+{
+	(void)state;
+	tsupport_fold(seg);
+	shmet_gauge_set(busy, 1);
+	shmet_gauge_set(depth, 1);
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, gauge_thread, NULL), 0);
+	pthread_join(t, NULL);
+	shmet_gauge_add(depth, 4);
+	assert_double_equal_exact(tsupport_value(seg, "thread_depth", NULL), 7);
+	struct shmet_segment s;
+	struct shmet_snapshot snap;
+	char err[SHMET_ERRBUF];
+	assert_int_equal(shmet_segment_open(seg, SHMET_ATTACH_READONLY, NULL, &s, err), SHMET_OK);
+	assert_int_equal(shmet_snapshot_take(&s, &snap), SHMET_OK);
+	const struct shmet_snap_family *f = shmet_snapshot_family(&snap, "thread_busy");
+	assert_non_null(f);
+	size_t n = f->nseries;
+	shmet_snapshot_free(&snap);
+	shmet_segment_close(&s);
+	if (n != 1)
+		fail_msg("thread_busy: expected one worker series (the process's), got %zu", n);
+	char w[16];
+	snprintf(w, sizeof w, "%d", shmet_region_index());
+	const char *v[] = {w, NULL};
+	assert_double_equal_exact(tsupport_value(seg, "thread_busy", v), 7);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -350,6 +401,7 @@ int main(void)
 		cmocka_unit_test(test_threads_region_own_given_back_folded_reused),
 		cmocka_unit_test(test_threads_fork_from_threaded_process_totals_exact),
 		cmocka_unit_test(test_threads_lookup_reused_buffer_other_series),
+		cmocka_unit_test(test_threads_gauges_one_per_process),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);
 }
