@@ -306,14 +306,29 @@ static void trace_free(struct trace *t)
 	free(t->text);
 }
 
+/* Is trace line i from the thread that opened window w?  With -f, the
+ * tools start each line with the thread's id; a window is what its own
+ * thread did, not what another thread (a sanitizer's runtime, say) did
+ * meanwhile.  A line without an id counts. */
+static int window_thread(const struct trace *t, int w, size_t i)
+{
+	const char *a = t->line[t->marker[2 * w]], *b = t->line[i];
+	size_t la = strspn(a, "0123456789"), lb = strspn(b, "0123456789");
+	return !la || !lb || (la == lb && memcmp(a, b, la) == 0);
+}
+
 /* The window's lines joined (at most 8 of them), and how many there are. */
 static size_t trace_window(const struct trace *t, int w, char *out, size_t outsz)
 {
-	size_t from = t->marker[2 * w] + 1, to = t->marker[2 * w + 1], n = to - from;
+	size_t n = 0;
 	out[0] = 0;
-	for (size_t i = from; i < to && i < from + 8; i++) {
-		size_t used = strlen(out);
-		snprintf(out + used, outsz - used, "\n    %s", t->line[i]);
+	for (size_t i = t->marker[2 * w] + 1; i < t->marker[2 * w + 1]; i++) {
+		if (!window_thread(t, w, i))
+			continue;
+		if (n++ < 8) {
+			size_t used = strlen(out);
+			snprintf(out + used, outsz - used, "\n    %s", t->line[i]);
+		}
 	}
 	return n;
 }
@@ -321,7 +336,7 @@ static size_t trace_window(const struct trace *t, int w, char *out, size_t outsz
 static int window_has(const struct trace *t, int w, const char *what)
 {
 	for (size_t i = t->marker[2 * w] + 1; i < t->marker[2 * w + 1]; i++)
-		if (strstr(t->line[i], what))
+		if (window_thread(t, w, i) && strstr(t->line[i], what))
 			return 1;
 	return 0;
 }
