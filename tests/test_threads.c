@@ -358,10 +358,12 @@ static void test_threads_lookup_reused_buffer_other_series(void **state)
  * series of its own. */
 static void *gauge_thread(void *arg)
 {
-	(void)arg;
+	pthread_barrier_t *hold = arg;
 	shmet_counter_inc(hits); /* a region of its own */
 	shmet_gauge_set(busy, 7);
 	shmet_gauge_add(depth, 2);
+	pthread_barrier_wait(hold); /* alive, region held, while the main thread looks */
+	pthread_barrier_wait(hold);
 	return NULL;
 }
 
@@ -372,8 +374,10 @@ static void test_threads_gauges_one_per_process(void **state)
 	shmet_gauge_set(busy, 1);
 	shmet_gauge_set(depth, 1);
 	pthread_t t;
-	assert_int_equal(pthread_create(&t, NULL, gauge_thread, NULL), 0);
-	pthread_join(t, NULL);
+	pthread_barrier_t hold;
+	assert_int_equal(pthread_barrier_init(&hold, NULL, 2), 0);
+	assert_int_equal(pthread_create(&t, NULL, gauge_thread, &hold), 0);
+	pthread_barrier_wait(&hold);
 	shmet_gauge_add(depth, 4);
 	assert_double_equal_exact(tsupport_value(seg, "thread_depth", NULL), 7);
 	struct shmet_segment s;
@@ -386,12 +390,16 @@ static void test_threads_gauges_one_per_process(void **state)
 	size_t n = f->nseries;
 	shmet_snapshot_free(&snap);
 	shmet_segment_close(&s);
-	if (n != 1)
-		fail_msg("thread_busy: expected one worker series (the process's), got %zu", n);
 	char w[16];
 	snprintf(w, sizeof w, "%d", shmet_region_index());
 	const char *v[] = {w, NULL};
-	assert_double_equal_exact(tsupport_value(seg, "thread_busy", v), 7);
+	double busy_v = tsupport_value(seg, "thread_busy", v);
+	pthread_barrier_wait(&hold);
+	pthread_join(t, NULL);
+	pthread_barrier_destroy(&hold);
+	if (n != 1)
+		fail_msg("thread_busy: expected one worker series (the process's), got %zu", n);
+	assert_double_equal_exact(busy_v, 7);
 }
 
 int main(void)
