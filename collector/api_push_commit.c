@@ -537,7 +537,7 @@ static void write_value(const struct push_family *f, const struct item *it)
 		break;
 	}
 	case SHMET_GAUGE: {
-		shmet_gauge h = {it->off, SHMET_GAUGE_MOSTRECENT};
+		shmet_gauge h = {it->off, SHMET_GAUGE_MOSTRECENT, shmet__stamp_kind(SHMET_GAUGE_MOSTRECENT)};
 		if (it->op == OP_SET)
 			shmet_gauge_set(h, it->v);
 		else
@@ -671,7 +671,7 @@ enum MHD_Result push_samples(struct api *a, struct MHD_Connection *conn, json_t 
 			break;
 		}
 		if (carry) {
-			shmet_gauge h = {it->off, SHMET_GAUGE_MOSTRECENT};
+			shmet_gauge h = {it->off, SHMET_GAUGE_MOSTRECENT, shmet__stamp_kind(SHMET_GAUGE_MOSTRECENT)};
 			shmet_gauge_set(h, init);
 		}
 		series_created++;
@@ -686,7 +686,9 @@ enum MHD_Result push_samples(struct api *a, struct MHD_Connection *conn, json_t 
 		goto out;
 	}
 
-	/* phase 4: values */
+	/* phase 4: values, into the push region (not one per HTTP thread):
+	 * push_mu serializes every write to its cells */
+	shmet__share_process_region();
 	for (uint32_t i = 0; i < n; i++)
 		write_value(r.t[r.items[i].t].f, &r.items[i]);
 	pthread_mutex_unlock(&a->push_mu);

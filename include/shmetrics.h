@@ -32,11 +32,17 @@
  *    every write, through any handle, and counts it in the segment header
  *    (sh_dropped_orphan); it claims again about once a second, at a write.
  *  - Hot path (inc/add/set/observe through a handle): no syscall, no lock, no
- *    allocation; relaxed atomics on cells that only this process writes.
+ *    allocation.  A counter, histogram or summary write is a relaxed load
+ *    and a relaxed store of cells only the calling thread writes; a gauge
+ *    write a relaxed store (CAS for add) on its process's one cell.
  *  - fork(): handles made before fork keep working in the child, which keeps
  *    its parent's directory (pthread_atfork) and claims a region of its own
- *    at its first write; a child that only exec()s claims none.  Threads share their process's
- *    region; every call here is thread-safe.
+ *    at its first write; a child that only exec()s claims none.
+ *  - Threads: the first writing thread of a process writes its region; any
+ *    other claims a region of its own at its first counter, histogram or
+ *    summary write, and gives it back when it exits (the collector folds
+ *    it, nothing is lost).  Size the segment for one region per writing
+ *    thread.  Every call here is thread-safe.
  *  - ABI: handles are plain values holding offsets; the segment layout is
  *    versioned (shmetrics_layout.h) and a mismatch is refused, never guessed.
  */
@@ -59,8 +65,10 @@ extern "C" {
 
 #if defined(__GNUC__)
 #define SHMET__UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define SHMET__LIKELY(x) __builtin_expect(!!(x), 1)
 #else
 #define SHMET__UNLIKELY(x) (x)
+#define SHMET__LIKELY(x) (x)
 #endif
 
 /* The writer's process-wide symbols (its functions and shmet__base) have
@@ -85,7 +93,9 @@ typedef struct shmet_family shmet_family;
 /* Handles: offsets into the process's region, valid in fork children too.
  * off == 0 is the fallback handle (writes dropped and counted). */
 typedef struct { uint32_t off; } shmet_counter;
-typedef struct { uint32_t off; uint32_t mode; } shmet_gauge;
+/* A gauge's stamp is its mode's stamp kind (SHMET__STAMP_*), resolved when
+ * the handle is made; a handle built by hand must set it too. */
+typedef struct { uint32_t off; uint32_t mode; uint32_t stamp; } shmet_gauge;
 typedef struct { uint32_t off; uint32_t nbuckets; const double *bounds; } shmet_histogram;
 typedef struct { uint32_t off; } shmet_summary;
 typedef struct { uint64_t start_ns; } shmet_timer;
@@ -168,30 +178,50 @@ SHMET__API int shmet__adopt_series(shmet_family *f, const char *const *values, u
 SHMET__API size_t shmet__family_bytes(const struct shmet_family_spec *spec);
 SHMET__API size_t shmet__series_bytes(unsigned type, uint32_t nbuckets, uint32_t nvalues, const char *const *values);
 
+/* shmetricsd only: the calling thread writes its process's region (as
+ * the thread that claimed it does) instead of claiming one of its own, so
+ * that pushed values stay in the region a restarted collector adopts.
+ * The caller serializes every counter, histogram and summary write of
+ * every thread that does this, and of that first thread, with a lock of
+ * its own: the lock orders them, and one writer at a time per cell is all
+ * a relaxed load and store need. */
+SHMET__API void shmet__share_process_region(void);
+
 /* Called by the hot path for a dropped write (fallback handle, NaN, negative
  * counter add, an add_u64 past SHMET_COUNTER_ADD_MAX): counts it in the
  * segment. */
 SHMET__API void shmet__drop(void);
 
 /* A counter's whole-increments cell never wraps: an add that would take it
- * past SHMET_COUNTER_WHOLE_MAX (2^63) leaves it there (saturates), so a
- * counter never goes down.  Concurrent small adds of this process may pass
- * it for a moment before they pull it back; a reader takes
- * min(cell, SHMET_COUNTER_WHOLE_MAX). */
-/* (SHMET_COUNTER_WHOLE_MAX is in shmetrics_layout.h: readers need it too.)
- * The largest increment shmet_counter_add_u64 takes: 2^53, the integers a
- * double holds exactly.  A larger one, such as a negative difference cast
- * to uint64_t, is refused (dropped and counted). */
-/* Slow paths of shmet__add_whole: an add of 2^32 or more, and saturation. */
-SHMET__API void shmet__add_whole_big(uint64_t *cell, uint64_t n);
-SHMET__API void shmet__saturate(uint64_t *cell);
+ * past SHMET_COUNTER_WHOLE_MAX (2^63, in shmetrics_layout.h: readers need
+ * it too) leaves it there (saturates), so a counter never goes down.  The
+ * largest increment shmet_counter_add_u64 takes is SHMET_COUNTER_ADD_MAX
+ * (2^53, the integers a double holds exactly); a larger one, such as a
+ * negative difference cast to uint64_t, is refused (dropped and counted). */
 
 /* The hot path reads one process-global pointer: this process's region. */
 extern SHMET__API unsigned char *shmet__base;
 
+/* This thread's own cells (see WRITING THREADS in shmetrics_layout.h): the
+ * region whose counter, histogram and summary cells only this thread
+ * writes.  NULL until its first such write.  initial-exec: a fs-relative
+ * load, no __tls_get_addr call, in a shared object too (glibc keeps static
+ * TLS room for the few bytes a dlopen()ed object needs). */
+#if defined(__GNUC__)
+#define SHMET__TLS __thread __attribute__((tls_model("initial-exec")))
+#else
+#define SHMET__TLS _Thread_local
+#endif
+extern SHMET__TLS SHMET__API unsigned char *shmet__own_base;
+
 /* A fork child claims its region at its first write (or registration),
  * not at fork: a child that only exec()s never takes one. */
 SHMET__API unsigned char *shmet__claim_deferred(void);
+/* The first counter, histogram or summary write of a thread: the cells it
+ * will write from now on (its process's region for the process's first
+ * writing thread, else a region of its own), or private memory when it has
+ * none, in which case the write is counted as dropped. */
+SHMET__API unsigned char *shmet__claim_own(void);
 
 static inline uint64_t *shmet__cell(uint32_t off)
 {
@@ -204,25 +234,57 @@ static inline uint64_t *shmet__cell(uint32_t off)
 	return (uint64_t *)(void *)(b + off);
 }
 
-/* Add n (at most SHMET_COUNTER_ADD_MAX) to a whole-increments cell. */
-static inline void shmet__add_whole(uint64_t *cell, uint64_t n)
+/* A cell only this thread writes (a plain TLS read: only this thread, or
+ * the fork handler running in it, ever sets it). */
+static inline uint64_t *shmet__own(uint32_t off)
 {
-	if (SHMET__UNLIKELY(n > UINT32_MAX)) {
-		shmet__add_whole_big(cell, n);
-		return;
-	}
-	/* relaxed: a counter needs atomicity, not ordering.  Each add that
-	 * passes the maximum pulls the cell back, so it is over by less than
-	 * 2^32 per thread adding at that moment: never near 2^64. */
-	uint64_t old = __atomic_fetch_add(cell, n, __ATOMIC_RELAXED);
-	if (SHMET__UNLIKELY(old > SHMET_COUNTER_WHOLE_MAX - n))
-		shmet__saturate(cell);
+	unsigned char *b = shmet__own_base;
+	if (SHMET__UNLIKELY(!b))
+		b = shmet__claim_own();
+	return (uint64_t *)(void *)(b + off);
 }
 
+/* Single-writer updates.  This thread is the only writer of the cell, so a
+ * relaxed load and a relaxed store make an update that no other write can
+ * interleave with: no read-modify-write, no lock prefix.  Both accesses
+ * stay atomic so that a reader (another process, the collector) sees the
+ * old or the new value, never a torn one, and so that the language sees
+ * no data race. */
+static inline uint64_t shmet__get(const uint64_t *cell) { return __atomic_load_n(cell, __ATOMIC_RELAXED); }
+static inline void shmet__put(uint64_t *cell, uint64_t v) { __atomic_store_n(cell, v, __ATOMIC_RELAXED); }
+
+/* Add n (at most SHMET_COUNTER_ADD_MAX) to a whole-increments cell of this
+ * thread, saturating at SHMET_COUNTER_WHOLE_MAX: one writer never passes it. */
+static inline void shmet__add_whole(uint64_t *cell, uint64_t n)
+{
+	uint64_t cur = shmet__get(cell);
+	shmet__put(cell, SHMET__UNLIKELY(n > SHMET_COUNTER_WHOLE_MAX - cur) ? SHMET_COUNTER_WHOLE_MAX : cur + n);
+}
+
+/* Add v to a double cell of this thread. */
+#if defined(__GNUC__)
+/* The cell's bits as a double, loaded into and stored from a floating
+ * register directly (may_alias: the cell is a uint64_t to everyone else). */
+typedef double __attribute__((may_alias)) shmet__alias_double;
+static inline void shmet__add_own_double(uint64_t *cell, double v)
+{
+	shmet__alias_double *d = (shmet__alias_double *)(void *)cell, cur;
+	__atomic_load(d, &cur, __ATOMIC_RELAXED);
+	cur += v;
+	__atomic_store(d, &cur, __ATOMIC_RELAXED);
+}
+#else
+static inline void shmet__add_own_double(uint64_t *cell, double v)
+{
+	shmet__put(cell, shmet__bits(shmet__double(shmet__get(cell)) + v));
+}
+#endif
+
+/* Add v to a double cell that every thread of this process may write (a
+ * gauge): relaxed CAS loop, since a gauge is one value per process. */
 static inline void shmet__add_double(uint64_t *cell, double v)
 {
-	/* relaxed CAS loop: only this process writes the cell; readers need the
-	 * value, not an order relative to other cells. */
+	/* relaxed: readers need the value, not an order relative to other cells. */
 	uint64_t old = __atomic_load_n(cell, __ATOMIC_RELAXED);
 	while (!__atomic_compare_exchange_n(cell, &old, shmet__bits(shmet__double(old) + v), 1,
 					    __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
@@ -235,8 +297,9 @@ static inline void shmet_counter_inc(shmet_counter c)
 		shmet__drop();
 		return;
 	}
-	/* relaxed: a counter needs atomicity, not ordering. */
-	__atomic_fetch_add(shmet__cell(c.off), 1, __ATOMIC_RELAXED);
+	uint64_t *cell = shmet__own(c.off);
+	/* 2^63 increments of one are out of reach: no saturation test here */
+	shmet__put(cell, shmet__get(cell) + 1);
 }
 
 /* n up to SHMET_COUNTER_ADD_MAX; more is refused (dropped and counted). */
@@ -246,7 +309,7 @@ static inline void shmet_counter_add_u64(shmet_counter c, uint64_t n)
 		shmet__drop();
 		return;
 	}
-	shmet__add_whole(shmet__cell(c.off), n);
+	shmet__add_whole(shmet__own(c.off), n);
 }
 
 /* Negative and NaN increments are refused (dropped and counted). */
@@ -257,9 +320,30 @@ static inline void shmet_counter_add(shmet_counter c, double v)
 		return;
 	}
 	if (v < 9007199254740992.0 && v == (double)(uint64_t)v)
-		shmet__add_whole(shmet__cell(c.off), (uint64_t)v);
+		shmet__add_whole(shmet__own(c.off), (uint64_t)v);
 	else
-		shmet__add_double(shmet__cell(c.off) + 1, v);
+		shmet__add_own_double(shmet__own(c.off) + 1, v);
+}
+
+/* The stamp a gauge of this mode writes beside its value at a set or add
+ * (see VALUE CELLS): decided once per handle, at _get, not at every set. */
+#define SHMET__STAMP_NONE 0u /* sum, per worker */
+#define SHMET__STAMP_ONE  1u /* max, min: "this process has set it" */
+#define SHMET__STAMP_TIME 2u /* most recent: the set time */
+static inline uint32_t shmet__stamp_kind(uint32_t mode)
+{
+	return mode == SHMET_GAUGE_MOSTRECENT ? SHMET__STAMP_TIME
+	       : mode == SHMET_GAUGE_MAX || mode == SHMET_GAUGE_MIN ? SHMET__STAMP_ONE
+								    : SHMET__STAMP_NONE;
+}
+
+static inline void shmet__gauge_stamp(uint64_t *cell, uint32_t stamp)
+{
+	/* relaxed: the stamp may be seen a moment apart from the value, which
+	 * only shifts which process "wins" by that moment.  MAX and MIN store
+	 * their 1 every time: a store to the line just written costs less
+	 * than a load and a branch. */
+	__atomic_store_n(cell + 1, stamp == SHMET__STAMP_TIME ? shmet__now_ns(CLOCK_REALTIME) : 1, __ATOMIC_RELAXED);
 }
 
 static inline void shmet_gauge_set(shmet_gauge g, double v)
@@ -268,14 +352,18 @@ static inline void shmet_gauge_set(shmet_gauge g, double v)
 		shmet__drop();
 		return;
 	}
-	uint64_t *cell = shmet__cell(g.off);
-	/* relaxed: a gauge is one value; the time stamp beside it (most-recent
-	 * mode) may be seen a moment apart from it, which only shifts which
-	 * process "wins" by that moment. */
-	__atomic_store_n(cell, shmet__bits(v), __ATOMIC_RELAXED);
-	if (SHMET__UNLIKELY(g.mode - 1u < 3u)) /* max, min, most recent: say when it was set */
-		__atomic_store_n(cell + 1, g.mode == SHMET_GAUGE_MOSTRECENT ? shmet__now_ns(CLOCK_REALTIME) : 1,
-				 __ATOMIC_RELAXED);
+	/* relaxed: as in shmet__cell */
+	unsigned char *b = __atomic_load_n(&shmet__base, __ATOMIC_RELAXED);
+	/* one test for the two rare cases: no region yet, or a stamp to write */
+	if (SHMET__UNLIKELY(!b || g.stamp)) {
+		uint64_t *cell = shmet__cell(g.off);
+		__atomic_store_n(cell, shmet__bits(v), __ATOMIC_RELAXED);
+		if (g.stamp)
+			shmet__gauge_stamp(cell, g.stamp);
+		return;
+	}
+	/* relaxed: a gauge is one value (see shmet__gauge_stamp for its stamp) */
+	__atomic_store_n((uint64_t *)(void *)(b + g.off), shmet__bits(v), __ATOMIC_RELAXED);
 }
 
 static inline void shmet_gauge_add(shmet_gauge g, double v)
@@ -286,9 +374,8 @@ static inline void shmet_gauge_add(shmet_gauge g, double v)
 	}
 	uint64_t *cell = shmet__cell(g.off);
 	shmet__add_double(cell, v);
-	if (SHMET__UNLIKELY(g.mode - 1u < 3u))
-		__atomic_store_n(cell + 1, g.mode == SHMET_GAUGE_MOSTRECENT ? shmet__now_ns(CLOCK_REALTIME) : 1,
-				 __ATOMIC_RELAXED);
+	if (SHMET__UNLIKELY(g.stamp))
+		shmet__gauge_stamp(cell, g.stamp);
 }
 
 static inline void shmet_gauge_inc(shmet_gauge g) { shmet_gauge_add(g, 1.0); }
@@ -307,23 +394,35 @@ static inline void shmet_histogram_observe(shmet_histogram h, double v)
 		return;
 	}
 	uint32_t i;
-	if (h.nbuckets <= 16) {
-		for (i = 0; i < h.nbuckets && v > h.bounds[i]; i++) {
-		}
-	} else { /* first bound >= v */
-		uint32_t lo = 0, hi = h.nbuckets;
-		while (lo < hi) {
-			uint32_t mid = lo + (hi - lo) / 2;
-			if (v > h.bounds[mid])
-				lo = mid + 1;
-			else
-				hi = mid;
-		}
-		i = lo;
+	/* The bucket is the number of bounds below v (the bounds increase):
+	 * counted two at a time, without a branch on v.  Values spread over
+	 * the buckets make any branch on v a coin toss, and a miss costs more
+	 * than the whole observe. */
+	i = 0;
+#if defined(__GNUC__)
+	typedef double shmet__v2d __attribute__((vector_size(16)));
+	typedef long long shmet__v2i __attribute__((vector_size(16)));
+	shmet__v2d vv = {v, v};
+	shmet__v2i below = {0, 0};
+	uint32_t k = 0;
+#if !defined(__clang__)
+#pragma GCC unroll 8
+#endif
+	for (; k + 2 <= h.nbuckets; k += 2) {
+		shmet__v2d b;
+		memcpy(&b, h.bounds + k, sizeof b);
+		below += (shmet__v2i)(vv > b); /* -1 where the bound is below v */
 	}
-	uint64_t *cells = shmet__cell(h.off);
-	__atomic_fetch_add(&cells[i], 1, __ATOMIC_RELAXED);
-	shmet__add_double(&cells[h.nbuckets + 1], v);
+	i = (uint32_t)-(below[0] + below[1]);
+	if (k < h.nbuckets)
+		i += v > h.bounds[k];
+#else
+	for (uint32_t k = 0; k < h.nbuckets; k++)
+		i += v > h.bounds[k];
+#endif
+	uint64_t *cells = shmet__own(h.off);
+	shmet__put(&cells[i], shmet__get(&cells[i]) + 1);
+	shmet__add_own_double(&cells[h.nbuckets + 1], v);
 }
 
 static inline void shmet_summary_observe(shmet_summary s, double v)
@@ -332,9 +431,9 @@ static inline void shmet_summary_observe(shmet_summary s, double v)
 		shmet__drop();
 		return;
 	}
-	uint64_t *cells = shmet__cell(s.off);
-	__atomic_fetch_add(&cells[0], 1, __ATOMIC_RELAXED);
-	shmet__add_double(&cells[1], v);
+	uint64_t *cells = shmet__own(s.off);
+	shmet__put(&cells[0], shmet__get(&cells[0]) + 1);
+	shmet__add_own_double(&cells[1], v);
 }
 
 /* Durations on the monotonic clock (vDSO: no syscall). */
@@ -396,6 +495,7 @@ extern "C" {
 #endif
 
 unsigned char *shmet__base;
+SHMET__TLS SHMET__API unsigned char *shmet__own_base;
 
 struct shmet_family {
 	struct shmet_family *next;
@@ -411,6 +511,15 @@ struct shmet_family {
 	char *name;
 	char *help;
 	char **label_names;
+};
+
+/* A writing thread's cells: the process's own region (region == -1, the
+ * home thread) or one claimed for the thread.  On the list owns while
+ * claimed; only the registration mutex's holder reads or changes it. */
+struct shmet__own {
+	struct shmet__own *next;
+	int region; /* -1: the home thread, which writes the process's region */
+	unsigned char *base;
 };
 
 /* One series, found by (family, label values) without a lock: nodes are
@@ -449,8 +558,14 @@ static struct {
 	uint32_t adopt;     /* shmet__init_adopted: region + 1 to take instead of claiming */
 	uint32_t adopt_rec; /* shmet__adopt_*: the record is at this offset already ... */
 	unsigned char *adopt_buf; /* ... and is written here instead, then forgotten */
+	/* WRITING THREADS (shmetrics_layout.h); the fields below are zero at start */
+	int home_taken;    /* a thread writes the counter cells of this process's region */
+	struct shmet__own *owns; /* the regions this process's other threads write */
+	pthread_key_t own_key;   /* per thread: its struct shmet__own, for the exit destructor */
+	int own_key_done;
+	int said_own; /* the stderr notice of a thread without a region, once (atomic) */
 } shmet__st = {PTHREAD_MUTEX_INITIALIZER, 0, 0, {-1, 0, 0, NULL, 0, NULL, 0, 0, 0, 0, 0, 0, 0, 0}, -1, 0, 0, 0, 0, NULL, 0,
-	       NULL, 0, SHMET_NO_PARENT, NULL, 0, 0, 0, 0, {0}, 0, 0, NULL};
+	       NULL, 0, SHMET_NO_PARENT, NULL, 0, 0, 0, 0, {0}, 0, 0, NULL, 0, NULL, 0, 0, 0};
 
 static __thread char shmet__errmsg[SHMET_ERRBUF];
 
@@ -478,26 +593,6 @@ int shmet_region_index(void)
 	if (!__atomic_load_n(&shmet__base, __ATOMIC_RELAXED) && shmet__st.initialized)
 		shmet__deferred(0);
 	return __atomic_load_n(&shmet__st.region, __ATOMIC_RELAXED);
-}
-
-void shmet__saturate(uint64_t *cell)
-{
-	/* relaxed: as every add to the cell; only the value matters */
-	uint64_t cur = __atomic_load_n(cell, __ATOMIC_RELAXED);
-	while (cur > SHMET_COUNTER_WHOLE_MAX &&
-	       !__atomic_compare_exchange_n(cell, &cur, SHMET_COUNTER_WHOLE_MAX, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
-	}
-}
-
-void shmet__add_whole_big(uint64_t *cell, uint64_t n)
-{
-	/* relaxed CAS loop: never past the maximum, not even for a moment */
-	uint64_t cur = __atomic_load_n(cell, __ATOMIC_RELAXED), next;
-	do {
-		next = cur >= SHMET_COUNTER_WHOLE_MAX || n > SHMET_COUNTER_WHOLE_MAX - cur ? SHMET_COUNTER_WHOLE_MAX
-											   : cur + n;
-	} while (next != cur &&
-		 !__atomic_compare_exchange_n(cell, &cur, next, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
 }
 
 /* A write made without a region: counted in the segment's header. */
@@ -538,6 +633,8 @@ static void shmet__notice(int *said, const char *fmt, ...)
 	fprintf(stderr, "%s (set " SHMET_ENV_QUIET "=1 to silence this)\n", line);
 }
 
+static void shmet__home_locked(void);
+
 static void shmet__use_region(uint32_t idx)
 {
 	unsigned char *rg = shmet_seg_region(&shmet__st.map, idx);
@@ -545,6 +642,7 @@ static void shmet__use_region(uint32_t idx)
 	__atomic_store_n(&shmet__st.region, (int)idx, __ATOMIC_RELAXED);
 	/* relaxed: a thread that still sees 1 takes the locked path and finds the base */
 	__atomic_store_n(&shmet__st.orphan, 0, __ATOMIC_RELAXED);
+	shmet__home_locked();
 }
 
 /* Make the private sink (region_size bytes, of which only the pages written
@@ -633,22 +731,177 @@ static int shmet__adopt_locked(uint32_t idx)
 	return SHMET_OK;
 }
 
+/* Copy the directory bytes [lo, dir_end) of from into region to, at the
+ * same offsets, and publish them there with this process's cell watermark
+ * and series count: every handle and lookup node is an offset, so it means
+ * the same series in both.  Cells are not copied (a fresh region's stay
+ * zero). */
+static void shmet__mirror(unsigned char *to, const unsigned char *from, uint64_t lo)
+{
+	struct shmet_region_header *rg = (struct shmet_region_header *)(void *)to;
+	memcpy(to + lo, from + lo, shmet__st.dir_end - lo);
+	__atomic_store_n(&rg->rg_cell_low, shmet__st.cell_low, __ATOMIC_RELAXED);
+	__atomic_store_n(&rg->rg_series, shmet__st.series, __ATOMIC_RELAXED);
+	/* release: the copied records before the end that exposes them */
+	__atomic_store_n(&rg->rg_dir_end, shmet__st.dir_end, __ATOMIC_RELEASE);
+}
+
 /* Copy a directory (the parent's region, or the sink that kept it) into
- * the region just claimed and publish it: every handle and lookup node is
- * an offset into it, so they keep meaning the same series.  The values
- * stay zero: the fresh region's cells are not copied. */
+ * the region just claimed and publish it. */
 static void shmet__adopt_dir(const unsigned char *from, uint64_t dir_end, uint64_t cell_low, uint64_t series)
 {
-	struct shmet_region_header *rg = (struct shmet_region_header *)(void *)shmet__base;
-	size_t hdr = sizeof *rg;
-	memcpy(shmet__base + hdr, from + hdr, dir_end - hdr);
 	shmet__st.dir_end = dir_end;
 	shmet__st.cell_low = cell_low;
 	shmet__st.series = series;
-	__atomic_store_n(&rg->rg_cell_low, cell_low, __ATOMIC_RELAXED);
-	__atomic_store_n(&rg->rg_series, series, __ATOMIC_RELAXED);
-	/* release: the copied records before the end that exposes them */
-	__atomic_store_n(&rg->rg_dir_end, dir_end, __ATOMIC_RELEASE);
+	shmet__mirror(shmet__base, from, sizeof(struct shmet_region_header));
+}
+
+/* ---- writing threads (WRITING THREADS in shmetrics_layout.h) ---- */
+
+#define SHMET__NO_OWN_REGION                                                                          \
+	"a thread of this process found no region of its own in %s (%s): its counter, histogram and "    \
+	"summary writes are dropped and counted in shmetricsd_writes_dropped_total (give the segment "   \
+	"more regions: one per writing thread)"
+
+/* A thread with cells exits: the home thread gives the process's counter
+ * cells to the next thread that writes; another gives its region back (its
+ * liveness lock released, the collector folds it, as a dead process's).
+ * Its writes happen before the unlock: the collector sees the region dead
+ * through the kernel's lock, which orders them (as a process's death
+ * does). */
+static void shmet__own_exit(void *p)
+{
+	struct shmet__own *o = (struct shmet__own *)p;
+	pthread_mutex_lock(&shmet__st.mu);
+	shmet__own_base = NULL; /* a later write (another key's destructor) claims again */
+	if (o->region < 0) {
+		shmet__st.home_taken = 0;
+	} else {
+		struct shmet__own **pp = &shmet__st.owns;
+		while (*pp && *pp != o)
+			pp = &(*pp)->next;
+		if (*pp) {
+			*pp = o->next; /* no registration writes its directory any more ... */
+			/* ... and only then may the collector fold and free it */
+			shmet__ofd_lock(shmet__st.map.fd, shmet_seg_lock_off(&shmet__st.map, (uint32_t)o->region), F_UNLCK,
+					F_OFD_SETLK);
+		}
+	}
+	pthread_mutex_unlock(&shmet__st.mu);
+	free(o);
+}
+
+/* Record that the calling thread writes the cells at base (its exit
+ * destructor finds o) and make them its own.  NULL when it cannot. */
+static struct shmet__own *shmet__own_set_locked(int region, unsigned char *base)
+{
+	if (!shmet__st.own_key_done) {
+		if (pthread_key_create(&shmet__st.own_key, shmet__own_exit) != 0)
+			return NULL;
+		shmet__st.own_key_done = 1;
+	}
+	struct shmet__own *o = (struct shmet__own *)calloc(1, sizeof *o);
+	if (!o)
+		return NULL;
+	o->region = region;
+	o->base = base;
+	if (pthread_setspecific(shmet__st.own_key, o) != 0) {
+		free(o);
+		return NULL;
+	}
+	if (region < 0)
+		shmet__st.home_taken = 1;
+	shmet__own_base = base;
+	return o;
+}
+
+/* The thread that claims the process's region writes its counter cells
+ * from the start: a single-threaded process takes no lock, and no region
+ * more, at its first write. */
+static void shmet__home_locked(void)
+{
+	unsigned char *b = __atomic_load_n(&shmet__base, __ATOMIC_RELAXED);
+	if (b && !shmet__st.home_taken)
+		shmet__own_set_locked(-1, b);
+}
+
+/* Cells for the calling thread, which has none: the process's region when
+ * no thread writes its counter cells (the home thread exited), else a
+ * region claimed for the thread with the process's directory.  NULL when
+ * there is none to have. */
+static unsigned char *shmet__own_locked(void)
+{
+	unsigned char *b = __atomic_load_n(&shmet__base, __ATOMIC_RELAXED);
+	char why[SHMET_ERRBUF];
+	if (!b)
+		return NULL;
+	if (!shmet__st.home_taken) {
+		struct shmet__own *o = shmet__own_set_locked(-1, b);
+		return o ? o->base : NULL;
+	}
+	uint32_t idx = 0;
+	int rc = shmet_seg_claim(&shmet__st.map, shmet__st.map.fd, (uint32_t)shmet__st.region, &idx, why);
+	if (rc != SHMET_OK) {
+		shmet__notice(&shmet__st.said_own, SHMET__NO_OWN_REGION, shmet__st.path, why);
+		return NULL;
+	}
+	unsigned char *rb = shmet_seg_region(&shmet__st.map, idx);
+	/* relaxed: informational, like the rest of the slot the claimer fills */
+	__atomic_fetch_or(&shmet_seg_slot(&shmet__st.map, idx)->rs_flags, SHMET_SLOT_THREAD, __ATOMIC_RELAXED);
+	shmet__mirror(rb, b, sizeof(struct shmet_region_header));
+	struct shmet__own *o = shmet__own_set_locked((int)idx, rb);
+	if (!o) {
+		/* the region goes back unwritten: the collector folds nothing */
+		shmet__ofd_lock(shmet__st.map.fd, shmet_seg_lock_off(&shmet__st.map, idx), F_UNLCK, F_OFD_SETLK);
+		return NULL;
+	}
+	o->next = shmet__st.owns;
+	shmet__st.owns = o;
+	return rb;
+}
+
+void shmet__share_process_region(void)
+{
+	/* relaxed: as in shmet__cell */
+	unsigned char *b = __atomic_load_n(&shmet__base, __ATOMIC_RELAXED);
+	if (b)
+		shmet__own_base = b;
+}
+
+unsigned char *shmet__claim_own(void)
+{
+	/* when a thread without a region of its own may claim again (only it
+	 * reads or writes this) */
+	static SHMET__TLS uint64_t retry_ns;
+	unsigned char *b = __atomic_load_n(&shmet__base, __ATOMIC_RELAXED);
+	if (!b) {
+		b = shmet__deferred(1); /* a fork child claims here; an orphan's write is counted */
+		if (!__atomic_load_n(&shmet__base, __ATOMIC_RELAXED))
+			return b;
+		if (shmet__own_base) /* this thread claimed the process's region: its home */
+			return shmet__own_base;
+	}
+	/* No lock until it is time to claim again: this thread made the sink
+	 * (or saw it made) under the mutex when it set retry_ns, and the sink
+	 * never changes after. */
+	if (retry_ns && shmet__now_ns(CLOCK_MONOTONIC) < retry_ns) {
+		shmet__drop();
+		return (unsigned char *)shmet__st.sink;
+	}
+	pthread_mutex_lock(&shmet__st.mu);
+	b = shmet__own_locked();
+	if (!b && shmet__make_sink() != 0)
+		abort(); /* nowhere to write: cannot happen unless mmap of private memory failed */
+	pthread_mutex_unlock(&shmet__st.mu);
+	if (b) {
+		retry_ns = 0;
+		return b;
+	}
+	retry_ns = shmet__now_ns(CLOCK_MONOTONIC) + SHMET__RETRY_NS;
+	shmet__drop();
+	/* relaxed atomics on the sink from many threads: lost updates there
+	 * are of writes already counted as dropped */
+	return (unsigned char *)shmet__st.sink;
 }
 
 static void shmet__atfork_prepare(void) { pthread_mutex_lock(&shmet__st.mu); }
@@ -706,6 +959,22 @@ static void shmet__atfork_child(void)
 	 * when it cannot.  (If it cannot open the segment or its directory was
 	 * not kept, that first claim fails and it is an orphan.) */
 	__atomic_store_n(&shmet__base, (unsigned char *)NULL, __ATOMIC_RELAXED);
+	/* The parent's threads and their regions are not this child's: its one
+	 * thread writes the child's region, once claimed. */
+	shmet__own_base = NULL;
+	if (shmet__st.own_key_done) {
+		struct shmet__own *mine = (struct shmet__own *)pthread_getspecific(shmet__st.own_key);
+		pthread_setspecific(shmet__st.own_key, NULL);
+		if (mine && mine->region < 0)
+			free(mine);
+	}
+	for (struct shmet__own *o = shmet__st.owns, *next; o; o = next) {
+		next = o->next;
+		free(o);
+	}
+	shmet__st.owns = NULL;
+	shmet__st.home_taken = 0;
+	__atomic_store_n(&shmet__st.said_own, 0, __ATOMIC_RELAXED);
 	__atomic_store_n(&shmet__st.orphan, 0, __ATOMIC_RELAXED);
 	__atomic_store_n(&shmet__st.said_orphan, 0, __ATOMIC_RELAXED);
 	__atomic_store_n(&shmet__st.said_full, 0, __ATOMIC_RELAXED);
@@ -881,6 +1150,7 @@ static void shmet__publish(size_t size, int is_series)
 	struct shmet_region_header *rg = (struct shmet_region_header *)(void *)shmet__base;
 	if (shmet__st.adopt_rec)
 		return; /* nothing was written to the region */
+	uint64_t lo = shmet__st.dir_end;
 	shmet__st.dir_end += shmet_align8(size);
 	if (is_series)
 		__atomic_store_n(&rg->rg_series, ++shmet__st.series, __ATOMIC_RELAXED);
@@ -888,6 +1158,10 @@ static void shmet__publish(size_t size, int is_series)
 	/* release: the record's bytes (and the cell watermark) before the end
 	 * that makes them visible to the collector's acquire load. */
 	__atomic_store_n(&rg->rg_dir_end, shmet__st.dir_end, __ATOMIC_RELEASE);
+	/* every thread's region has the same directory, so a handle means the
+	 * same series in all of them */
+	for (struct shmet__own *o = shmet__st.owns; o; o = o->next)
+		shmet__mirror(o->base, shmet__base, lo);
 }
 
 static unsigned char *shmet__put_str(unsigned char *p, const char *s, size_t n, int with_len)
@@ -1382,25 +1656,63 @@ static int shmet__create_series_locked(shmet_family *f, uint64_t h, const char *
 	return SHMET_OK;
 }
 
+/* Most lookups name a series with the very strings (pointers) an earlier
+ * one used: label values are literals, or interned by the caller.  A slot
+ * picked by (family, value pointers) remembers the node found then, and
+ * the next lookup compares its values with the node's in full (strcmp)
+ * before it trusts it: the pointers only pick, the bytes decide, so a
+ * buffer reused for another value is never mistaken for the old one.
+ * That skips the hash over every byte and the bucket walk.  Slots are
+ * shared by all threads: a slot overwritten meanwhile costs a slow
+ * lookup, never a wrong one (nodes are immutable and never freed). */
+#define SHMET__PCACHE_BITS 12
+static struct shmet__node *shmet__pcache[1u << SHMET__PCACHE_BITS];
+
+static size_t shmet__pslot(const shmet_family *f, const char *const *values, uint32_t n)
+{
+	uint64_t h = (uint64_t)(uintptr_t)f * 0x9e3779b97f4a7c15ull;
+	for (uint32_t i = 0; i < n; i++)
+		h = (h ^ (uint64_t)(uintptr_t)values[i]) * 0x9fb21c651e98df25ull;
+	return (size_t)(h >> (64 - SHMET__PCACHE_BITS));
+}
+
 int shmet_series_lookup(shmet_family *f, const char *const *values, uint32_t *off)
 {
 	*off = 0;
 	if (!f)
 		return shmet__err(SHMET_E_INVALID_ARG, "no family (its registration failed)");
-	size_t lens[SHMET_MAX_LABELS];
 	for (uint32_t i = 0; i < f->nlabels; i++)
 		if (!values || !values[i])
 			return shmet__err(SHMET_E_LABEL_COUNT, "\"%s\" needs %u label values", f->name, f->nlabels);
-	uint64_t h = shmet__hash(f->id, values, lens, f->nlabels);
-	struct shmet__node *n = shmet__find(f, h, values, lens);
-	if (n) {
-		*off = n->off;
-		return SHMET_OK;
+	size_t slot = shmet__pslot(f, values, f->nlabels);
+	/* acquire: pairs with the release below, so the node's fields are complete */
+	struct shmet__node *n = __atomic_load_n(&shmet__pcache[slot], __ATOMIC_ACQUIRE);
+	if (n && n->fam == f) {
+		uint32_t i = 0;
+		while (i < f->nlabels && strcmp(n->values[i], values[i]) == 0)
+			i++;
+		if (i == f->nlabels) {
+			*off = n->off;
+			return SHMET_OK;
+		}
 	}
-	pthread_mutex_lock(&shmet__st.mu);
-	int rc = shmet__create_series_locked(f, h, values, lens, off);
-	pthread_mutex_unlock(&shmet__st.mu);
-	return rc;
+	size_t lens[SHMET_MAX_LABELS];
+	uint64_t h = shmet__hash(f->id, values, lens, f->nlabels);
+	n = shmet__find(f, h, values, lens);
+	if (!n) {
+		pthread_mutex_lock(&shmet__st.mu);
+		int rc = shmet__create_series_locked(f, h, values, lens, off);
+		pthread_mutex_unlock(&shmet__st.mu);
+		if (rc != SHMET_OK)
+			return rc;
+		n = shmet__find(f, h, values, lens);
+		if (!n)
+			return SHMET_OK; /* an adopted series' scratch lookup: nothing to remember */
+	}
+	/* release: the node (published with release) before its pointer here */
+	__atomic_store_n(&shmet__pcache[slot], n, __ATOMIC_RELEASE);
+	*off = n->off;
+	return SHMET_OK;
 }
 
 static uint32_t shmet__typed_off(shmet_family *f, enum shmet_type t, const char *const *values)
@@ -1422,7 +1734,8 @@ shmet_counter shmet_counter_get(shmet_family *f, const char *const *values)
 
 shmet_gauge shmet_gauge_get(shmet_family *f, const char *const *values)
 {
-	shmet_gauge g = {shmet__typed_off(f, SHMET_GAUGE, values), f ? (uint32_t)f->mode : 0u};
+	uint32_t mode = f ? (uint32_t)f->mode : 0u;
+	shmet_gauge g = {shmet__typed_off(f, SHMET_GAUGE, values), mode, shmet__stamp_kind(mode)};
 	return g;
 }
 
@@ -1469,7 +1782,8 @@ shmet_counter shmet_counter_labels(shmet_family *f, ...)
 
 shmet_gauge shmet_gauge_labels(shmet_family *f, ...)
 {
-	shmet_gauge g = {0, f ? (uint32_t)f->mode : 0u};
+	uint32_t mode = f ? (uint32_t)f->mode : 0u;
+	shmet_gauge g = {0, mode, shmet__stamp_kind(mode)};
 	SHMET__LABELS_OFF(f, SHMET_GAUGE, g.off);
 	return g;
 }

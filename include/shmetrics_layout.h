@@ -53,7 +53,8 @@
  *   12    4  rs_parent       claimer: region index of the parent at fork, or
  *                            SHMET_NO_PARENT                  informational
  *   16    8  rs_claimed_ns   claimer, relaxed                 informational
- *   24    4  rs_flags        claimer, relaxed; SHMET_SLOT_COLLECTOR: a collector's push region
+ *   24    4  rs_flags        claimer, relaxed; SHMET_SLOT_COLLECTOR: a collector's push region,
+ *                            SHMET_SLOT_THREAD: one thread's cells (WRITING THREADS)
  *   28   36  (reserved)
  *  rs_state_gen = generation << 8 | state.  The generation grows by one at each
  *  claim, so (region, generation) names one owner for ever.
@@ -90,14 +91,54 @@
  *  family's shape needs a new family name, or a new segment.
  *
  * REGION (region_size bytes at regions_off + i*region_size); only its owner
- * writes it.  A region starts with a 64-byte header; the directory grows up
+ * (a process, or one thread of it: see WRITING THREADS) writes it.  A region starts with a 64-byte header; the directory grows up
  * from byte 64, the value cells grow down from region_size.
  *  OFF  SIZE FIELD           WRITER                          READER / ORDER
  *    0    8  rg_dir_end      owner, release after a record    readers, acquire
  *    8    8  rg_cell_low     owner, relaxed, before dir_end   readers, after dir_end
- *   16    8  rg_dropped      owner threads, relaxed add       readers, relaxed
+ *   16    8  rg_dropped      owner's threads, relaxed add     readers, relaxed
  *   24    8  rg_series       owner, relaxed                   informational
  *   32   32  (reserved)
+ *
+ * WRITING THREADS: one writer per cell.  A counter, histogram or summary
+ * cell has exactly one writing thread, so an update is a relaxed load and
+ * a relaxed store of that thread's own cell: no locked read-modify-write.
+ *  - The thread that claims a process's region (at init, or a fork child's
+ *    first write) is its home thread: it writes that region's counter,
+ *    histogram and summary cells.  A single-threaded process (a pre-fork
+ *    worker) has that one region and nothing more.
+ *  - Any other thread of the process, at its first such write, claims a
+ *    region of its own like any claimer (rs_parent = the process's region,
+ *    rs_flags |= SHMET_SLOT_THREAD), copies the process's directory into it
+ *    and publishes it (release store of rg_dir_end).  Every later FAMILY or
+ *    SERIES record is written, under the process's registration mutex, into
+ *    the process's region and into each of its threads' regions at the same
+ *    offset, so a handle (an offset) names the same series in all of them
+ *    and a reader treats a thread's region as it treats a process's.
+ *  - Gauge cells are one value per process: every thread sets them in the
+ *    process's region (a relaxed store, CAS loop for add).  Their copies in
+ *    a thread's region stay zero and unset (stamp 0), which sum, max, min
+ *    and most-recent already ignore or lose with; per-worker gauges show
+ *    a thread region as a worker that never set the gauge.
+ *  - A thread that exits (its pthread key destructor) takes its region off
+ *    the mirror list, then releases the region's liveness lock: from then
+ *    on nothing in the process writes it, and the collector folds it as a
+ *    dead process's region (values into the retired totals, then free).
+ *    The home thread's exit hands the process's counter cells to the next
+ *    thread that writes (under the mutex, which orders the two writers).
+ *    A process that dies releases every lock at once.  Liveness, folding,
+ *    exactness and monotonicity are the rules for regions, unchanged.
+ *  Why a relaxed store is enough for the reader: the cell has one writer,
+ *  so no update can be lost between its load and its store; the reader
+ *  needs each cell's value, not an order between cells (as with fetch_add
+ *  before), and an aligned 8-byte store is never seen torn.  A reader that
+ *  folds a region has seen it dead: its owner's last stores precede the
+ *  unlock (or the exit) that the kernel's lock state reports, as with a
+ *  process's death.  Cost: one region per writing thread (size the segment
+ *  for workers x threads), and a scan reads each thread's copy of the
+ *  directory.  A thread that finds no free region drops its counter,
+ *  histogram and summary writes, counted in rg_dropped of its process's
+ *  region and said once on stderr, and claims again about once a second.
  *
  * DIRECTORY RECORD: an 8-byte header then a body; rec_size covers both and is
  * a multiple of 8.  Records are written below rg_dir_end first, then
@@ -115,15 +156,17 @@
  *    per label value: u16 len, bytes (valid UTF-8).
  *
  * VALUE CELLS (8-byte aligned, inside [rg_cell_low, region_size)):
- *  counter:   u64 whole increments (relaxed fetch_add) | double fractional
- *             part (CAS loop); value = whole + fractional.
+ *  counter:   u64 whole increments | double fractional part, each a
+ *             relaxed load and relaxed store by its one writing thread;
+ *             value = whole + fractional.
  *  gauge:     double value (relaxed store / CAS add) | u64 stamp: in
  *             SHMET_GAUGE_MOSTRECENT mode the set time in ns (CLOCK_REALTIME),
  *             in MAX and MIN mode 1 once set (an unset gauge takes no part),
  *             otherwise 0.
  *  histogram: u64 count per bucket, non-cumulative, nbuckets + 1 (+Inf last) |
- *             double sum.  _count is the sum of the buckets.
- *  summary:   u64 count | double sum.
+ *             double sum (one writing thread, as a counter's).  _count is
+ *             the sum of the buckets.
+ *  summary:   u64 count | double sum (one writing thread).
  *  In a retired half, the cells of a counter, histogram or summary carry two
  *  more doubles after these (shmet_retired_cell_size): the float value
  *  (counter fractional part, _sum) is there the exact sum c0 + c1 + c2 of
@@ -205,9 +248,9 @@ extern "C" {
 #define SHMET_MAX_LABELS       16u
 #define SHMET_MAX_BUCKETS      128u
 #define SHMET_MAX_VALUE_LEN    1024u
-/* A process's counter cell of whole increments stops at 2^63 (the writer
- * saturates there); readers take min(cell, SHMET_COUNTER_WHOLE_MAX), since
- * concurrent small adds may pass it for a moment.  The largest single
+/* A counter cell of whole increments stops at 2^63 (its one writer
+ * saturates there); readers still take min(cell, SHMET_COUNTER_WHOLE_MAX),
+ * since the cell's bytes are a writer's, not theirs.  The largest single
  * increment is 2^53, the integers a double holds exactly. */
 #define SHMET_COUNTER_WHOLE_MAX (UINT64_C(1) << 63)
 #define SHMET_COUNTER_ADD_MAX   (UINT64_C(1) << 53)
@@ -279,6 +322,9 @@ struct shmet_region_slot {
  * holds the collector lock takes it back when its owner died, unfolded.
  * The claim and the folder's free clear the flags. */
 #define SHMET_SLOT_COLLECTOR 1u
+/* rs_flags: the region holds the cells of one thread of the process that
+ * owns region rs_parent (see WRITING THREADS); informational. */
+#define SHMET_SLOT_THREAD 2u
 
 struct shmet_region_header {
 	uint64_t rg_dir_end;

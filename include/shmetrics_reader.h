@@ -74,9 +74,18 @@ struct shmet_region_info {
 	uint32_t pid, parent;
 	uint64_t claimed_ns;
 	uint64_t dir_end, cell_low, dropped, series;
+	uint32_t flags; /* rs_flags: SHMET_SLOT_COLLECTOR, SHMET_SLOT_THREAD */
 };
 
 void shmet_region_info(const struct shmet_segment *seg, uint32_t i, struct shmet_region_info *info);
+/* Whether the region's gauge cells take part as a live process's: a
+ * thread's region holds none of its process's gauge values (they are set
+ * in the process's region: WRITING THREADS in shmetrics_layout.h), so it
+ * counts as dead for gauges and shows no per-worker series. */
+static inline bool shmet_region_gauges_live(const struct shmet_region_info *info)
+{
+	return info->alive && !(info->flags & SHMET_SLOT_THREAD);
+}
 /* Snapshot a region (or retired half h's totals) for reading.  Fails with
  * SHMET_E_CORRUPT when its header is out of bounds. */
 int shmet_region_area(const struct shmet_segment *seg, uint32_t i, struct shmet_area *a, char *err);
@@ -363,7 +372,7 @@ struct shmet_scan_area {
 	uint64_t folded_gen;            /* regions: the generation the active half folded */
 	bool folded;                    /* a live slot whose generation is folded already */
 	bool counts;                    /* its records count now: the retired half, or a live, unfolded region */
-	bool live;                      /* its owner runs (gauges other than most-recent count) */
+	bool live;                      /* its owner runs and is not a thread region (gauges other than most-recent count) */
 	int rc;                         /* SHMET_OK, or why area could not be read (err) */
 	struct shmet_area area;         /* empty when rc is not SHMET_OK or the slot is free */
 	char err[SHMET_ERRBUF];

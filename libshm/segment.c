@@ -93,6 +93,7 @@ void shmet_region_info(const struct shmet_segment *seg, uint32_t i, struct shmet
 	info->pid = __atomic_load_n(&s->rs_pid, __ATOMIC_RELAXED);
 	info->parent = __atomic_load_n(&s->rs_parent, __ATOMIC_RELAXED);
 	info->claimed_ns = __atomic_load_n(&s->rs_claimed_ns, __ATOMIC_RELAXED);
+	info->flags = __atomic_load_n(&s->rs_flags, __ATOMIC_RELAXED); /* informational, as the claimer wrote it */
 	info->alive = info->state == SHMET_REGION_LIVE &&
 		      shmet_seg_byte_locked(&seg->map, (off_t)(seg->table_off + (uint64_t)i * SHMET_CACHELINE)) == 1;
 	const struct shmet_region_header *rg =

@@ -43,7 +43,9 @@ int shmet_scan_next(struct shmet_scan *s, struct shmet_scan_area *out)
 	 * generation seen as folded is never newer than the slot read after it. */
 	out->folded_gen = __atomic_load_n(&s->rh->rh_folded_gen[i], __ATOMIC_RELAXED);
 	shmet_region_info(seg, i, &out->info);
-	out->live = out->info.alive;
+	/* a thread's region holds no per-worker gauges of its own (WRITING
+	 * THREADS in the layout header) */
+	out->live = shmet_region_gauges_live(&out->info);
 	out->folded = out->info.state == SHMET_REGION_LIVE && out->folded_gen == out->info.generation;
 	out->counts = out->info.state == SHMET_REGION_LIVE && !out->folded;
 	out->rc = SHMET_OK;

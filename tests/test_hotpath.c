@@ -8,7 +8,10 @@
  *   1  hot path: 100,000 rounds of every inc/add/set/observe/timer call,
  *      including writes that are refused (dropped and counted);
  *   2  label lookup of existing series (shmet_counter_labels with 3 values)
- *      followed by an increment.
+ *      followed by an increment;
+ *   3  the counter, histogram and summary hot path in a second thread,
+ *      whose first writes (before the window) claimed a region of its own,
+ *      while the main thread waits spinning on a flag (no call).
  * Without arguments it runs the probe under strace (system calls), ltrace
  * (calls to the allocator and to pthread mutexes) and an LD_PRELOAD
  * interposer built here with cc (the same calls, counted in-process), and
@@ -28,14 +31,44 @@
 #include <unistd.h>
 
 #define OPS 100000
-#define NWINDOWS 3
+#define NWINDOWS 4
 #define MARKER "getppid"
 
-static const char *const window_name[NWINDOWS] = {"control", "hot path", "label lookup"};
+static const char *const window_name[NWINDOWS] = {"control", "hot path", "label lookup", "thread hot path"};
 
 /* ---------------------------------------------------------------- probe */
 
 static pthread_mutex_t control_mu = PTHREAD_MUTEX_INITIALIZER;
+
+struct hot_thread {
+	shmet_counter c;
+	shmet_histogram h;
+	shmet_summary s;
+	shmet_gauge g;
+	int done;
+};
+
+static void *hot_thread(void *arg)
+{
+	struct hot_thread *a = arg;
+	/* first writes: this thread claims its region here, outside the window */
+	shmet_counter_inc(a->c);
+	shmet_histogram_observe(a->h, 1);
+	shmet_summary_observe(a->s, 1);
+	getppid();
+	for (int i = 0; i < OPS; i++) {
+		shmet_counter_inc(a->c);
+		shmet_counter_add(a->c, 0.25);
+		shmet_counter_add_u64(a->c, 3);
+		shmet_gauge_set(a->g, i);
+		shmet_histogram_observe(a->h, (double)(i % 7));
+		shmet_summary_observe(a->s, i);
+	}
+	getppid();
+	/* release: the window is closed before the main thread goes on */
+	__atomic_store_n(&a->done, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
 
 static int probe(const char *path)
 {
@@ -125,6 +158,25 @@ static int probe(const char *path)
 		shmet_counter_inc(x);
 	}
 	getppid();
+
+	/* window 3: a second thread's hot path (the window is its own) */
+	struct hot_thread ht = {c, h, s, gsum, 0};
+	const struct shmet_region_header *rg = (const struct shmet_region_header *)(void *)shmet__base;
+	uint64_t dropped = __atomic_load_n(&rg->rg_dropped, __ATOMIC_RELAXED);
+	pthread_t th;
+	if (pthread_create(&th, NULL, hot_thread, &ht) != 0) {
+		fprintf(stderr, "probe: pthread_create failed\n");
+		return 2;
+	}
+	while (!__atomic_load_n(&ht.done, __ATOMIC_ACQUIRE)) {
+		/* spin: a wait that calls nothing, so the window holds only the thread's calls */
+	}
+	pthread_join(th, NULL);
+	/* and its writes were written, not dropped for want of a region */
+	if (__atomic_load_n(&rg->rg_dropped, __ATOMIC_RELAXED) != dropped) {
+		fprintf(stderr, "probe: the thread's writes were dropped\n");
+		return 2;
+	}
 
 	unlink(path);
 	if (wrong) {
@@ -254,14 +306,29 @@ static void trace_free(struct trace *t)
 	free(t->text);
 }
 
+/* Is trace line i from the thread that opened window w?  With -f, the
+ * tools start each line with the thread's id; a window is what its own
+ * thread did, not what another thread (a sanitizer's runtime, say) did
+ * meanwhile.  A line without an id counts. */
+static int window_thread(const struct trace *t, int w, size_t i)
+{
+	const char *a = t->line[t->marker[2 * w]], *b = t->line[i];
+	size_t la = strspn(a, "0123456789"), lb = strspn(b, "0123456789");
+	return !la || !lb || (la == lb && memcmp(a, b, la) == 0);
+}
+
 /* The window's lines joined (at most 8 of them), and how many there are. */
 static size_t trace_window(const struct trace *t, int w, char *out, size_t outsz)
 {
-	size_t from = t->marker[2 * w] + 1, to = t->marker[2 * w + 1], n = to - from;
+	size_t n = 0;
 	out[0] = 0;
-	for (size_t i = from; i < to && i < from + 8; i++) {
-		size_t used = strlen(out);
-		snprintf(out + used, outsz - used, "\n    %s", t->line[i]);
+	for (size_t i = t->marker[2 * w] + 1; i < t->marker[2 * w + 1]; i++) {
+		if (!window_thread(t, w, i))
+			continue;
+		if (n++ < 8) {
+			size_t used = strlen(out);
+			snprintf(out + used, outsz - used, "\n    %s", t->line[i]);
+		}
 	}
 	return n;
 }
@@ -269,7 +336,7 @@ static size_t trace_window(const struct trace *t, int w, char *out, size_t outsz
 static int window_has(const struct trace *t, int w, const char *what)
 {
 	for (size_t i = t->marker[2 * w] + 1; i < t->marker[2 * w + 1]; i++)
-		if (strstr(t->line[i], what))
+		if (window_thread(t, w, i) && strstr(t->line[i], what))
 			return 1;
 	return 0;
 }
@@ -329,7 +396,7 @@ static void test_hotpath_ltrace_no_alloc_no_lock(void **state)
 	snprintf(log, sizeof log, "%s/ltrace.log", tmpdir);
 	snprintf(out, sizeof out, "%s/ltrace.out", tmpdir);
 	snprintf(seg, sizeof seg, "%s", tsupport_segment("hotpath-ltrace"));
-	const char *argv[] = {"ltrace", "-o", log, "-e",
+	const char *argv[] = {"ltrace", "-f", "-o", log, "-e",
 			"malloc+calloc+realloc+free+posix_memalign+aligned_alloc+memalign+pthread_mutex_lock+"
 			"pthread_mutex_trylock+pthread_mutex_unlock+pthread_rwlock_rdlock+pthread_rwlock_wrlock+"
 			"pthread_spin_lock+sem_wait+getppid",
