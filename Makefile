@@ -146,6 +146,7 @@ $(PCFILE): Makefile
 # PC-relative, not through the GOT.
 PYTHON      := /usr/bin/python3
 PY_INCLUDE  := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null)
+PY_VERSION  := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
 PY_EXT      := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))' 2>/dev/null)
 PY_PKG      := $(B)/python/shmetrics
 PY_MODULE   := $(PY_PKG)/_shmetrics$(PY_EXT)
@@ -214,6 +215,8 @@ install: all
 	sed "s|^prefix=.*|prefix=$(PREFIX)|" $(PCFILE) > $(DESTDIR)$(PREFIX)/lib/pkgconfig/shmetrics.pc
 	install -m 755 $(DAEMON) $(TOOLS) $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 tools/*.1 collector/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/
+	install -d $(DESTDIR)$(PREFIX)/lib/python$(PY_VERSION)/dist-packages/shmetrics
+	install -m 644 $(PY_MODULE) $(PY_FILES) $(DESTDIR)$(PREFIX)/lib/python$(PY_VERSION)/dist-packages/shmetrics/
 
 clean:
 	rm -rf build

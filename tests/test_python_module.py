@@ -334,5 +334,66 @@ def segment_error():
         'a file that is not a usable segment raises SegmentError (an OSError): %r' % r.stdout.strip())
 
 
+@case
+def asgi_middleware():
+    # In process, through Starlette's TestClient (httpx): route templates,
+    # statuses, a handler that raises, in flight, and the helpers.
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+    from starlette.testclient import TestClient
+    from shmetrics.asgi import AppMetrics, MetricsMiddleware
+    app = FastAPI()
+    app.add_middleware(MetricsMiddleware, namespace='mw')
+    helpers = AppMetrics('mw')
+    seen = {}
+
+    @app.get('/items/{item_id}')
+    async def item(item_id: int):
+        seen['in_flight'] = value(samples(), 'mw_http_requests_in_flight', method='GET')
+        helpers.cache_lookup('items', item_id % 2 == 0)
+        with helpers.db_query('select'):
+            pass
+        return {'id': item_id}
+
+    @app.post('/fail')
+    async def failing():
+        try:
+            with helpers.db_query('update'):
+                raise RuntimeError('db down')
+        except RuntimeError:
+            helpers.security_event('probe')
+        raise ValueError('unhandled')
+
+    @app.get('/teapot')
+    async def teapot():
+        return JSONResponse({}, status_code=418)
+    client = TestClient(app, raise_server_exceptions=False)
+    codes = [client.get('/items/%d' % i).status_code for i in range(3)]
+    codes += [client.post('/fail').status_code, client.get('/nowhere/x').status_code,
+              client.put('/items/1').status_code, client.get('/teapot').status_code]
+    m = samples()
+    r = lambda method, route, status: value(m, 'mw_http_requests_total', method=method, route=route,  # noqa: E731
+                                            status=status)
+    tap(codes == [200, 200, 200, 500, 404, 405, 418], 'the app answers as it should: %s' % codes)
+    tap(r('GET', '/items/{item_id}', '200') == 3, 'requests counted under the route template, not the path')
+    tap(r('POST', '/fail', '500') == 1, 'a handler that raises counts as a 500')
+    tap(r('GET', 'unmatched', '404') == 1, 'no route: "unmatched"')
+    tap(r('PUT', '/items/{item_id}', '405') == 1, 'a wrong method keeps the route template (405)')
+    tap(value(m, 'mw_http_request_errors_total', route='/fail', **{'class': 'server'}) == 1
+        and value(m, 'mw_http_request_errors_total', route='/teapot', **{'class': 'client'}) == 1,
+        'errors_total by class')
+    tap(value(m, 'mw_http_request_duration_seconds_count', method='GET', route='/items/{item_id}') == 3,
+        'the latency histogram counts every request')
+    tap(seen.get('in_flight') == 1 and value(m, 'mw_http_requests_in_flight', method='GET') == 0,
+        'in flight by method: 1 during the request, 0 after (%s)' % seen.get('in_flight'))
+    tap(value(m, 'mw_cache_requests_total', cache='items', result='hit') == 2
+        and value(m, 'mw_cache_requests_total', cache='items', result='miss') == 1, 'cache hits and misses')
+    tap(value(m, 'mw_db_queries_total', operation='select', outcome='ok') == 3
+        and value(m, 'mw_db_queries_total', operation='update', outcome='error') == 1
+        and value(m, 'mw_db_query_duration_seconds_count', operation='update') == 1,
+        'db_query times every query and says ok or error')
+    tap(value(m, 'mw_suspicious_requests_total', kind='probe') == 1, 'security events')
+
+
 print('1..%d' % n)
 sys.exit(1 if failed else 0)
