@@ -288,6 +288,10 @@ async def create_lead(request: Request):
 
 
 async def find_lead(w, lead_id):
+    """The lead with this id (the route's {id}, a string), or None."""
+    if not lead_id.isdigit():
+        return None
+    lead_id = int(lead_id)
     lead = w.lead_cache.get(lead_id)
     backend.cache_lookup('leads', lead is not None)
     if lead is None:
@@ -300,33 +304,42 @@ async def find_lead(w, lead_id):
     return lead
 
 
+async def lead_at(w, lead_id, stage):
+    """(lead, None) when the lead exists in this stage, else (None, the 404 or 409)."""
+    lead = await find_lead(w, lead_id)
+    if not lead:
+        return None, fail(404, 'no such lead')
+    if lead['stage'] != stage:
+        return None, fail(409, 'lead is ' + lead['stage'])
+    return lead, None
+
+
+def move(lead, stage):
+    leads_in_stage.labels(lead['stage']).dec()
+    leads_in_stage.labels(stage).inc()
+    lead['stage'] = stage
+
+
 @app.api_route('/leads/{id}', methods=['GET', 'HEAD'])
 async def get_lead(id: str):  # noqa: A002 (the route template's name, as in the C demo)
-    lead_id = id
-    lead = await find_lead(worker(), int(lead_id)) if lead_id.isdigit() else None
+    lead = await find_lead(worker(), id)
     return lead if lead else fail(404, 'no such lead')
 
 
 @app.post('/leads/{id}/qualify')
 async def qualify(id: str):  # noqa: A002
-    lead_id = id
     w = worker()
-    lead = await find_lead(w, int(lead_id)) if lead_id.isdigit() else None
-    if not lead:
-        return fail(404, 'no such lead')
-    if lead['stage'] != 'new':
-        return fail(409, 'lead is ' + lead['stage'])
+    lead, refused = await lead_at(w, id, 'new')
+    if refused:
+        return refused
     await w.query('update')
-    lead['stage'] = 'qualified'
-    leads_in_stage.labels('new').dec()
-    leads_in_stage.labels('qualified').inc()
+    move(lead, 'qualified')
     leads_qualified.inc()
     return lead
 
 
 @app.post('/leads/{id}/convert')
 async def convert(id: str, request: Request):  # noqa: A002
-    lead_id = id
     f = await form(request)
     plan, currency = f.get('plan'), f.get('currency', 'USD')
     try:
@@ -336,18 +349,14 @@ async def convert(id: str, request: Request):  # noqa: A002
     if plan not in PLANS or currency not in CURRENCIES or not (0 < amount < 1e9):
         return fail(400, 'plan, amount and currency are required')
     w = worker()
-    lead = await find_lead(w, int(lead_id)) if lead_id.isdigit() else None
-    if not lead:
-        return fail(404, 'no such lead')
-    if lead['stage'] != 'qualified':
-        return fail(409, 'lead is ' + lead['stage'])
+    lead, refused = await lead_at(w, id, 'qualified')
+    if refused:
+        return refused
     try:
         await w.query('update', fail=random.random() < FAIL_RATE)
     except DatabaseError:
         return fail(500, 'payment failed')
-    lead['stage'] = 'converted'
-    leads_in_stage.labels('qualified').dec()
-    leads_in_stage.labels('converted').inc()
+    move(lead, 'converted')
     leads_converted.labels(plan).inc()
     revenue.labels(currency).inc(amount)
     return lead

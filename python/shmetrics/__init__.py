@@ -264,7 +264,16 @@ class Gauge(_shmetrics.Gauge, _Metric):
         return _Timer(self.set)
 
 
-class Histogram(_shmetrics.Histogram, _Metric):
+class _Observed(_Metric):
+    __slots__ = ()
+
+    def time(self):
+        """Observe the duration of the block or function, in seconds."""
+        self._check_bound()
+        return _Timer(self.observe)
+
+
+class Histogram(_shmetrics.Histogram, _Observed):
     """A histogram: observe(amount), time().  buckets: increasing upper
     bounds (+Inf implied), prometheus_client's DEFAULT_BUCKETS by default."""
     __slots__ = _SLOTS
@@ -276,13 +285,8 @@ class Histogram(_shmetrics.Histogram, _Metric):
         self._setup(name, documentation, labelnames, namespace, subsystem, unit,
                     buckets=tuple(float(b) for b in buckets))
 
-    def time(self):
-        """Observe the duration of the block or function, in seconds."""
-        self._check_bound()
-        return _Timer(self.observe)
 
-
-class Summary(_shmetrics.Summary, _Metric):
+class Summary(_shmetrics.Summary, _Observed):
     """A summary: observe(amount), time(); exposes _count and _sum."""
     __slots__ = _SLOTS
     _type = 'summary'
@@ -291,8 +295,3 @@ class Summary(_shmetrics.Summary, _Metric):
     def __init__(self, name, documentation, labelnames=(), namespace='', subsystem='', unit='',
                  registry=None):
         self._setup(name, documentation, labelnames, namespace, subsystem, unit)
-
-    def time(self):
-        """Observe the duration of the block or function, in seconds."""
-        self._check_bound()
-        return _Timer(self.observe)

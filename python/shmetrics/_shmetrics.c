@@ -508,31 +508,35 @@ static PyObject *gauge_set_to_current_time(PyObject *self, PyObject *unused)
 	Py_RETURN_NONE;
 }
 
+/* The observation of observe(amount[, exemplar]): 0, or -1 with an exception. */
+static int observation(PyObject *self, const char *type, PyObject *const *args, Py_ssize_t nargs,
+		       PyObject *kwnames, int with_exemplar, double *v)
+{
+	if (PYSHMET_UNLIKELY(!HOT(self)->bound)) {
+		missing_labels(type);
+		return -1;
+	}
+	CLAIM_CHECK();
+	PyObject *a = nargs == 1 && !kwnames ? args[0]
+					     : one_arg("observe", "amount", args, nargs, kwnames, NULL, with_exemplar);
+	return !a || as_double(a, v) < 0 ? -1 : 0;
+}
+
 static PyObject *histogram_observe(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-	HandleObject *h = HOT(self);
-	if (PYSHMET_UNLIKELY(!h->bound))
-		return missing_labels("histogram");
-	CLAIM_CHECK();
 	double v;
-	PyObject *a = nargs == 1 && !kwnames ? args[0] : one_arg("observe", "amount", args, nargs, kwnames, NULL, 1);
-	if (!a || as_double(a, &v) < 0)
+	if (observation(self, "histogram", args, nargs, kwnames, 1, &v) < 0)
 		return NULL;
-	shmet_histogram_observe(h->u.h, v); /* NaN: dropped and counted by the writer */
+	shmet_histogram_observe(HOT(self)->u.h, v); /* NaN: dropped and counted by the writer */
 	Py_RETURN_NONE;
 }
 
 static PyObject *summary_observe(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-	HandleObject *h = HOT(self);
-	if (PYSHMET_UNLIKELY(!h->bound))
-		return missing_labels("summary");
-	CLAIM_CHECK();
 	double v;
-	PyObject *a = nargs == 1 && !kwnames ? args[0] : one_arg("observe", "amount", args, nargs, kwnames, NULL, 0);
-	if (!a || as_double(a, &v) < 0)
+	if (observation(self, "summary", args, nargs, kwnames, 0, &v) < 0)
 		return NULL;
-	shmet_summary_observe(h->u.s, v);
+	shmet_summary_observe(HOT(self)->u.s, v);
 	Py_RETURN_NONE;
 }
 
