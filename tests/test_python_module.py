@@ -301,6 +301,43 @@ def fork_from_thread():
 
 
 @case
+def fork_while_creating():
+    # Another thread is creating a child (holds the creation lock) when the
+    # process forks: the fork child must still be able to create children.
+    c = shmetrics.Counter('py_fork_lock', 'Fork while a child is created.', ['k'])
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with shmetrics._creating:
+            held.set()
+            release.wait()
+    t = threading.Thread(target=hold)
+    t.start()
+    if not held.wait(10):
+        release.set()
+        tap(False, "the holding thread took the creation lock")
+        return
+    pid = os.fork()
+    if pid == 0:
+        c.labels('child').inc()
+        os._exit(0)
+    release.set()
+    t.join()
+    status = None
+    for _ in range(200):  # 10 s at most
+        done, st = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status = st
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    tap(status == 0 and value(samples(), 'py_fork_lock_total', k='child') == 1,
+        'a fork while another thread creates a child: the fork child creates children (status %s)' % status)
+
+
+@case
 def capacity():
     # A separate, tiny segment: a region runs out, with a warning, a fallback
     # handle, and no exception; the writes are dropped (and counted).

@@ -25,6 +25,7 @@ and the metric's writes are dropped and counted
 
 import functools
 import inspect
+import os
 import threading
 from timeit import default_timer
 
@@ -50,6 +51,20 @@ _GAUGE_MODES = {
     'min': _shmetrics.GAUGE_MIN, 'livemin': _shmetrics.GAUGE_MIN,
     'mostrecent': _shmetrics.GAUGE_MOSTRECENT, 'livemostrecent': _shmetrics.GAUGE_MOSTRECENT,
 }
+
+
+# Creating a .labels() child is rare: one lock for every family.  A fork
+# child gets a fresh one, since a thread of the parent may have held it at
+# fork() and would never release it in the child.
+_creating = threading.Lock()
+
+
+def _fresh_lock_after_fork():
+    global _creating
+    _creating = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_lock_after_fork)
 
 
 def init(path=None, regions=0, region_size=0, mode=0):
@@ -133,7 +148,7 @@ class _Around:
 
 # Every metric object (a family, or a .labels() child) holds these.  The
 # hot methods (inc, set, observe, ...) come from the C base types.
-_SLOTS = ('_name', '_documentation', '_labelnames', '_labelvalues', '_family', '_children', '_lock')
+_SLOTS = ('_name', '_documentation', '_labelnames', '_labelvalues', '_family', '_children')
 
 
 class _Metric:
@@ -154,7 +169,6 @@ class _Metric:
         self._labelvalues = ()
         self._family = _shmetrics.Family(self._kind, full, documentation, labelnames, gauge_mode, buckets)
         self._children = {}
-        self._lock = threading.Lock()
         if not labelnames:
             self._family.bind(self, ())
 
@@ -178,7 +192,7 @@ class _Metric:
             values = tuple(map(str, labelvalues))
         child = self._children.get(values)
         if child is None:
-            with self._lock:
+            with _creating:
                 child = self._children.get(values)
                 if child is None:
                     child = self._make_child(values)
@@ -194,7 +208,6 @@ class _Metric:
         child._labelvalues = values
         child._family = self._family
         child._children = None
-        child._lock = None
         self._family.bind(child, values)  # ValueError with the writer's reason
         return child
 
