@@ -22,7 +22,8 @@ FUZZ_SECONDS ?= 60
 # build: compiler toolchain and libraries; test: the real peers the tests use.
 DEBIAN_PACKAGES := build-essential pkg-config clang libclang-rt-14-dev \
 	liburcu-dev libmicrohttpd-dev libcmocka-dev zlib1g-dev libjansson-dev \
-	prometheus python3 python3-prometheus-client curl strace ltrace valgrind
+	prometheus python3 python3-prometheus-client curl strace ltrace valgrind \
+	python3-dev gunicorn python3-fastapi python3-uvicorn python3-httpx
 
 ifeq ($(SANITIZER),)
   B := build
@@ -75,11 +76,11 @@ TESTS        := $(patsubst tests/%.c,$(B)/tests/%,$(TEST_SRC))
 BENCHES      := $(patsubst tests/%.c,$(B)/tests/%,$(BENCH_SRC))
 PCFILE       := $(B)/lib/pkgconfig/shmetrics.pc
 
-.PHONY: all test check bench fuzz install clean deps run tests-build
+.PHONY: all test check bench fuzz install clean deps run tests-build python run-python
 .DEFAULT_GOAL := all
 .SUFFIXES:
 
-all: $(LIBSHM_A) $(LIBSHM_SO) $(DAEMON) $(TOOLS) $(EXAMPLES) $(PCFILE)
+all: $(LIBSHM_A) $(LIBSHM_SO) $(DAEMON) $(TOOLS) $(EXAMPLES) $(PCFILE) python
 
 $(B)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -137,6 +138,35 @@ $(PCFILE): Makefile
 	  'Name: shmetrics' 'Description: Prometheus metrics for pre-forking servers (segment library and header-only writer)' \
 	  'Version: $(VERSION)' 'Cflags: -I$${includedir}' 'Libs: -L$${libdir} -lshmetrics' 'Libs.private: -pthread' > $@
 
+# The CPython extension (python/shmetrics): Debian's python3-dev headers for
+# /usr/bin/python3 (the python3 first on PATH may be another interpreter).
+# build/python is the package, ready for PYTHONPATH: the module and the
+# package's .py files.  -fPIC is needed here; the writer's symbols are hidden
+# (only PyInit is exported), so the hot path still reads its region pointer
+# PC-relative, not through the GOT.
+PYTHON      := /usr/bin/python3
+PY_INCLUDE  := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null)
+PY_VERSION  := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+PY_EXT      := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))' 2>/dev/null)
+PY_PKG      := $(B)/python/shmetrics
+PY_MODULE   := $(PY_PKG)/_shmetrics$(PY_EXT)
+PY_FILES    := $(patsubst python/shmetrics/%,$(PY_PKG)/%,$(wildcard python/shmetrics/*.py))
+
+python: $(PY_MODULE) $(PY_FILES)
+
+$(PY_MODULE): python/shmetrics/_shmetrics.c
+	@mkdir -p $(dir $@) $(B)/obj/python
+	$(CC) $(CFLAGS_ALL) -fPIC -fvisibility=hidden -isystem $(PY_INCLUDE) -MMD -MP -MF $(B)/obj/python/_shmetrics.d \
+	  -MT $@ -shared -o $@ $< $(LDFLAGS_ALL) -lm
+
+$(PY_PKG)/%.py: python/shmetrics/%.py
+	@mkdir -p $(dir $@)
+	cp $< $@
+
+# The saler backend in FastAPI under gunicorn, with shmetricsd and traffic.
+run-python: all
+	examples/saler-fastapi/run.sh $(B)
+
 tests-build: all $(TESTS)
 
 # `make deps` installs the Debian packages above that are missing (as root),
@@ -185,6 +215,8 @@ install: all
 	sed "s|^prefix=.*|prefix=$(PREFIX)|" $(PCFILE) > $(DESTDIR)$(PREFIX)/lib/pkgconfig/shmetrics.pc
 	install -m 755 $(DAEMON) $(TOOLS) $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 tools/*.1 collector/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/
+	install -d $(DESTDIR)$(PREFIX)/lib/python$(PY_VERSION)/dist-packages/shmetrics
+	install -m 644 $(PY_MODULE) $(PY_FILES) $(DESTDIR)$(PREFIX)/lib/python$(PY_VERSION)/dist-packages/shmetrics/
 
 clean:
 	rm -rf build
