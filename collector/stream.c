@@ -127,6 +127,30 @@ static void wake_clients(struct stream *st, bool all, uint64_t now)
 		}
 }
 
+/* A new frame: wake the clients that lack it a few at a time, a few ms
+ * apart, so that libmicrohttpd's threads (which also answer /metrics) never
+ * spend a long stretch writing to all of them at once.  Caller holds mu;
+ * it is released while waiting between batches. */
+#define WAKE_BATCH 8u
+#define WAKE_GAP_NS 4000000ull
+static void wake_spread(struct stream *st)
+{
+	while (!st->stop) {
+		uint32_t k = 0;
+		for (struct sclient *c = st->clients; c && k < WAKE_BATCH; c = c->next)
+			if (c->suspended && c->next_id <= st->last_id) {
+				c->suspended = false;
+				MHD_resume_connection(c->conn);
+				k++;
+			}
+		if (k < WAKE_BATCH)
+			return;
+		uint64_t until = shmet__now_ns(CLOCK_MONOTONIC) + WAKE_GAP_NS;
+		struct timespec ts = {(time_t)(until / 1000000000ull), (long)(until % 1000000000ull)};
+		pthread_cond_timedwait(&st->wake, &st->mu, &ts);
+	}
+}
+
 static double unix_now(void)
 {
 	return (double)shmet__now_ns(CLOCK_REALTIME) / 1e9;
@@ -190,7 +214,7 @@ static void *stream_main(void *arg)
 				if (hist)
 					st->last_hist_t = t;
 			}
-			wake_clients(st, true, now);
+			wake_spread(st);
 			next += interval_ns;
 			if (next <= now)
 				next = now + interval_ns; /* fell behind: no burst to catch up */

@@ -160,8 +160,8 @@ fi
 stop_collector TERM
 
 # Damage: workers can write every byte.  Slot 0 gets a flipped payload byte,
-# slot 1 an absurd length, slot 2 a valid-looking record whose JSON is not a
-# frame; the collector must serve the rest and count these three.
+# slot 1 an absurd length, an unused slot a valid-looking record whose JSON
+# is not a frame; the collector must serve the rest and count these three.
 region=$(sed -n 's/.*taking back the history in region \([0-9]*\).*/\1/p' "$TMP/c6.log" | tail -n 1)
 python3 - "$SEG" "$region" <<'PY'
 import struct, sys, zlib
@@ -176,7 +176,7 @@ with open(path, "r+b") as f:
     f.seek(slot(1) + 16); f.write(struct.pack("<I", 0xfffffff0))
     f.seek(slot(2)); sid, ms = struct.unpack("<QQ", f.read(16))
     body = zlib.compress(b'["not", "a", "frame"]')
-    f.seek(slot(2) + 16); f.write(struct.pack("<IIII", len(body), 21, zlib.crc32(body), 0) + body)
+    f.seek(slot(200)); f.write(struct.pack("<QQIIII", sid + 1, ms, len(body), 21, zlib.crc32(body), 0) + body)
 PY
 restart=$(date +%s.%N)
 start_collector "$TMP/c7.log" --stream-interval 0.5
