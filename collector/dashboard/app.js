@@ -189,7 +189,7 @@
     var e = get(f, ["err", "ratio"]);
     $("t-err").textContent = pct(e);
     $("t-err").classList.toggle("bad", e != null && e > 0.05);
-    $("t-p99").textContent = secs(get(f, ["lat", "p99"]));
+    $("t-p99").textContent = secs(get(f, ["lat", "p99"])).replace(" ", "");
     $("t-inflight").textContent = short(get(f, ["inflight"]), 0);
     $("t-leads").textContent = exact(get(f, ["kpi", "leads", "total"]));
     $("t-conv").textContent = exact(get(f, ["kpi", "conversions", "total"]));
