@@ -19,11 +19,13 @@ SANITIZER   ?=
 FUZZ_SECONDS ?= 60
 
 # The one list of Debian packages that building and testing need.
-# build: compiler toolchain and libraries; test: the real peers the tests use.
+# build: compiler toolchain and libraries; test: the real peers the tests use
+# (chromium and nodejs for the dashboard's browser tests; npm comes with nodejs).
 DEBIAN_PACKAGES := build-essential pkg-config clang libclang-rt-14-dev \
 	liburcu-dev libmicrohttpd-dev libcmocka-dev zlib1g-dev libjansson-dev \
 	prometheus python3 python3-prometheus-client curl strace ltrace valgrind \
-	python3-dev gunicorn python3-fastapi python3-uvicorn python3-httpx
+	python3-dev gunicorn python3-fastapi python3-uvicorn python3-httpx \
+	chromium chromium-driver nodejs
 
 ifeq ($(SANITIZER),)
   B := build
@@ -76,7 +78,7 @@ TESTS        := $(patsubst tests/%.c,$(B)/tests/%,$(TEST_SRC))
 BENCHES      := $(patsubst tests/%.c,$(B)/tests/%,$(BENCH_SRC))
 PCFILE       := $(B)/lib/pkgconfig/shmetrics.pc
 
-.PHONY: all test check bench fuzz install clean deps run tests-build python run-python
+.PHONY: all test check bench fuzz install clean deps run tests-build python run-python npm-deps
 .DEFAULT_GOAL := all
 .SUFFIXES:
 
@@ -102,7 +104,17 @@ $(LIBSHM_SO): $(call obj,$(LIBSHM_SRC)) libshm/libshmetrics.map
 	$(CC) -shared -Wl,-soname,libshmetrics.so.0 -Wl,--version-script=libshm/libshmetrics.map $(LDFLAGS_ALL) \
 	  -o $@ $(filter %.o,$^)
 
-$(COLLECTOR_A): $(call obj,$(COLLECTOR_SRC))
+# /dashboard's files, compiled in (collector/dashboard.h).
+DASH_FILES := index.html app.js app.css vendor/uPlot.iife.min.js vendor/uPlot.min.css vendor/uPlot.LICENSE
+DASH_C     := build/gen/dashboard_assets.c
+$(DASH_C): collector/dashboard/embed.sh $(addprefix collector/dashboard/,$(DASH_FILES))
+	@mkdir -p $(dir $@)
+	collector/dashboard/embed.sh $@ collector/dashboard $(DASH_FILES)
+$(B)/obj/gen/dashboard_assets.o: $(DASH_C)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+$(COLLECTOR_A): $(call obj,$(COLLECTOR_SRC)) $(B)/obj/gen/dashboard_assets.o
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
@@ -178,6 +190,16 @@ deps:
 	elif [ "$$(id -u)" = 0 ]; then echo "deps: installing" $$missing; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	else echo "deps: missing packages; run: sudo apt-get install -y" $$missing; exit 1; fi
+	@$(MAKE) --no-print-directory npm-deps
+
+# The browser tests' npm packages (versions pinned in tests/browser/package.json
+# and its package-lock.json), installed under build/npm, never in the tree.
+NPM_DIR := build/npm
+npm-deps: $(NPM_DIR)/node_modules/.package-lock.json
+$(NPM_DIR)/node_modules/.package-lock.json: tests/browser/package.json tests/browser/package-lock.json
+	@mkdir -p $(NPM_DIR)
+	cp tests/browser/package.json tests/browser/package-lock.json $(NPM_DIR)/
+	cd $(NPM_DIR) && npm ci --no-audit --no-fund --loglevel=error
 
 test check: deps
 	$(MAKE) tests-build
@@ -194,11 +216,11 @@ build/fuzz/%: tests/%.c $(LIBSHM_SRC) $(COLLECTOR_SRC) tools/shmetrics-dump.c
 # fuzz_http includes api.c and api_push.c for their static functions and
 # links the rest of the collector.
 FUZZ_HTTP_SRC := $(filter-out collector/api.c collector/api_push.c,$(COLLECTOR_SRC))
-build/fuzz/fuzz_http: tests/fuzz_http.c $(LIBSHM_SRC) $(COLLECTOR_SRC)
+build/fuzz/fuzz_http: tests/fuzz_http.c $(LIBSHM_SRC) $(COLLECTOR_SRC) $(DASH_C)
 	@mkdir -p $(dir $@)
 	clang -std=c11 -O1 -g -D_GNU_SOURCE -DSHMET_FUZZING -DSHMET_VERSION_STRING='"$(VERSION)"' \
 	  -Iinclude -Ilibshm -Icollector -fsanitize=fuzzer,address,undefined -o $@ $< $(LIBSHM_SRC) \
-	  $(FUZZ_HTTP_SRC) -pthread $(COLLECTOR_LIBS)
+	  $(FUZZ_HTTP_SRC) $(DASH_C) -pthread $(COLLECTOR_LIBS)
 fuzz: deps $(FUZZ_BIN)
 	FUZZ_SECONDS=$(FUZZ_SECONDS) tests/run-fuzz.sh $(FUZZ_BIN)
 

@@ -184,7 +184,7 @@ uint32_t api_dash_points(struct api *a)
 /* Prometheus' histogram_quantile: linear interpolation inside the bucket
  * that holds the rank; the lowest bucket starts at 0 (unless its bound is
  * <= 0); a rank in the +Inf bucket gives the highest finite bound. */
-static double bucket_quantile(double q, const double *bounds, const double *cum, uint32_t nb)
+double api_bucket_quantile(double q, const double *bounds, const double *cum, uint32_t nb)
 {
 	if (nb == 0 || !(cum[nb] > 0))
 		return NAN;
@@ -318,9 +318,9 @@ static json_t *histogram_window(const struct window *w, const struct hp_fam *cur
 			double n = d[cur->nb], s = same ? cur->sum - b->sum : cur->sum;
 			rate = n / w->secs;
 			mean = n > 0 ? s / n : NAN;
-			q50 = bucket_quantile(0.5, cur->bounds, d, cur->nb);
-			q95 = bucket_quantile(0.95, cur->bounds, d, cur->nb);
-			q99 = bucket_quantile(0.99, cur->bounds, d, cur->nb);
+			q50 = api_bucket_quantile(0.5, cur->bounds, d, cur->nb);
+			q95 = api_bucket_quantile(0.95, cur->bounds, d, cur->nb);
+			q99 = api_bucket_quantile(0.99, cur->bounds, d, cur->nb);
 			free(d);
 		}
 	}

@@ -102,5 +102,7 @@ void api_dash_tick(struct api *a, const struct view *v);
 enum MHD_Result api_dashboard(struct api *a, struct MHD_Connection *conn);
 void api_dash_free(struct api *a);
 uint32_t api_dash_points(struct api *a);
+/* Prometheus' histogram_quantile over cumulative counts cum[nb + 1]. */
+double api_bucket_quantile(double q, const double *bounds, const double *cum, uint32_t nb);
 
 #endif

@@ -1,5 +1,6 @@
 /* shmetricsd's updater: fold dead workers, rebuild the view when the segment
  * changed, publish it under RCU, and free what no reader can still see. */
+#include "history.h"
 #include "http.h"
 
 #include <errno.h>
@@ -571,6 +572,7 @@ int collector_open(struct collector *c, const struct collector_config *cfg, char
 		      c->seg.map.created ? "created" : "opened", c->seg.regions, (unsigned long long)c->seg.region_size,
 		      (unsigned long long)(c->seg.retired_half_size - c->seg.retired_hdr_size));
 	adopt_push_region(c);
+	c->history = history_open(c); /* before the first fold, which would free an earlier collector's */
 	collector_scan(c);
 	if (!c->view) {
 		snprintf(err, errlen, "cannot build the first view (out of memory)");
@@ -609,6 +611,8 @@ void collector_stop(struct collector *c)
 
 void collector_close(struct collector *c)
 {
+	history_close(c->history);
+	c->history = NULL;
 	keymap_free(&c->problems);
 	shmet_registry_free(&c->registry);
 	view_free(c->view);

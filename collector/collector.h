@@ -91,6 +91,9 @@ struct collector_config {
 	uint32_t http_max_per_client;  /* admitted at once from one address */
 	unsigned http_idle_timeout;    /* seconds without a byte either way */
 	unsigned http_request_timeout; /* seconds for a whole request and its answer */
+	/* the dashboard's stream (stream.c); 0 takes the default */
+	double stream_interval;      /* seconds between frames */
+	uint32_t stream_max_clients; /* streams served at once */
 };
 
 struct collector {
@@ -130,6 +133,8 @@ struct collector {
 	struct MHD_Daemon *httpd;
 	struct http_guard *guard; /* http.c: connections, admission, deadlines */
 	int bound_port;
+	struct stream *stream;   /* stream.c: the dashboard's frames and their clients */
+	struct history *history; /* history.c: the frames kept in the segment, or NULL */
 };
 
 /* Test-only: the next N view builds fail as if memory ran out. */

@@ -2,6 +2,9 @@
  * JSON API's entry point.  Every answer has a Content-Type and a reason. */
 #include "http.h"
 
+#include "dashboard.h"
+#include "stream.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <linux/tcp.h> /* struct tcp_info with tcpi_bytes_sent (glibc's lacks it) */
@@ -131,6 +134,7 @@ static const char index_page[] =
 	"<li><a href=\"/api/v1/metrics/health\">/api/v1/metrics/health</a></li>\n"
 	"<li><a href=\"/api/v1/metrics/summary\">/api/v1/metrics/summary</a></li>\n"
 	"<li><a href=\"/api/v1/metrics/dashboard\">/api/v1/metrics/dashboard</a></li>\n"
+	"<li><a href=\"/dashboard\">/dashboard</a>: live charts (fed by <a href=\"" STREAM_PATH "\">" STREAM_PATH "</a>)</li>\n"
 	"</ul>\n</body></html>\n";
 
 /* ---- connections: admission, deadlines, statuses libmicrohttpd does not send ----
@@ -186,6 +190,7 @@ struct conn_slot {
 	uint64_t cut_ns; /* when it was cut */
 	bool hard;       /* ... and shut down both ways */
 	bool told;       /* our status went out */
+	bool streaming;  /* a long-lived answer (the event stream): no whole-request deadline */
 };
 
 struct http_guard {
@@ -397,7 +402,7 @@ static void *reaper(void *arg)
 				}
 				continue;
 			}
-			if (now - s->t0 >= g->deadline_ns)
+			if (now - s->t0 >= g->deadline_ns && !s->streaming)
 				cut(s, CUT_DEADLINE);
 			else if (s->over && now - s->t0 >= HTTP_GRACE_NS)
 				cut(s, CUT_OVER);
@@ -419,6 +424,16 @@ static struct conn_slot *slot_of(struct MHD_Connection *conn)
 {
 	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
 	return ci ? ci->socket_context : NULL;
+}
+
+void http_streaming(struct collector *c, struct MHD_Connection *conn)
+{
+	struct conn_slot *s = slot_of(conn);
+	if (!s)
+		return;
+	pthread_mutex_lock(&c->guard->mu);
+	s->streaming = true;
+	pthread_mutex_unlock(&c->guard->mu);
 }
 
 static enum MHD_Result respond_close(struct MHD_Connection *conn, unsigned status, const char *body,
@@ -447,7 +462,7 @@ static char headers_seen; /* *con_cls of a non-API request after its first call 
 static enum MHD_Result route(struct collector *c, struct MHD_Connection *conn, const char *url, const char *method,
 			     const char *upload_data, size_t *upload_data_size, void **con_cls)
 {
-	if (strncmp(url, "/api/", 5) == 0)
+	if (strncmp(url, "/api/", 5) == 0 && strcmp(url, STREAM_PATH) != 0)
 		return api_handle(c, conn, url, method, upload_data, upload_data_size, con_cls);
 	/* Answer on the second call, once the request is fully read: answering
 	 * on the first makes libmicrohttpd close the connection, and a scraper
@@ -471,6 +486,10 @@ static enum MHD_Result route(struct collector *c, struct MHD_Connection *conn, c
 		return serve_ready(c, conn);
 	if (strcmp(url, "/") == 0)
 		return http_respond_static(conn, MHD_HTTP_OK, "text/html; charset=utf-8", index_page);
+	if (strcmp(url, STREAM_PATH) == 0)
+		return stream_serve(c, conn);
+	if (strcmp(url, "/dashboard") == 0 || strncmp(url, "/dashboard/", 11) == 0)
+		return dashboard_serve(conn, url);
 	return http_respond_static(conn, MHD_HTTP_NOT_FOUND, "text/plain; charset=utf-8",
 				   "not found; see / for the endpoints\n");
 }
@@ -636,7 +655,8 @@ int http_start(struct collector *c, char *err, size_t errlen)
 	/* MHD_USE_TURBO: besides reading and writing without asking epoll
 	 * first, libmicrohttpd then leaves the socket open for writing until it
 	 * closes it, so that the CLOSED notification can still send a status. */
-	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG | MHD_USE_EPOLL | MHD_USE_TURBO;
+	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG | MHD_USE_EPOLL | MHD_USE_TURBO |
+			 MHD_ALLOW_SUSPEND_RESUME; /* the event streams wait suspended (stream.c) */
 	if (ai->ai_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
 	/* No per-address limit in libmicrohttpd (it would close the
@@ -660,6 +680,10 @@ int http_start(struct collector *c, char *err, size_t errlen)
 		return SHMET_E_SYS;
 	}
 	g->reaper_started = true;
+	if (stream_start(c, err, errlen) != SHMET_OK) {
+		http_stop(c);
+		return SHMET_E_SYS;
+	}
 	const union MHD_DaemonInfo *info = MHD_get_daemon_info(c->httpd, MHD_DAEMON_INFO_BIND_PORT);
 	c->bound_port = info ? info->port : c->cfg.listen_port;
 	bool v6 = strchr(c->cfg.listen_host, ':') != NULL;
@@ -679,9 +703,11 @@ void http_stop(struct collector *c)
 		pthread_join(g->reaper, NULL);
 		g->reaper_started = false;
 	}
+	stream_stop(c); /* libmicrohttpd may not stop with streams suspended */
 	if (c->httpd) {
 		MHD_stop_daemon(c->httpd); /* its CLOSED notifications still use the guard */
 		c->httpd = NULL;
 	}
+	stream_free(c);
 	guard_free(c);
 }

@@ -20,6 +20,8 @@ enum MHD_Result http_respond_static(struct MHD_Connection *conn, unsigned status
 #define HTTP_DEFAULT_REQUEST_TIMEOUT 30u /* seconds */
 
 int http_start(struct collector *c, char *err, size_t errlen);
+/* conn's answer is a stream: the whole-request deadline does not apply. */
+void http_streaming(struct collector *c, struct MHD_Connection *conn);
 void http_stop(struct collector *c);
 
 /* The JSON API (api.c): every /api/ URL goes there.  *con_cls is the

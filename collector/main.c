@@ -1,5 +1,6 @@
 /* shmetricsd: the collector daemon.  Flags, signals, start and stop. */
 #include "http.h"
+#include "stream.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -37,12 +38,14 @@ static void usage(FILE *out)
 		"      --http-max-per-client N   of them from one address (default %u)\n"
 		"      --http-idle-timeout S     close a connection silent for S seconds (default %u)\n"
 		"      --http-request-timeout S  a whole request and its answer, at most S seconds (default %u)\n"
+		"      --stream-interval S     seconds between frames of /api/v1/metrics/stream and /dashboard (default 1)\n"
+		"      --stream-max-clients N  streams served at once; more get 503 (default %u)\n"
 		"  -h, --help                  show this help\n"
 		"  -V, --version               show the version\n\n"
 		"SIGTERM or SIGINT stops it.  Logs go to stderr.\n",
 		SHMET_DEFAULT_PATH, DEFAULT_PORT, SHMET_DEFAULT_REGIONS, (unsigned long long)SHMET_DEFAULT_REGION_SIZE,
 		HTTP_DEFAULT_MAX_CONNECTIONS, HTTP_DEFAULT_MAX_PER_CLIENT, HTTP_DEFAULT_IDLE_TIMEOUT,
-		HTTP_DEFAULT_REQUEST_TIMEOUT);
+		HTTP_DEFAULT_REQUEST_TIMEOUT, STREAM_DEFAULT_MAX_CLIENTS);
 }
 
 static int parse_u64(const char *s, uint64_t max, uint64_t *out)
@@ -85,6 +88,7 @@ int main(int argc, char **argv)
 	enum {
 		OPT_REGIONS = 256, OPT_REGION_SIZE, OPT_RETIRED_SIZE, OPT_SCAN, OPT_TOKEN, OPT_BATCH, OPT_SERIES, OPT_RATE,
 		OPT_OWNER, OPT_HTTP_MAX, OPT_HTTP_PER_CLIENT, OPT_HTTP_IDLE, OPT_HTTP_REQUEST,
+		OPT_STREAM_INTERVAL, OPT_STREAM_CLIENTS,
 	};
 	static const struct option opts[] = {
 		{"segment", required_argument, NULL, 's'},
@@ -102,6 +106,8 @@ int main(int argc, char **argv)
 		{"http-max-per-client", required_argument, NULL, OPT_HTTP_PER_CLIENT},
 		{"http-idle-timeout", required_argument, NULL, OPT_HTTP_IDLE},
 		{"http-request-timeout", required_argument, NULL, OPT_HTTP_REQUEST},
+		{"stream-interval", required_argument, NULL, OPT_STREAM_INTERVAL},
+		{"stream-max-clients", required_argument, NULL, OPT_STREAM_CLIENTS},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
 		{NULL, 0, NULL, 0},
@@ -203,6 +209,20 @@ int main(int argc, char **argv)
 				return 2;
 			}
 			*(o == OPT_HTTP_IDLE ? &cfg.http_idle_timeout : &cfg.http_request_timeout) = (unsigned)u;
+			break;
+		case OPT_STREAM_INTERVAL:
+			cfg.stream_interval = strtod(optarg, &end);
+			if (*end || !(cfg.stream_interval >= 0.1 && cfg.stream_interval <= 60)) {
+				fprintf(stderr, "shmetricsd: --stream-interval wants seconds between 0.1 and 60\n");
+				return 2;
+			}
+			break;
+		case OPT_STREAM_CLIENTS:
+			if (parse_u64(optarg, 10000, &u) != 0 || u == 0) {
+				fprintf(stderr, "shmetricsd: --stream-max-clients wants 1..10000\n");
+				return 2;
+			}
+			cfg.stream_max_clients = (uint32_t)u;
 			break;
 		case 'h':
 			usage(stdout);

@@ -1,5 +1,7 @@
 /* /metrics: the view's families plus the collector's own, in name order. */
 #include "collector.h"
+#include "history.h"
+#include "stream.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -149,11 +151,24 @@ void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enu
 				 ? (double)__atomic_load_n(&h->sh_registrations_refused, __ATOMIC_RELAXED)
 				 : 0;
 	double last_scrape = (double)__atomic_load_n(&c->last_scrape_ns, __ATOMIC_RELAXED) / 1e9;
+	struct stream_stats ss;
+	struct history_stats hs;
+	stream_stats(c, &ss);
+	history_stats(c->history, &hs);
 	const struct own own[] = {
 		{"shmetricsd_build_info", "Build of this collector; the value is always 1.", SHMET_EXPO_GAUGE,
 		 "version", SHMET_VERSION_STRING, {1}, {0}, 0},
 		{"shmetricsd_corrupt_records_total", "Segment records skipped because they failed validation.",
 		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)__atomic_load_n(&c->corrupt_records, __ATOMIC_RELAXED)}, {0}, 0},
+		{"shmetricsd_dashboard_history_dropped_total",
+		 "Dashboard frames that could not be kept in the segment's history (too large even without their families).",
+		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)hs.dropped}, {0}, 0},
+		{"shmetricsd_dashboard_history_rejected_total",
+		 "Records of the segment's dashboard history that failed their checks when this collector read them.",
+		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)hs.rejected}, {0}, 0},
+		{"shmetricsd_dashboard_history_slots",
+		 "Frames the segment's dashboard history holds; 0 when there is no history region (a restart starts empty).",
+		 SHMET_EXPO_GAUGE, NULL, NULL, {(double)hs.slots}, {0}, 0},
 		{"shmetricsd_family_conflicts_total",
 		 "Series skipped because processes registered one family name with different types, labels or buckets.",
 		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)__atomic_load_n(&c->conflicts, __ATOMIC_RELAXED)}, {0}, 0},
@@ -190,6 +205,10 @@ void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enu
 		 SHMET_EXPO_GAUGE, NULL, NULL, {(double)st->bytes_used}, {0}, 0},
 		{"shmetricsd_series", "Series exposed from the segment.", SHMET_EXPO_GAUGE, NULL, NULL,
 		 {(double)st->series}, {0}, 0},
+		{"shmetricsd_stream_clients", "Clients of /api/v1/metrics/stream connected now.", SHMET_EXPO_GAUGE, NULL,
+		 NULL, {(double)ss.clients}, {0}, 0},
+		{"shmetricsd_stream_refused_total", "Stream clients refused with 503 past --stream-max-clients.",
+		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)ss.refused}, {0}, 0},
 		{"shmetricsd_writes_dropped_total",
 		 "Writes refused on the hot path (fallback handles, NaN, negative counter increments) or made without a region.",
 		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)__atomic_load_n(&c->writes_dropped, __ATOMIC_RELAXED)}, {0}, 0},

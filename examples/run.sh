@@ -126,6 +126,7 @@ cat <<EOF
 shmetrics demo is running (Ctrl-C stops it):
 
   metrics     http://127.0.0.1:$CPORT/metrics
+  dashboard   http://127.0.0.1:$CPORT/dashboard
   demo        http://127.0.0.1:$DPORT/health
   segment     $SEG
   logs        $LOGDIR

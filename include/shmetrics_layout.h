@@ -54,7 +54,8 @@
  *                            SHMET_NO_PARENT                  informational
  *   16    8  rs_claimed_ns   claimer, relaxed                 informational
  *   24    4  rs_flags        claimer, relaxed; SHMET_SLOT_COLLECTOR: a collector's push region,
- *                            SHMET_SLOT_THREAD: one thread's cells (WRITING THREADS)
+ *                            SHMET_SLOT_THREAD: one thread's cells (WRITING THREADS),
+ *                            SHMET_SLOT_HISTORY: a collector's dashboard history
  *   28   36  (reserved)
  *  rs_state_gen = generation << 8 | state.  The generation grows by one at each
  *  claim, so (region, generation) names one owner for ever.
@@ -207,6 +208,36 @@
  *  and only the inactive one; it then flips sh_retired_active with a release
  *  store.  A reader adds a region's cells only when the active half does not
  *  already include that (region, generation).
+ *
+ * DASHBOARD HISTORY: a region the collector claims for itself and flags
+ * SHMET_SLOT_HISTORY in rs_flags.  Its directory stays empty (rg_dir_end 64,
+ * rg_cell_low region_size), so readers find no series in it; the bytes from
+ * SHMET_HISTORY_OFF hold the dashboard's recent frames, so that a restarted
+ * collector keeps them.  Only the collector that holds the region's liveness
+ * lock writes it, from one thread; the only reader is a later collector,
+ * after that owner died, which takes the region back before its first fold
+ * (the fold would otherwise free it).  Any worker can write these bytes
+ * too: the reader copies each slot, checks every field, the crc32 of the
+ * compressed bytes and the JSON inside, and keeps only what passes.
+ *  history header (64 bytes at SHMET_HISTORY_OFF)
+ *  OFF  SIZE FIELD          WRITER                         READER / ORDER
+ *    0    8  hh_magic       owner, release, after the slots   later collector, copied
+ *                           are zeroed ("SHMHIST1")
+ *    8    4  hh_slot_size   owner (SHMET_HISTORY_SLOT_SIZE)   checked against the constant
+ *   12    4  hh_slots       owner ((region_size - SHMET_HISTORY_SLOTS_OFF) / slot size)
+ *                                                          checked against our geometry
+ *   16    8  hh_next        owner, relaxed: the slot written next   where appends resume
+ *   24   40  (reserved, zero)
+ *  slot k (SHMET_HISTORY_SLOT_SIZE bytes at SHMET_HISTORY_SLOTS_OFF + k * size)
+ *    0    8  hs_id          owner: relaxed 0, then the bytes below, then the
+ *                           frame's id with release (0: empty)  acquire, then copied
+ *    8    8  hs_unix_ms     frame time, CLOCK_REALTIME ms
+ *   16    4  hs_len         zlib bytes after the 32-byte slot header
+ *   20    4  hs_raw_len     the JSON's length (<= SHMET_HISTORY_RAW_MAX)
+ *   24    4  hs_crc         crc32 of the zlib bytes
+ *   28    4  hs_zero
+ *  A slot holds one frame (the JSON the stream sends; without its per-family
+ *  part when the whole does not fit).  Slots are reused in turn.
  */
 #ifndef SHMETRICS_LAYOUT_H
 #define SHMETRICS_LAYOUT_H
@@ -325,6 +356,33 @@ struct shmet_region_slot {
 /* rs_flags: the region holds the cells of one thread of the process that
  * owns region rs_parent (see WRITING THREADS); informational. */
 #define SHMET_SLOT_THREAD 2u
+/* rs_flags: the region holds a collector's dashboard history (DASHBOARD
+ * HISTORY above), not series. */
+#define SHMET_SLOT_HISTORY 4u
+
+#define SHMET_HISTORY_MAGIC      UINT64_C(0x31545349484d4853) /* "SHMHIST1" little-endian */
+#define SHMET_HISTORY_OFF        64u
+#define SHMET_HISTORY_SLOTS_OFF  128u
+#define SHMET_HISTORY_SLOT_SIZE  4096u
+#define SHMET_HISTORY_RAW_MAX    (256u << 10)
+
+struct shmet_history_header {
+	uint64_t hh_magic;
+	uint32_t hh_slot_size;
+	uint32_t hh_slots;
+	uint64_t hh_next;
+	uint8_t hh_reserved[40];
+};
+
+struct shmet_history_slot {
+	uint64_t hs_id;
+	uint64_t hs_unix_ms;
+	uint32_t hs_len;
+	uint32_t hs_raw_len;
+	uint32_t hs_crc;
+	uint32_t hs_zero;
+};
+
 
 struct shmet_region_header {
 	uint64_t rg_dir_end;
@@ -384,6 +442,8 @@ SHMET_LAYOUT_ASSERT(offsetof(struct shmet_seg_header, sh_registrations_refused) 
 SHMET_LAYOUT_ASSERT(sizeof(struct shmet_region_slot) == SHMET_CACHELINE, "slot is a cache line");
 SHMET_LAYOUT_ASSERT(sizeof(struct shmet_region_header) == 64, "region header");
 SHMET_LAYOUT_ASSERT(sizeof(struct shmet_retired_header) == 64, "retired header");
+SHMET_LAYOUT_ASSERT(sizeof(struct shmet_history_header) == SHMET_HISTORY_SLOTS_OFF - SHMET_HISTORY_OFF, "history header");
+SHMET_LAYOUT_ASSERT(sizeof(struct shmet_history_slot) == 32, "history slot header");
 SHMET_LAYOUT_ASSERT(sizeof(struct shmet_rec_family) == 24, "family record fixed part");
 SHMET_LAYOUT_ASSERT(sizeof(struct shmet_rec_series) == 24, "series record fixed part");
 

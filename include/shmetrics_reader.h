@@ -74,7 +74,7 @@ struct shmet_region_info {
 	uint32_t pid, parent;
 	uint64_t claimed_ns;
 	uint64_t dir_end, cell_low, dropped, series;
-	uint32_t flags; /* rs_flags: SHMET_SLOT_COLLECTOR, SHMET_SLOT_THREAD */
+	uint32_t flags; /* rs_flags: SHMET_SLOT_COLLECTOR, SHMET_SLOT_THREAD, SHMET_SLOT_HISTORY */
 };
 
 void shmet_region_info(const struct shmet_segment *seg, uint32_t i, struct shmet_region_info *info);

@@ -194,7 +194,7 @@ static void test_churn_monotonic_then_exact_across_collector_kill(void **state)
 	assert_double_equal_exact(tsupport_sample(body, "churn_revenue_total"), want_money);
 	assert_double_equal_exact(tsupport_sample(body, "churn_latency_seconds_sum"), want_sum);
 	double folds = tsupport_sample(body, "shmetricsd_folds_total");
-	assert_true(folds >= spawned);
+	assert_true(folds >= spawned - without_region); /* a worker that found no region had nothing to fold */
 	free(body);
 
 	/* kill -9 the collector, start another: nothing changes */
