@@ -22,7 +22,8 @@ FUZZ_SECONDS ?= 60
 # build: compiler toolchain and libraries; test: the real peers the tests use.
 DEBIAN_PACKAGES := build-essential pkg-config clang libclang-rt-14-dev \
 	liburcu-dev libmicrohttpd-dev libcmocka-dev zlib1g-dev libjansson-dev \
-	prometheus python3 python3-prometheus-client curl strace ltrace valgrind
+	libyaml-dev libgnutls28-dev libcrypt-dev \
+	prometheus python3 python3-prometheus-client curl strace ltrace valgrind openssl
 
 ifeq ($(SANITIZER),)
   B := build
@@ -50,7 +51,7 @@ CFLAGS_ALL   := -std=c11 $(OPT) $(WARN) $(SANFLAGS) -pthread -D_GNU_SOURCE \
 	-DSHMET_VERSION_STRING='"$(VERSION)"' -Iinclude -Ilibshm -Icollector -Itests/support $(CFLAGS)
 LDFLAGS_ALL  := $(SANFLAGS) -pthread $(LDFLAGS)
 
-COLLECTOR_LIBS := -lurcu-cds -lurcu-bp -lmicrohttpd -ljansson -lz -lm
+COLLECTOR_LIBS := -lurcu-cds -lurcu-bp -lmicrohttpd -ljansson -lyaml -lgnutls -lcrypt -lz -lm
 TEST_LIBS      := -lcmocka
 
 LIBSHM_SRC    := $(wildcard libshm/*.c)
@@ -80,6 +81,20 @@ PCFILE       := $(B)/lib/pkgconfig/shmetrics.pc
 .SUFFIXES:
 
 all: $(LIBSHM_A) $(LIBSHM_SO) $(DAEMON) $(TOOLS) $(EXAMPLES) $(PCFILE)
+
+# The build's revision and date, for --version and shmetricsd_build_info.
+# The header is rewritten only when its text changes, so that an unchanged
+# tree does not rebuild.  SOURCE_DATE_EPOCH, when set, fixes the date.
+BUILD_H := $(B)/gen/shmet_build.h
+.PHONY: FORCE
+$(BUILD_H): FORCE
+	@mkdir -p $(dir $@)
+	@rev=$$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown); \
+	date=$$(date -u $${SOURCE_DATE_EPOCH:+-d @$$SOURCE_DATE_EPOCH} +%Y-%m-%dT%H:%M:%SZ); \
+	if [ -f $@ ] && grep -q "REVISION \"$$rev\"" $@; then exit 0; fi; \
+	printf '#define SHMET_REVISION "%s"\n#define SHMET_BUILD_DATE "%s"\n' "$$rev" "$$date" > $@.tmp && mv $@.tmp $@
+$(B)/obj/collector/selfmetrics.o: $(BUILD_H)
+$(B)/obj/collector/selfmetrics.o: CFLAGS_ALL += -I$(B)/gen
 
 $(B)/obj/%.o: %.c
 	@mkdir -p $(dir $@)

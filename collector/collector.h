@@ -20,6 +20,7 @@
 
 #include "expfmt.h"
 #include "keymap.h"
+#include "log.h"
 #include "shmetrics_reader.h"
 
 #include <pthread.h>
@@ -91,6 +92,13 @@ struct collector_config {
 	uint32_t http_max_per_client;  /* admitted at once from one address */
 	unsigned http_idle_timeout;    /* seconds without a byte either way */
 	unsigned http_request_timeout; /* seconds for a whole request and its answer */
+	/* exporter conventions (listen.c, webconfig.c); all optional */
+	struct http_listener *listeners; /* bound by the caller; none: listen_host:listen_port */
+	unsigned nlisteners;
+	const char *telemetry_path;  /* NULL: /metrics */
+	struct web_config *web;      /* --web.config.file, or NULL */
+	unsigned no_writer_scans;    /* warn when no writer attached after this many scans; 0: never */
+	bool host_metrics;           /* --collector.host */
 };
 
 struct collector {
@@ -130,6 +138,9 @@ struct collector {
 	struct MHD_Daemon *httpd;
 	struct http_guard *guard; /* http.c: connections, admission, deadlines */
 	int bound_port;
+	struct MHD_Daemon *httpds[8]; /* one per listener; httpd is httpds[0] */
+	unsigned nhttpd;
+	struct segment_watch *watch;  /* watch.c: the segment's path, its writers */
 };
 
 /* Test-only: the next N view builds fail as if memory ran out. */
@@ -181,7 +192,6 @@ void view_leave(struct collector *c);
 void view_publish(struct collector *c, struct view *v);
 void view_grace_period(struct collector *c);
 
-void collector_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* ---- surviving a truncated segment ----
  *
