@@ -14,6 +14,7 @@
 
 VERSION     := 0.1.0
 PREFIX      ?= /usr/local
+SYSTEMD_UNIT_DIR ?= $(PREFIX)/lib/systemd/system
 DESTDIR     ?=
 SANITIZER   ?=
 FUZZ_SECONDS ?= 60
@@ -200,6 +201,9 @@ install: all
 	sed "s|^prefix=.*|prefix=$(PREFIX)|" $(PCFILE) > $(DESTDIR)$(PREFIX)/lib/pkgconfig/shmetrics.pc
 	install -m 755 $(DAEMON) $(TOOLS) $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 tools/*.1 collector/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/
+	install -d $(DESTDIR)$(SYSTEMD_UNIT_DIR)
+	sed "s|@BINDIR@|$(PREFIX)/bin|g" examples/systemd/shmetricsd.service.in > $(DESTDIR)$(SYSTEMD_UNIT_DIR)/shmetricsd.service
+	chmod 644 $(DESTDIR)$(SYSTEMD_UNIT_DIR)/shmetricsd.service
 
 clean:
 	rm -rf build

@@ -536,6 +536,9 @@ int collector_open(struct collector *c, const struct collector_config *cfg, char
 	sc.allow_owner = cfg->allow_owner;
 	sc.owner_uid = cfg->owner_uid;
 	sc.retired_size = cfg->retired_size;
+	sc.mode = cfg->segment_mode;
+	sc.set_group = cfg->set_group;
+	sc.group = cfg->segment_group;
 	char why[SHMET_ERRBUF];
 	int rc = shmet_segment_open(cfg->segment, SHMET_ATTACH_CREATE, &sc, &c->seg, why);
 	if (rc != SHMET_OK) {

@@ -99,6 +99,9 @@ struct collector_config {
 	struct web_config *web;      /* --web.config.file, or NULL */
 	unsigned no_writer_scans;    /* warn when no writer attached after this many scans; 0: never */
 	bool host_metrics;           /* --collector.host */
+	unsigned segment_mode;       /* --segment-mode: of a segment this process creates; 0: 0600 */
+	bool set_group;              /* --segment-group: ... and its group */
+	gid_t segment_group;
 };
 
 struct collector {

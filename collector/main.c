@@ -47,6 +47,10 @@ static void usage(FILE *out)
 		"                              segment (default twice the region size)\n"
 		"      --scan-interval SECONDS how often to look for new series and dead workers (default 1)\n"
 		"      --segment-owner UID     also accept a segment owned by this uid (default: only our own)\n"
+		"      --segment-mode MODE     mode of a segment this process creates: 0600 (default), 0640 or 0660\n"
+		"                              to share it with its group (default $SHMETRICS_SEGMENT_MODE)\n"
+		"      --segment-group GROUP   group of a segment this process creates, a name or a gid (default\n"
+		"                              $SHMETRICS_SEGMENT_GROUP, then our own)\n"
 		"      --push-token-file PATH  enable the push API; bearer token read from PATH\n"
 		"      --push-max-batch N      samples per /api/v1/metrics/batch request (default 1000)\n"
 		"      --push-series-limit N   series per pushed family (default 1000)\n"
@@ -133,10 +137,23 @@ int main(int argc, char **argv)
 	unsigned nspecs = 0;
 	if (configure_log(argc, argv) != 0)
 		return 2;
+	/* the writers' variables are the collector's defaults too: one setting for both */
+	const char *env_mode = getenv(SHMET_ENV_SEGMENT_MODE), *env_group = getenv(SHMET_ENV_SEGMENT_GROUP);
+	if (env_mode && *env_mode && shmet_parse_mode(env_mode, &cfg.segment_mode) != 0) {
+		collector_error("%s wants 0600, 0640 or 0660 (got \"%s\")", SHMET_ENV_SEGMENT_MODE, env_mode);
+		return 2;
+	}
+	if (env_group && *env_group) {
+		if (shmet_parse_group(env_group, &cfg.segment_group) != 0) {
+			collector_error("%s: no such group \"%s\"", SHMET_ENV_SEGMENT_GROUP, env_group);
+			return 2;
+		}
+		cfg.set_group = true;
+	}
 	enum {
 		OPT_REGIONS = 256, OPT_REGION_SIZE, OPT_RETIRED_SIZE, OPT_SCAN, OPT_TOKEN, OPT_BATCH, OPT_SERIES, OPT_RATE,
 		OPT_OWNER, OPT_HTTP_MAX, OPT_HTTP_PER_CLIENT, OPT_HTTP_IDLE, OPT_HTTP_REQUEST, OPT_TELEMETRY,
-		OPT_WEB_CONFIG, OPT_LOG_LEVEL, OPT_LOG_FORMAT, OPT_HOST, OPT_NO_WRITER,
+		OPT_WEB_CONFIG, OPT_LOG_LEVEL, OPT_LOG_FORMAT, OPT_HOST, OPT_NO_WRITER, OPT_SEG_MODE, OPT_SEG_GROUP,
 	};
 	static const struct option opts[] = {
 		{"segment", required_argument, NULL, 's'},
@@ -153,6 +170,8 @@ int main(int argc, char **argv)
 		{"retired-size", required_argument, NULL, OPT_RETIRED_SIZE},
 		{"scan-interval", required_argument, NULL, OPT_SCAN},
 		{"segment-owner", required_argument, NULL, OPT_OWNER},
+		{"segment-mode", required_argument, NULL, OPT_SEG_MODE},
+		{"segment-group", required_argument, NULL, OPT_SEG_GROUP},
 		{"push-token-file", required_argument, NULL, OPT_TOKEN},
 		{"push-max-batch", required_argument, NULL, OPT_BATCH},
 		{"push-series-limit", required_argument, NULL, OPT_SERIES},
@@ -184,6 +203,21 @@ int main(int argc, char **argv)
 				return 2;
 			}
 			listen_specs[nspecs++] = optarg;
+			break;
+		case OPT_SEG_MODE:
+			if (shmet_parse_mode(optarg, &cfg.segment_mode) != 0) {
+				collector_error("--segment-mode wants 0600, 0640 or 0660 (got \"%s\")", optarg);
+				return 2;
+			}
+			/* the push API's writer creates nothing, but says the same */
+			setenv(SHMET_ENV_SEGMENT_MODE, optarg, 1);
+			break;
+		case OPT_SEG_GROUP:
+			if (shmet_parse_group(optarg, &cfg.segment_group) != 0) {
+				collector_error("--segment-group: no such group \"%s\"", optarg);
+				return 2;
+			}
+			cfg.set_group = true;
 			break;
 		case OPT_TELEMETRY:
 			if (optarg[0] != '/' || strcmp(optarg, "/") == 0 || strncmp(optarg, "/-/", 3) == 0 ||
