@@ -150,8 +150,12 @@ $(B)/tests/%: $(B)/obj/tests/%.o $(SUPPORT_A) $(COLLECTOR_A) $(LIBSHM_A)
 $(PCFILE): Makefile
 	@mkdir -p $(dir $@)
 	printf '%s\n' 'prefix=$(PREFIX)' 'includedir=$${prefix}/include' 'libdir=$${prefix}/lib' '' \
-	  'Name: shmetrics' 'Description: Prometheus metrics for pre-forking servers (segment library and header-only writer)' \
-	  'Version: $(VERSION)' 'Cflags: -I$${includedir}' 'Libs: -L$${libdir} -lshmetrics' 'Libs.private: -pthread' > $@
+	  'Name: shmetrics' 'Description: Prometheus metrics for pre-forking servers (header-only writer)' \
+	  'Version: $(VERSION)' 'Cflags: -I$${includedir} -D_GNU_SOURCE' 'Libs: -pthread' > $@
+	printf '%s\n' 'prefix=$(PREFIX)' 'includedir=$${prefix}/include' 'libdir=$${prefix}/lib' '' \
+	  'Name: shmetrics-reader' 'Description: shmetrics segment reader library (libshmetrics)' \
+	  'Version: $(VERSION)' 'Cflags: -I$${includedir} -D_GNU_SOURCE' 'Libs: -L$${libdir} -lshmetrics' \
+	  'Libs.private: -pthread' > $(dir $@)shmetrics-reader.pc
 
 tests-build: all $(TESTS)
 
@@ -188,7 +192,10 @@ build/fuzz/fuzz_http: tests/fuzz_http.c $(LIBSHM_SRC) $(COLLECTOR_SRC)
 fuzz: deps $(FUZZ_BIN)
 	FUZZ_SECONDS=$(FUZZ_SECONDS) tests/run-fuzz.sh $(FUZZ_BIN)
 
-run: all
+# On a fresh machine `make run` installs what it needs first (as root) or
+# says what to install.
+run: deps
+	$(MAKE) all
 	examples/run.sh $(B)
 
 install: all
@@ -199,6 +206,7 @@ install: all
 	install -m 755 $(LIBSHM_SO) $(DESTDIR)$(PREFIX)/lib/libshmetrics.so.0
 	ln -sf libshmetrics.so.0 $(DESTDIR)$(PREFIX)/lib/libshmetrics.so
 	sed "s|^prefix=.*|prefix=$(PREFIX)|" $(PCFILE) > $(DESTDIR)$(PREFIX)/lib/pkgconfig/shmetrics.pc
+	sed "s|^prefix=.*|prefix=$(PREFIX)|" $(dir $(PCFILE))shmetrics-reader.pc > $(DESTDIR)$(PREFIX)/lib/pkgconfig/shmetrics-reader.pc
 	install -m 755 $(DAEMON) $(TOOLS) $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 tools/*.1 collector/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/
 	install -d $(DESTDIR)$(SYSTEMD_UNIT_DIR)
