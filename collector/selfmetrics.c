@@ -131,10 +131,14 @@ struct worker_proc {
 	double fds; /* -1: unreadable */
 };
 
-static pthread_mutex_t workers_mu = PTHREAD_MUTEX_INITIALIZER; /* guards the three below */
+static pthread_mutex_t workers_mu = PTHREAD_MUTEX_INITIALIZER; /* guards the five below */
 static struct worker_proc *workers;
 static size_t nworkers;
 static double workers_unreadable;
+/* The collector's own figures, read at the same time: a scrape only formats
+ * what the last scan read, so its cost does not grow with /proc reads. */
+static bool self_read;
+static struct worker_proc self_proc;
 
 void self_workers_scan(struct collector *c)
 {
@@ -170,7 +174,12 @@ void self_workers_scan(struct collector *c)
 		unreadable += p->fds < 0;
 		n++;
 	}
+	struct worker_proc me = {0};
+	bool me_ok = proc_stat(0, &me.ps) == 0;
+	me.fds = open_fds(0);
 	pthread_mutex_lock(&workers_mu);
+	self_read = me_ok;
+	self_proc = me;
 	struct worker_proc *old = workers;
 	workers = w;
 	nworkers = n;
@@ -188,14 +197,39 @@ static void one(shmet_buf *b, enum shmet_expo_format fmt, enum shmet_expo_type t
 	shmet_expo_sample(b, fmt, name, NULL, NULL, 0, NULL, 0, v, false);
 }
 
-static void r_cpu(struct collector *c, shmet_buf *b, enum shmet_expo_format fmt)
+/* The collector's figure k from the last scan; false before the first. */
+static bool self_value(int k, double *v)
 {
-	(void)c;
-	struct proc_stat ps;
-	if (proc_stat(0, &ps) == 0)
-		one(b, fmt, SHMET_EXPO_COUNTER, "process_cpu_seconds_total", "Total user and system CPU time spent in seconds.",
-		    ps.cpu_seconds);
+	pthread_mutex_lock(&workers_mu);
+	bool ok = self_read && (k != 4 || self_proc.fds >= 0);
+	const struct proc_stat *ps = &self_proc.ps;
+	*v = k == 0 ? ps->cpu_seconds : k == 1 ? ps->rss_bytes : k == 2 ? ps->start_seconds : k == 3 ? ps->vsize_bytes
+												   : self_proc.fds;
+	pthread_mutex_unlock(&workers_mu);
+	return ok;
 }
+
+static void r_self(shmet_buf *b, enum shmet_expo_format fmt, int k)
+{
+	static const struct {
+		const char *name, *help;
+		enum shmet_expo_type t;
+	} f[] = {
+		{"process_cpu_seconds_total", "Total user and system CPU time spent in seconds.", SHMET_EXPO_COUNTER},
+		{"process_resident_memory_bytes", "Resident memory size in bytes.", SHMET_EXPO_GAUGE},
+		{"process_start_time_seconds", "Start time of the process since unix epoch in seconds.", SHMET_EXPO_GAUGE},
+		{"process_virtual_memory_bytes", "Virtual memory size in bytes.", SHMET_EXPO_GAUGE},
+		{"process_open_fds", "Number of open file descriptors.", SHMET_EXPO_GAUGE},
+	};
+	double v;
+	if (self_value(k, &v))
+		one(b, fmt, f[k].t, f[k].name, f[k].help, v);
+}
+static void r_cpu(struct collector *c, shmet_buf *b, enum shmet_expo_format fmt) { (void)c; r_self(b, fmt, 0); }
+static void r_rss(struct collector *c, shmet_buf *b, enum shmet_expo_format fmt) { (void)c; r_self(b, fmt, 1); }
+static void r_start(struct collector *c, shmet_buf *b, enum shmet_expo_format fmt) { (void)c; r_self(b, fmt, 2); }
+static void r_vsize(struct collector *c, shmet_buf *b, enum shmet_expo_format fmt) { (void)c; r_self(b, fmt, 3); }
+static void r_openfds(struct collector *c, shmet_buf *b, enum shmet_expo_format fmt) { (void)c; r_self(b, fmt, 4); }
 
 static void r_maxfds(struct collector *c, shmet_buf *b, enum shmet_expo_format fmt)
 {
@@ -204,41 +238,6 @@ static void r_maxfds(struct collector *c, shmet_buf *b, enum shmet_expo_format f
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
 		one(b, fmt, SHMET_EXPO_GAUGE, "process_max_fds", "Maximum number of open file descriptors.",
 		    rl.rlim_cur == RLIM_INFINITY ? 1.8446744073709552e19 : (double)rl.rlim_cur);
-}
-
-static void r_openfds(struct collector *c, shmet_buf *b, enum shmet_expo_format fmt)
-{
-	(void)c;
-	double n = open_fds(0);
-	if (n >= 0)
-		one(b, fmt, SHMET_EXPO_GAUGE, "process_open_fds", "Number of open file descriptors.", n);
-}
-
-static void r_rss(struct collector *c, shmet_buf *b, enum shmet_expo_format fmt)
-{
-	(void)c;
-	struct proc_stat ps;
-	if (proc_stat(0, &ps) == 0)
-		one(b, fmt, SHMET_EXPO_GAUGE, "process_resident_memory_bytes", "Resident memory size in bytes.",
-		    ps.rss_bytes);
-}
-
-static void r_start(struct collector *c, shmet_buf *b, enum shmet_expo_format fmt)
-{
-	(void)c;
-	struct proc_stat ps;
-	if (proc_stat(0, &ps) == 0)
-		one(b, fmt, SHMET_EXPO_GAUGE, "process_start_time_seconds",
-		    "Start time of the process since unix epoch in seconds.", ps.start_seconds);
-}
-
-static void r_vsize(struct collector *c, shmet_buf *b, enum shmet_expo_format fmt)
-{
-	(void)c;
-	struct proc_stat ps;
-	if (proc_stat(0, &ps) == 0)
-		one(b, fmt, SHMET_EXPO_GAUGE, "process_virtual_memory_bytes", "Virtual memory size in bytes.",
-		    ps.vsize_bytes);
 }
 
 static void r_build(struct collector *c, shmet_buf *b, enum shmet_expo_format fmt)

@@ -2,7 +2,7 @@
  * segment: the collector's own process_* metrics (as every Prometheus
  * exporter has), each live worker's CPU, memory, descriptors and start
  * time by worker slot, the host's usage behind --collector.host, and
- * shmetricsd_build_info.  render.c merges these families into its name
+ * shmetricsd_build_info.  The /proc figures are read once per scan.  render.c merges these families into its name
  * order. */
 #ifndef SHMET_SELFMETRICS_H
 #define SHMET_SELFMETRICS_H
@@ -24,7 +24,8 @@ extern const unsigned self_nfamilies;
 /* Is name one of them?  (An application's family of that name is not served.) */
 bool self_family_name(const char *name);
 
-/* Updater, once per scan: read /proc for every live worker region. */
+/* Updater, once per scan: read /proc for this process and every live
+ * worker region; scrapes serve that reading. */
 void self_workers_scan(struct collector *c);
 
 #endif
