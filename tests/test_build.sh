@@ -16,7 +16,7 @@ PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
 . tests/lib/tap.sh
 
-if make -s -C "$ROOT" install PREFIX="$TMP/prefix" >"$TMP/install.log" 2>&1; then ok "make install PREFIX=..."
+if make -s -C "$ROOT" install PREFIX="$TMP/prefix" SANITIZER="${SANITIZER:-}" >"$TMP/install.log" 2>&1; then ok "make install PREFIX=..."
 else not_ok "make install"; diag <"$TMP/install.log"; finish; fi
 export PKG_CONFIG_PATH=$TMP/prefix/lib/pkgconfig
 cflags=$(pkg-config --cflags shmetrics) libs=$(pkg-config --libs shmetrics)

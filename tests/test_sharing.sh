@@ -19,7 +19,7 @@ SEG=/dev/shm/shmet-test-share-$$
 trap 'rm -f "$SEG" "$SEG-b" "$SEG-c"; cleanup' EXIT
 
 # ---- the unit, installed and verified ----
-if make -s -C "$ROOT" install PREFIX="$TMP/prefix" B="${BUILD_DIR:-build}" >"$TMP/install.log" 2>&1; then
+if make -s -C "$ROOT" install PREFIX="$TMP/prefix" SANITIZER="${SANITIZER:-}" >"$TMP/install.log" 2>&1; then
   ok "make install PREFIX=$TMP/prefix"
 else not_ok "make install"; diag <"$TMP/install.log"; finish; fi
 UNIT=$TMP/prefix/lib/systemd/system/shmetricsd.service
