@@ -30,17 +30,6 @@ done
 free_port() {
   "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
-# wait_log FILE PATTERN PID: the sed -n pattern's \1 once it appears (10 s at most)
-wait_log() {
-  local i v
-  for i in $(seq 100); do
-    v=$(sed -n "s|$2|\\1|p" "$1" 2>/dev/null | head -n 1)
-    if [ -n "$v" ]; then echo "$v"; return 0; fi
-    kill -0 "$3" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
 # start NAME ARGS...: a collector on its own segment; sets PID
 start() {
   local name=$1
