@@ -563,6 +563,7 @@ int collector_open(struct collector *c, const struct collector_config *cfg, char
 	}
 	guard_map_set(0, &c->seg.map);
 	guard_install();
+	watch_open(c);
 	collector_log("segment %s: %s, %u regions of %llu bytes, retired totals %llu bytes", c->seg.path,
 		      c->seg.map.created ? "created" : "opened", c->seg.regions, (unsigned long long)c->seg.region_size,
 		      (unsigned long long)(c->seg.retired_half_size - c->seg.retired_hdr_size));

@@ -21,21 +21,18 @@ struct segment_watch {
 	bool published;
 };
 
-static struct segment_watch *watch_get(struct collector *c)
+void watch_open(struct collector *c)
 {
-	if (!c->watch) {
-		struct segment_watch *w = calloc(1, sizeof *w);
-		struct stat st;
-		if (!w)
-			return NULL;
-		pthread_mutex_init(&w->mu, NULL);
-		if (fstat(c->seg.map.fd, &st) == 0) {
-			w->dev = st.st_dev;
-			w->ino = st.st_ino;
-		}
-		c->watch = w;
+	struct segment_watch *w = calloc(1, sizeof *w);
+	struct stat st;
+	if (!w)
+		return; /* no watch: the checks are off, nothing else is */
+	pthread_mutex_init(&w->mu, NULL);
+	if (fstat(c->seg.map.fd, &st) == 0) {
+		w->dev = st.st_dev;
+		w->ino = st.st_ino;
 	}
-	return c->watch;
+	c->watch = w;
 }
 
 /* Has a writer (not a collector's push region) a region now? */
@@ -55,7 +52,7 @@ static bool writer_present(const struct shmet_segment *seg)
 
 void watch_scan(struct collector *c)
 {
-	struct segment_watch *w = watch_get(c);
+	struct segment_watch *w = c->watch;
 	if (!w)
 		return;
 	struct stat st;
@@ -122,7 +119,7 @@ const char *watch_problem(struct collector *c, char *buf, size_t cap)
 void watch_publish(struct collector *c, const char *addrs)
 {
 	struct shmet_seg_header *h = c->seg.map.hdr;
-	struct segment_watch *w = watch_get(c);
+	struct segment_watch *w = c->watch;
 	if (!w || c->seg.map.readonly || !collector_readable(h, sizeof *h))
 		return;
 	/* relaxed, byte by byte: informational text another collector copies

@@ -12,6 +12,8 @@ struct shmet_segment;
 
 #define WATCH_DEFAULT_NO_WRITER_SCANS 60u
 
+/* collector_open, before any thread: remember which file the segment is. */
+void watch_open(struct collector *c);
 /* Updater, after each scan: stat the path against the open file, count
  * scans without a writer.  Logs each change once. */
 void watch_scan(struct collector *c);

@@ -278,9 +278,10 @@ kill "$holder" 2>/dev/null
 
 # ---- version and build info ----
 v=$("$BIN/shmetricsd" --version)
-rev=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
-echo "$v" | grep -q "version 0\.\|version [0-9]" && echo "$v" | grep -q "revision: $rev" && echo "$v" | grep -q "build date: 20" \
-  && ok "--version: version, revision $rev, build date" || { not_ok "--version"; echo "$v" | diag; }
+# the revision is a commit of this repository (the build's, which may be older than HEAD)
+rev=$(echo "$v" | sed -n 's/.*(revision: \([0-9a-f]\{12\}\)).*/\1/p')
+echo "$v" | grep -q "version [0-9]" && [ -n "$rev" ] && git cat-file -e "$rev^{commit}" 2>/dev/null && echo "$v" | grep -q "build date: 20" \
+  && ok "--version: version, revision $rev (a commit here), build date" || { not_ok "--version"; echo "$v" | diag; }
 m=$(curl -s "http://127.0.0.1:$P4/prom")
 echo "$m" | grep -Eq "^shmetricsd_build_info\{build_date=\"20[0-9-]+T[0-9:]+Z\",revision=\"$rev\",version=\"[0-9.]+\"\} 1$" \
   && ok "shmetricsd_build_info has version, revision and build date" || { not_ok "build_info"; echo "$m" | grep build_info | diag; }
