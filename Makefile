@@ -24,7 +24,8 @@ FUZZ_SECONDS ?= 60
 DEBIAN_PACKAGES := build-essential pkg-config clang libclang-rt-14-dev \
 	liburcu-dev libmicrohttpd-dev libcmocka-dev zlib1g-dev libjansson-dev \
 	libyaml-dev libgnutls28-dev libcrypt-dev \
-	prometheus python3 python3-prometheus-client curl strace ltrace valgrind openssl
+	prometheus python3 python3-prometheus-client curl strace ltrace valgrind openssl \
+	victoria-metrics systemd
 
 ifeq ($(SANITIZER),)
   B := build
