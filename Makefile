@@ -14,6 +14,7 @@
 
 VERSION     := 0.1.0
 PREFIX      ?= /usr/local
+SYSTEMD_UNIT_DIR ?= $(PREFIX)/lib/systemd/system
 DESTDIR     ?=
 SANITIZER   ?=
 FUZZ_SECONDS ?= 60
@@ -23,7 +24,9 @@ FUZZ_SECONDS ?= 60
 # (chromium and nodejs for the dashboard's browser tests; npm comes with nodejs).
 DEBIAN_PACKAGES := build-essential pkg-config clang libclang-rt-14-dev \
 	liburcu-dev libmicrohttpd-dev libcmocka-dev zlib1g-dev libjansson-dev \
-	prometheus python3 python3-prometheus-client curl strace ltrace valgrind \
+	libyaml-dev libgnutls28-dev libcrypt-dev \
+	prometheus python3 python3-prometheus-client curl strace ltrace valgrind openssl \
+	victoria-metrics systemd \
 	python3-dev gunicorn python3-fastapi python3-uvicorn python3-httpx \
 	chromium chromium-driver nodejs
 
@@ -53,7 +56,7 @@ CFLAGS_ALL   := -std=c11 $(OPT) $(WARN) $(SANFLAGS) -pthread -D_GNU_SOURCE \
 	-DSHMET_VERSION_STRING='"$(VERSION)"' -Iinclude -Ilibshm -Icollector -Itests/support $(CFLAGS)
 LDFLAGS_ALL  := $(SANFLAGS) -pthread $(LDFLAGS)
 
-COLLECTOR_LIBS := -lurcu-cds -lurcu-bp -lmicrohttpd -ljansson -lz -lm
+COLLECTOR_LIBS := -lurcu-cds -lurcu-bp -lmicrohttpd -ljansson -lyaml -lgnutls -lcrypt -lz -lm
 TEST_LIBS      := -lcmocka
 
 LIBSHM_SRC    := $(wildcard libshm/*.c)
@@ -83,6 +86,20 @@ PCFILE       := $(B)/lib/pkgconfig/shmetrics.pc
 .SUFFIXES:
 
 all: $(LIBSHM_A) $(LIBSHM_SO) $(DAEMON) $(TOOLS) $(EXAMPLES) $(PCFILE) python
+
+# The build's revision and date, for --version and shmetricsd_build_info.
+# The header is rewritten only when its text changes, so that an unchanged
+# tree does not rebuild.  SOURCE_DATE_EPOCH, when set, fixes the date.
+BUILD_H := $(B)/gen/shmet_build.h
+.PHONY: FORCE
+$(BUILD_H): FORCE
+	@mkdir -p $(dir $@)
+	@rev=$$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown); \
+	date=$$(date -u $${SOURCE_DATE_EPOCH:+-d @$$SOURCE_DATE_EPOCH} +%Y-%m-%dT%H:%M:%SZ); \
+	if [ -f $@ ] && grep -q "REVISION \"$$rev\"" $@; then exit 0; fi; \
+	printf '#define SHMET_REVISION "%s"\n#define SHMET_BUILD_DATE "%s"\n' "$$rev" "$$date" > $@.tmp && mv $@.tmp $@
+$(B)/obj/collector/selfmetrics.o: $(BUILD_H)
+$(B)/obj/collector/selfmetrics.o: CFLAGS_ALL += -I$(B)/gen
 
 $(B)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -147,8 +164,12 @@ $(B)/tests/%: $(B)/obj/tests/%.o $(SUPPORT_A) $(COLLECTOR_A) $(LIBSHM_A)
 $(PCFILE): Makefile
 	@mkdir -p $(dir $@)
 	printf '%s\n' 'prefix=$(PREFIX)' 'includedir=$${prefix}/include' 'libdir=$${prefix}/lib' '' \
-	  'Name: shmetrics' 'Description: Prometheus metrics for pre-forking servers (segment library and header-only writer)' \
-	  'Version: $(VERSION)' 'Cflags: -I$${includedir}' 'Libs: -L$${libdir} -lshmetrics' 'Libs.private: -pthread' > $@
+	  'Name: shmetrics' 'Description: Prometheus metrics for pre-forking servers (header-only writer)' \
+	  'Version: $(VERSION)' 'Cflags: -I$${includedir} -D_GNU_SOURCE' 'Libs: -pthread' > $@
+	printf '%s\n' 'prefix=$(PREFIX)' 'includedir=$${prefix}/include' 'libdir=$${prefix}/lib' '' \
+	  'Name: shmetrics-reader' 'Description: shmetrics segment reader library (libshmetrics)' \
+	  'Version: $(VERSION)' 'Cflags: -I$${includedir} -D_GNU_SOURCE' 'Libs: -L$${libdir} -lshmetrics' \
+	  'Libs.private: -pthread' > $(dir $@)shmetrics-reader.pc
 
 # The CPython extension (python/shmetrics): Debian's python3-dev headers for
 # /usr/bin/python3 (the python3 first on PATH may be another interpreter).
@@ -224,7 +245,10 @@ build/fuzz/fuzz_http: tests/fuzz_http.c $(LIBSHM_SRC) $(COLLECTOR_SRC) $(DASH_C)
 fuzz: deps $(FUZZ_BIN)
 	FUZZ_SECONDS=$(FUZZ_SECONDS) tests/run-fuzz.sh $(FUZZ_BIN)
 
-run: all
+# On a fresh machine `make run` installs what it needs first (as root) or
+# says what to install.
+run: deps
+	$(MAKE) all
 	examples/run.sh $(B)
 
 install: all
@@ -235,10 +259,14 @@ install: all
 	install -m 755 $(LIBSHM_SO) $(DESTDIR)$(PREFIX)/lib/libshmetrics.so.0
 	ln -sf libshmetrics.so.0 $(DESTDIR)$(PREFIX)/lib/libshmetrics.so
 	sed "s|^prefix=.*|prefix=$(PREFIX)|" $(PCFILE) > $(DESTDIR)$(PREFIX)/lib/pkgconfig/shmetrics.pc
+	sed "s|^prefix=.*|prefix=$(PREFIX)|" $(dir $(PCFILE))shmetrics-reader.pc > $(DESTDIR)$(PREFIX)/lib/pkgconfig/shmetrics-reader.pc
 	install -m 755 $(DAEMON) $(TOOLS) $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 tools/*.1 collector/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/
 	install -d $(DESTDIR)$(PREFIX)/lib/python$(PY_VERSION)/dist-packages/shmetrics
 	install -m 644 $(PY_MODULE) $(PY_FILES) $(DESTDIR)$(PREFIX)/lib/python$(PY_VERSION)/dist-packages/shmetrics/
+	install -d $(DESTDIR)$(SYSTEMD_UNIT_DIR)
+	sed "s|@BINDIR@|$(PREFIX)/bin|g" examples/systemd/shmetricsd.service.in > $(DESTDIR)$(SYSTEMD_UNIT_DIR)/shmetricsd.service
+	chmod 644 $(DESTDIR)$(SYSTEMD_UNIT_DIR)/shmetricsd.service
 
 clean:
 	rm -rf build

@@ -243,11 +243,12 @@ static enum MHD_Result health(struct collector *c, struct MHD_Connection *conn)
 	double age = last ? (double)(shmet__now_ns(CLOCK_MONOTONIC) - last) / 1e9 : -1;
 	bool ok = last && age < 5 * c->cfg.scan_interval + 5;
 	const struct view *v = view_enter(c);
-	json_t *j = json_pack("{s:s, s:s, s:{s:I, s:I}, s:{s:I, s:I, s:I}, s:I, s:I, s:f, s:s}", "status",
+	json_t *j = json_pack("{s:s, s:s, s:{s:I, s:I}, s:{s:I, s:I, s:I, s:I}, s:I, s:I, s:f, s:s}", "status",
 			      ok ? "healthy" : "unhealthy", "segment", c->seg.path, "segment_bytes", "used",
 			      (json_int_t)v->stats.bytes_used, "total", (json_int_t)v->stats.bytes_total, "regions", "live",
 			      (json_int_t)v->stats.regions_live, "dead", (json_int_t)v->stats.regions_dead, "free",
-			      (json_int_t)v->stats.regions_free, "families", (json_int_t)v->nfamilies, "series",
+			      (json_int_t)v->stats.regions_free, "history", (json_int_t)v->stats.regions_history, "families",
+			      (json_int_t)v->nfamilies, "series",
 			      (json_int_t)v->stats.series, "last_scan_age_seconds", age, "version", SHMET_VERSION_STRING);
 	view_leave(c);
 	if (j && c->api) {

@@ -28,6 +28,7 @@
  * gauges are registered in most-recent mode, which the fold keeps.
  */
 #include "api_push_int.h"
+#include "webconfig.h"
 
 #include <math.h>
 #include <netinet/in.h>
@@ -233,7 +234,7 @@ static int read_token(struct api *a, const char *path, char *err, size_t errlen)
 		goto close_fd;
 	}
 	if (st.st_mode & 0070)
-		collector_log("warning: the push token file %s is accessible by its group (mode %04o)", path,
+		collector_warn("the push token file %s is accessible by its group (mode %04o)", path,
 			      (unsigned)(st.st_mode & 07777));
 	for (;;) {
 		ssize_t r = read(fd, buf + n, sizeof buf - (size_t)n);
@@ -269,7 +270,7 @@ static int read_token(struct api *a, const char *path, char *err, size_t errlen)
 			goto close_fd;
 		}
 	if (hi - lo < 16)
-		collector_log("warning: the push token is short (%zu bytes); use at least 16 random bytes, e.g. "
+		collector_warn("the push token is short (%zu bytes); use at least 16 random bytes, e.g. "
 			      "`openssl rand -hex 32`", hi - lo);
 	a->token = malloc(hi - lo + 1);
 	if (!a->token) {
@@ -536,7 +537,9 @@ enum MHD_Result api_push_handle(struct api *a, struct MHD_Connection *conn, int 
 			return api_send(conn, MHD_HTTP_TOO_MANY_REQUESTS,
 					json_pack("{s:s, s:I}", "error", msg, "retry_after_seconds", (json_int_t)secs), hdr);
 		}
-		const char *why = auth_problem(a, conn);
+		/* with basic_auth_users, http.c checked the request's Basic
+		 * credentials as for every route: they stand in for the token */
+		const char *why = webconfig_has_users(cfg->web) ? NULL : auth_problem(a, conn);
 		if (why) {
 			__atomic_fetch_add(&a->st_unauthorized, 1, __ATOMIC_RELAXED);
 			const char *const hdr[] = {MHD_HTTP_HEADER_WWW_AUTHENTICATE,

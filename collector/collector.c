@@ -2,10 +2,11 @@
  * changed, publish it under RCU, and free what no reader can still see. */
 #include "history.h"
 #include "http.h"
+#include "selfmetrics.h"
+#include "watch.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -15,22 +16,6 @@
 #include <time.h>
 #include <unistd.h>
 #include <urcu-bp.h>
-
-void collector_log(const char *fmt, ...)
-{
-	char line[1024];
-	struct timespec ts;
-	struct tm tm;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	gmtime_r(&ts.tv_sec, &tm);
-	size_t n = strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &tm);
-	n += (size_t)snprintf(line + n, sizeof line - n, ".%03ldZ shmetricsd: ", ts.tv_nsec / 1000000);
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(line + n, sizeof line - n, fmt, ap);
-	va_end(ap);
-	fprintf(stderr, "%s\n", line);
-}
 
 /* ---- SIGBUS guard (collector.h says what it is for) ---- */
 
@@ -128,7 +113,7 @@ bool collector_check_size(struct collector *c, bool updater)
 			c->truncated = true;
 			uint64_t n = __atomic_add_fetch(&c->truncations, 1, __ATOMIC_RELAXED);
 			if (worth_logging(n))
-				collector_log("segment %s was truncated to %llu bytes (it needs %llu): keeping the last good "
+				collector_warn("segment %s was truncated to %llu bytes (it needs %llu): keeping the last good "
 					      "view and reading nothing past the end; restore its size or recreate it "
 					      "(truncation %llu)",
 					      c->seg.path, (unsigned long long)size, (unsigned long long)need,
@@ -144,7 +129,7 @@ bool collector_check_size(struct collector *c, bool updater)
 			const struct shmet_seg_map *g = guard_maps[i].map;
 			if (g && mmap(g->base, g->size, g->readonly ? PROT_READ : PROT_READ | PROT_WRITE,
 				      MAP_SHARED | MAP_FIXED, g->fd, 0) == MAP_FAILED) {
-				collector_log("cannot map segment %s again: %s", c->seg.path, strerror(errno));
+				collector_warn("cannot map segment %s again: %s", c->seg.path, strerror(errno));
 				all = false;
 			}
 		}
@@ -261,7 +246,7 @@ static void log_losses(struct collector *c)
 	if (dropped > __atomic_load_n(&c->writes_dropped, __ATOMIC_RELAXED))
 		__atomic_store_n(&c->writes_dropped, dropped, __ATOMIC_RELAXED);
 	if (refused > logged_refused) {
-		collector_log("family registrations refused: %llu (+%llu): a process registered a family whose shape or "
+		collector_warn("family registrations refused: %llu (+%llu): a process registered a family whose shape or "
 			      "sample names clash with one the segment already has (the application's error says which); "
 			      "see shmetricsd_registrations_refused_total",
 			      (unsigned long long)refused, (unsigned long long)(refused - logged_refused));
@@ -272,7 +257,7 @@ static void log_losses(struct collector *c)
 	if ((dropped <= logged_dropped && claims <= logged_claims) ||
 	    (loss_logged && now - loss_logged_ns < LOSS_LOG_INTERVAL_NS))
 		return;
-	collector_log("writes dropped: %llu (+%llu), region claims failed: %llu (+%llu); see "
+	collector_warn("writes dropped: %llu (+%llu), region claims failed: %llu (+%llu); see "
 		      "shmetricsd_writes_dropped_total and shmetricsd_region_claim_failures_total, and "
 		      "shmetrics-dump --check",
 		      (unsigned long long)dropped,
@@ -294,7 +279,7 @@ static void note_fold(struct collector *c, int rc)
 {
 	if (fold_res.blocked) {
 		if (!__atomic_exchange_n(&c->fold_blocked, true, __ATOMIC_RELAXED))
-			collector_log("fold stopped: %s; dead workers' values stay in their regions (nothing is lost) until "
+			collector_warn("fold stopped: %s; dead workers' values stay in their regions (nothing is lost) until "
 				      "the retired totals are repaired or the segment is recreated",
 				      fold_res.err[0] ? fold_res.err : shmet_strerror(rc));
 		return;
@@ -305,7 +290,7 @@ static void note_fold(struct collector *c, int rc)
 	uint32_t was = __atomic_load_n(&c->fold_skipped, __ATOMIC_RELAXED);
 	if (fold_res.skipped != was) {
 		if (fold_res.skipped)
-			collector_log("retired area full: %u dead region%s cannot be folded and stay allocated (%s); "
+			collector_warn("retired area full: %u dead region%s cannot be folded and stay allocated (%s); "
 				      "create the segment with a larger --retired-size",
 				      fold_res.skipped, fold_res.skipped == 1 ? "" : "s", fold_res.err);
 		else
@@ -314,11 +299,11 @@ static void note_fold(struct collector *c, int rc)
 	/* relaxed: a statistic read by scrapes */
 	__atomic_store_n(&c->fold_skipped, fold_res.skipped, __ATOMIC_RELAXED);
 	if (rc != SHMET_OK || (fold_res.err[0] && fold_res.skipped == 0))
-		collector_log("fold: %s", fold_res.err[0] ? fold_res.err : shmet_strerror(rc));
+		collector_warn("fold: %s", fold_res.err[0] ? fold_res.err : shmet_strerror(rc));
 	if (fold_res.inexact) {
 		/* relaxed: a statistic */
 		__atomic_fetch_add(&c->folds_inexact, fold_res.inexact, __ATOMIC_RELAXED);
-		collector_log("fold: %llu float totals needed more than 159 bits and were rounded",
+		collector_warn("fold: %llu float totals needed more than 159 bits and were rounded",
 			      (unsigned long long)fold_res.inexact);
 	}
 }
@@ -388,7 +373,7 @@ bool collector_scan(struct collector *c)
 			view_build_abandon(c); /* if the fault came while building */
 			last_fingerprint = 0;
 			if (worth_logging(++scan_faults))
-				collector_log("segment %s: a read past its end was caught during a scan (%llu so far)",
+				collector_warn("segment %s: a read past its end was caught during a scan (%llu so far)",
 					      c->seg.path, (unsigned long long)scan_faults);
 		}
 	}
@@ -406,6 +391,8 @@ static void *updater(void *arg)
 		c->wake_requested = false;
 		pthread_mutex_unlock(&c->wake_mu);
 		collector_scan(c);
+		watch_scan(c);
+		self_workers_scan(c);
 		api_tick(c);
 		struct timespec until;
 		clock_gettime(CLOCK_REALTIME, &until);
@@ -466,7 +453,7 @@ static bool push_shaped(const struct shmet_segment *seg, uint32_t i)
 	while ((rc = shmet_dir_next(&it, &r, NULL)) != 0)
 		if (rc > 0 && r.kind == SHMET_REC_FAMILY && r.fam.type == SHMET_GAUGE &&
 		    r.fam.mode != SHMET_GAUGE_MOSTRECENT) {
-			collector_log("push: region %u is flagged as a collector's but holds the %s gauge %.*s; not taken back",
+			collector_warn("push: region %u is flagged as a collector's but holds the %s gauge %.*s; not taken back",
 				      i, shmet_gauge_mode_name(r.fam.mode), (int)r.fam.name_len, r.fam.name);
 			return false;
 		}
@@ -505,7 +492,7 @@ static void adopt_push_region(struct collector *c)
 			snprintf(proc, sizeof proc, "/proc/self/fd/%d", seg->map.fd);
 			c->push_lock_fd = open(proc, O_RDWR | O_CLOEXEC);
 			if (c->push_lock_fd < 0) {
-				collector_log("push: cannot take back region %u: %s", i, strerror(errno));
+				collector_warn("push: cannot take back region %u: %s", i, strerror(errno));
 				return;
 			}
 		}
@@ -550,6 +537,9 @@ int collector_open(struct collector *c, const struct collector_config *cfg, char
 	sc.allow_owner = cfg->allow_owner;
 	sc.owner_uid = cfg->owner_uid;
 	sc.retired_size = cfg->retired_size;
+	sc.mode = cfg->segment_mode;
+	sc.set_group = cfg->set_group;
+	sc.group = cfg->segment_group;
 	char why[SHMET_ERRBUF];
 	int rc = shmet_segment_open(cfg->segment, SHMET_ATTACH_CREATE, &sc, &c->seg, why);
 	if (rc != SHMET_OK) {
@@ -559,8 +549,14 @@ int collector_open(struct collector *c, const struct collector_config *cfg, char
 	int holder = 0;
 	rc = shmet_segment_lock_collector(&c->seg, &holder);
 	if (rc != SHMET_OK) {
+		char addr[128];
+		if (holder <= 0) /* an OFD lock names no holder: the header's record does */
+			watch_holder(&c->seg, &holder, addr, sizeof addr);
+		else
+			addr[0] = 0;
 		if (holder > 0)
-			snprintf(err, errlen, "another shmetricsd (pid %d) already serves %s", holder, c->seg.path);
+			snprintf(err, errlen, "another shmetricsd (pid %d%s%s) already serves %s", holder,
+				 addr[0] ? ", listening on " : "", addr, c->seg.path);
 		else
 			snprintf(err, errlen, "another shmetricsd already serves %s", c->seg.path);
 		shmet_segment_close(&c->seg);
@@ -568,6 +564,7 @@ int collector_open(struct collector *c, const struct collector_config *cfg, char
 	}
 	guard_map_set(0, &c->seg.map);
 	guard_install();
+	watch_open(c);
 	collector_log("segment %s: %s, %u regions of %llu bytes, retired totals %llu bytes", c->seg.path,
 		      c->seg.map.created ? "created" : "opened", c->seg.regions, (unsigned long long)c->seg.region_size,
 		      (unsigned long long)(c->seg.retired_half_size - c->seg.retired_hdr_size));
@@ -619,6 +616,7 @@ void collector_close(struct collector *c)
 	c->view = NULL;
 	guard_map_set(0, NULL);
 	guard_map_set(1, NULL);
+	watch_close(c);
 	__atomic_store_n(&collector_seg_end, (uintptr_t)0, __ATOMIC_RELAXED);
 	shmet_segment_close(&c->seg);
 	if (c->push_lock_fd >= 0)

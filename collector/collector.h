@@ -20,6 +20,7 @@
 
 #include "expfmt.h"
 #include "keymap.h"
+#include "log.h"
 #include "shmetrics_reader.h"
 
 #include <pthread.h>
@@ -58,6 +59,7 @@ struct view_family {
 
 struct view_stats {
 	uint32_t regions_live, regions_dead, regions_free;
+	uint32_t regions_history; /* the collector's dashboard history (SHMET_SLOT_HISTORY), in none of the above */
 	uint64_t series, bytes_used, bytes_total, dropped;
 	uint64_t folds; /* regions folded into the retired totals, ever */
 };
@@ -94,6 +96,16 @@ struct collector_config {
 	/* the dashboard's stream (stream.c); 0 takes the default */
 	double stream_interval;      /* seconds between frames */
 	uint32_t stream_max_clients; /* streams served at once */
+	/* exporter conventions (listen.c, webconfig.c); all optional */
+	struct http_listener *listeners; /* bound by the caller; none: listen_host:listen_port */
+	unsigned nlisteners;
+	const char *telemetry_path;  /* NULL: /metrics */
+	struct web_config *web;      /* --web.config.file, or NULL */
+	unsigned no_writer_scans;    /* warn when no writer attached after this many scans; 0: never */
+	bool host_metrics;           /* --collector.host */
+	unsigned segment_mode;       /* --segment-mode: of a segment this process creates; 0: 0600 */
+	bool set_group;              /* --segment-group: ... and its group */
+	gid_t segment_group;
 };
 
 struct collector {
@@ -135,6 +147,9 @@ struct collector {
 	int bound_port;
 	struct stream *stream;   /* stream.c: the dashboard's frames and their clients */
 	struct history *history; /* history.c: the frames kept in the segment, or NULL */
+	struct MHD_Daemon *httpds[8]; /* one per listener; httpd is httpds[0] */
+	unsigned nhttpd;
+	struct segment_watch *watch;  /* watch.c: the segment's path, its writers */
 };
 
 /* Test-only: the next N view builds fail as if memory ran out. */
@@ -186,7 +201,6 @@ void view_leave(struct collector *c);
 void view_publish(struct collector *c, struct view *v);
 void view_grace_period(struct collector *c);
 
-void collector_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* ---- surviving a truncated segment ----
  *

@@ -193,8 +193,6 @@ struct frame_sample *frame_sample(struct collector *c)
 		latency(p, dur);
 	p->stats = v->stats;
 	view_leave(c);
-	if (c->history && p->stats.regions_live)
-		p->stats.regions_live--; /* the history region is no worker */
 	p->ns = shmet__now_ns(CLOCK_MONOTONIC);
 	return p;
 }

@@ -1,6 +1,9 @@
 /* shmetricsd's HTTP endpoints: /metrics, health, the index page, and the
  * JSON API's entry point.  Every answer has a Content-Type and a reason. */
 #include "http.h"
+#include "listen.h"
+#include "watch.h"
+#include "webconfig.h"
 
 #include "dashboard.h"
 #include "stream.h"
@@ -117,6 +120,15 @@ static enum MHD_Result serve_ready(struct collector *c, struct MHD_Connection *c
 		return http_respond(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", body,
 				    n < 0 ? 0 : n >= 512 ? 511 : (size_t)n);
 	}
+	char why[512];
+	if (watch_problem(c, why, sizeof why)) {
+		char *body = malloc(600);
+		if (!body)
+			return MHD_NO;
+		int n = snprintf(body, 600, "shmetricsd is not ready: %s.\n", why);
+		return http_respond(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", body,
+				    n < 0 ? 0 : n >= 600 ? 599 : (size_t)n);
+	}
 	if (__atomic_load_n(&c->fold_blocked, __ATOMIC_RELAXED))
 		return http_respond_static(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "text/plain; charset=utf-8",
 					   "shmetricsd is not ready: folding stopped because the retired totals failed "
@@ -207,8 +219,11 @@ struct http_guard {
 
 static const char busy_text[] = "too many connections; retry after " HTTP_RETRY_AFTER " s\n";
 /* A status written straight to the socket, once libmicrohttpd is done with it. */
+static bool http_tls; /* set once before the daemons start: statuses written raw would break TLS */
 static void write_status(int fd, unsigned code)
 {
+	if (http_tls)
+		return; /* the connection just closes */
 	const char *reason = code == 400 ? "Bad Request" : code == 408 ? "Request Timeout" : "Service Unavailable";
 	const char *body = code == 400   ? "malformed HTTP request\n"
 			   : code == 408 ? "the request took longer than allowed (--http-request-timeout)\n"
@@ -478,7 +493,7 @@ static enum MHD_Result route(struct collector *c, struct MHD_Connection *conn, c
 	if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
 		return http_respond_static(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "text/plain; charset=utf-8",
 					   "method not allowed: use GET\n");
-	if (strcmp(url, "/metrics") == 0)
+	if (strcmp(url, c->cfg.telemetry_path ? c->cfg.telemetry_path : "/metrics") == 0)
 		return serve_metrics(c, conn);
 	if (strcmp(url, "/-/healthy") == 0)
 		return http_respond_static(conn, MHD_HTTP_OK, "text/plain; charset=utf-8", "shmetricsd is Healthy.\n");
@@ -516,6 +531,9 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
 	if (first) {
 		if (!room)
 			return respond_close(conn, MHD_HTTP_SERVICE_UNAVAILABLE, busy_text, HTTP_RETRY_AFTER);
+		enum MHD_Result refused;
+		if (!webconfig_admit(c->cfg.web, conn, &refused)) /* every route, the push API's too */
+			return refused;
 		const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
 		if (limited && cl && strtoull(cl, NULL, 10) > HTTP_BODY_LIMIT) /* libmicrohttpd checked the digits */
 			return respond_close(conn, MHD_HTTP_CONTENT_TOO_LARGE, "request body larger than 65536 bytes\n",
@@ -593,7 +611,7 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 	size_t n = strlen(line);
 	while (n && line[n - 1] == '\n')
 		line[--n] = 0;
-	collector_log("http: %s", line);
+	collector_warn("http: %s", line);
 }
 
 static void guard_free(struct collector *c)
@@ -610,22 +628,23 @@ static void guard_free(struct collector *c)
 
 int http_start(struct collector *c, char *err, size_t errlen)
 {
-	struct addrinfo hints, *ai = NULL;
-	memset(&hints, 0, sizeof hints);
-	hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
-	hints.ai_socktype = SOCK_STREAM;
-	char port[16];
-	snprintf(port, sizeof port, "%d", c->cfg.listen_port);
-	int gai = getaddrinfo(c->cfg.listen_host, port, &hints, &ai);
-	if (gai != 0) {
-		snprintf(err, errlen, "cannot listen on %s: %s (give a numeric address)", c->cfg.listen_host,
-			 gai_strerror(gai));
-		return SHMET_E_INVALID_ARG;
-	}
 	const struct collector_config *cfg = &c->cfg;
+	struct http_listener own, *ls = cfg->listeners;
+	unsigned nl = cfg->nlisteners;
+	if (nl == 0) { /* no --web.listen-address bound by the caller: listen_host:listen_port */
+		char spec[300];
+		bool v6 = strchr(cfg->listen_host, ':') != NULL;
+		snprintf(spec, sizeof spec, "%s%s%s:%d", v6 ? "[" : "", cfg->listen_host, v6 ? "]" : "", cfg->listen_port);
+		if (http_listen_bind(spec, &own, err, errlen) != 0)
+			return SHMET_E_SYS;
+		ls = &own;
+		nl = 1;
+	}
+	if (nl > HTTP_MAX_LISTEN)
+		nl = HTTP_MAX_LISTEN; /* main refuses more */
 	struct http_guard *g = calloc(1, sizeof *g);
 	if (!g) {
-		freeaddrinfo(ai);
+		http_listen_close(ls, nl);
 		snprintf(err, errlen, "out of memory");
 		return SHMET_E_SYS;
 	}
@@ -636,12 +655,14 @@ int http_start(struct collector *c, char *err, size_t errlen)
 	g->deadline_ns = (uint64_t)whole * 1000000000ull;
 	g->idle_ns = (uint64_t)idle * 1000000000ull;
 	/* Room past the limit for the connections that will be cut, evicted
-	 * or answered 503: past it libmicrohttpd leaves them in the backlog. */
-	g->nslots = g->max_total + (g->max_total > HTTP_HEADROOM ? g->max_total : HTTP_HEADROOM);
+	 * or answered 503: past it libmicrohttpd leaves them in the backlog.
+	 * Each listener's daemon may take that many; they share the slots. */
+	uint32_t per_daemon = g->max_total + (g->max_total > HTTP_HEADROOM ? g->max_total : HTTP_HEADROOM);
+	g->nslots = per_daemon * nl;
 	g->slots = calloc(g->nslots, sizeof *g->slots);
 	if (!g->slots) {
 		free(g);
-		freeaddrinfo(ai);
+		http_listen_close(ls, nl);
 		snprintf(err, errlen, "out of memory");
 		return SHMET_E_SYS;
 	}
@@ -657,23 +678,40 @@ int http_start(struct collector *c, char *err, size_t errlen)
 	 * closes it, so that the CLOSED notification can still send a status. */
 	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG | MHD_USE_EPOLL | MHD_USE_TURBO |
 			 MHD_ALLOW_SUSPEND_RESUME; /* the event streams wait suspended (stream.c) */
-	if (ai->ai_family == AF_INET6)
-		flags |= MHD_USE_IPv6;
-	/* No per-address limit in libmicrohttpd (it would close the
-	 * connection without a word): admit() applies ours. */
-	c->httpd = MHD_start_daemon(flags, 0, NULL, NULL, handler, c, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, c,
-				    MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)2,
-				    MHD_OPTION_CONNECTION_TIMEOUT, idle, MHD_OPTION_CONNECTION_LIMIT, g->nslots,
-				    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(256 * 1024), MHD_OPTION_NOTIFY_COMPLETED,
-				    completed, c, MHD_OPTION_NOTIFY_CONNECTION, notify_connection, g,
-				    MHD_OPTION_URI_LOG_CALLBACK, uri_logged, g, MHD_OPTION_END);
-	freeaddrinfo(ai);
-	if (!c->httpd) {
-		snprintf(err, errlen, "cannot listen on %s:%d (address in use or not permitted)", c->cfg.listen_host,
-			 c->cfg.listen_port);
-		guard_free(c);
-		return SHMET_E_SYS;
+	struct MHD_OptionItem tls[5] = {{MHD_OPTION_END, 0, NULL}};
+	http_tls = webconfig_tls(cfg->web);
+	if (http_tls) {
+		const char *cert, *key, *cafile, *prio;
+		webconfig_tls_options(cfg->web, &cert, &key, &cafile, &prio);
+		int k = 0;
+		tls[k++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, (void *)(uintptr_t)cert};
+		tls[k++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, (void *)(uintptr_t)key};
+		tls[k++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)(uintptr_t)prio};
+		if (cafile)
+			tls[k++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_TRUST, 0, (void *)(uintptr_t)cafile};
+		tls[k] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
+		flags |= MHD_USE_TLS;
 	}
+	for (unsigned i = 0; i < nl; i++) {
+		/* No per-address limit in libmicrohttpd (it would close the
+		 * connection without a word): admit() applies ours. */
+		struct MHD_Daemon *d = MHD_start_daemon(
+			flags, 0, NULL, NULL, handler, c, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, c, MHD_OPTION_LISTEN_SOCKET,
+			ls[i].fd, MHD_OPTION_ARRAY, tls, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)2, MHD_OPTION_CONNECTION_TIMEOUT,
+			idle, MHD_OPTION_CONNECTION_LIMIT, per_daemon, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(256 * 1024),
+			MHD_OPTION_NOTIFY_COMPLETED, completed, c, MHD_OPTION_NOTIFY_CONNECTION, notify_connection, g,
+			MHD_OPTION_URI_LOG_CALLBACK, uri_logged, g, MHD_OPTION_END);
+		if (!d) {
+			snprintf(err, errlen, "cannot serve %s on %s (libmicrohttpd refused to start; see above)",
+				 http_tls ? "HTTPS" : "HTTP", ls[i].addr);
+			http_listen_close(ls + i, nl - i);
+			http_stop(c);
+			return SHMET_E_SYS;
+		}
+		ls[i].fd = -1; /* the daemon closes it when it stops */
+		c->httpds[c->nhttpd++] = d;
+	}
+	c->httpd = c->httpds[0];
 	if (pthread_create(&g->reaper, NULL, reaper, g) != 0) {
 		snprintf(err, errlen, "cannot start the HTTP reaper thread");
 		http_stop(c);
@@ -684,11 +722,21 @@ int http_start(struct collector *c, char *err, size_t errlen)
 		http_stop(c);
 		return SHMET_E_SYS;
 	}
-	const union MHD_DaemonInfo *info = MHD_get_daemon_info(c->httpd, MHD_DAEMON_INFO_BIND_PORT);
-	c->bound_port = info ? info->port : c->cfg.listen_port;
-	bool v6 = strchr(c->cfg.listen_host, ':') != NULL;
-	collector_log("listening on http://%s%s%s:%d/metrics", v6 ? "[" : "", c->cfg.listen_host, v6 ? "]" : "",
-		      c->bound_port);
+	c->bound_port = ls[0].port;
+	const char *path = cfg->telemetry_path ? cfg->telemetry_path : "/metrics";
+	bool open_to_others = false;
+	char addrs[128] = "";
+	for (unsigned i = 0; i < nl; i++) {
+		collector_log("listening on %s://%s%s", http_tls ? "https" : "http", ls[i].addr, path);
+		open_to_others |= !ls[i].loopback;
+		size_t n = strlen(addrs);
+		snprintf(addrs + n, sizeof addrs - n, "%s%s", n ? " " : "", ls[i].addr);
+	}
+	watch_publish(c, addrs); /* a second collector names us */
+	if (open_to_others && !webconfig_authenticates(cfg->web))
+		collector_warn("listening beyond loopback without authentication: anyone who can reach the port reads the "
+			       "metrics%s; set basic_auth_users (and TLS) in --web.config.file",
+			       cfg->push_token_file ? " (the push API still wants its token)" : "");
 	return SHMET_OK;
 }
 
@@ -704,10 +752,10 @@ void http_stop(struct collector *c)
 		g->reaper_started = false;
 	}
 	stream_stop(c); /* libmicrohttpd may not stop with streams suspended */
-	if (c->httpd) {
-		MHD_stop_daemon(c->httpd); /* its CLOSED notifications still use the guard */
-		c->httpd = NULL;
-	}
+	for (unsigned i = 0; i < c->nhttpd; i++)
+		MHD_stop_daemon(c->httpds[i]); /* their CLOSED notifications still use the guard */
+	c->nhttpd = 0;
+	c->httpd = NULL;
 	stream_free(c);
 	guard_free(c);
 }

@@ -2,6 +2,7 @@
 #include "collector.h"
 #include "history.h"
 #include "stream.h"
+#include "selfmetrics.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -121,8 +122,8 @@ struct own {
 	const char *name, *help;
 	enum shmet_expo_type type;
 	const char *label, *lvalue; /* at most one label per sample here */
-	double values[3];
-	const char *lvalues[3];
+	double values[4];
+	const char *lvalues[4];
 	int n;
 };
 
@@ -156,8 +157,6 @@ void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enu
 	stream_stats(c, &ss);
 	history_stats(c->history, &hs);
 	const struct own own[] = {
-		{"shmetricsd_build_info", "Build of this collector; the value is always 1.", SHMET_EXPO_GAUGE,
-		 "version", SHMET_VERSION_STRING, {1}, {0}, 0},
 		{"shmetricsd_corrupt_records_total", "Segment records skipped because they failed validation.",
 		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)__atomic_load_n(&c->corrupt_records, __ATOMIC_RELAXED)}, {0}, 0},
 		{"shmetricsd_dashboard_history_dropped_total",
@@ -187,7 +186,8 @@ void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enu
 		 "Attempts to claim a region that found none free (or no memory); a process without a region tries again about once a second.",
 		 SHMET_EXPO_COUNTER, NULL, NULL, {claim_failures}, {0}, 0},
 		{"shmetricsd_regions", "Regions of the segment by state.", SHMET_EXPO_GAUGE, "state", NULL,
-		 {st->regions_dead, st->regions_free, st->regions_live}, {"dead", "free", "live"}, 3},
+		 {st->regions_dead, st->regions_free, st->regions_live, st->regions_history},
+		 {"dead", "free", "live", "history"}, 4},
 		{"shmetricsd_registrations_refused_total",
 		 "Family registrations the segment's family registry refused (a clashing shape or sample name, or a full registry).",
 		 SHMET_EXPO_COUNTER, NULL, NULL, {refused}, {0}, 0},
@@ -214,15 +214,23 @@ void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enu
 		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)__atomic_load_n(&c->writes_dropped, __ATOMIC_RELAXED)}, {0}, 0},
 	};
 	size_t nown = sizeof own / sizeof *own, o = 0;
-	for (uint32_t i = 0; i < v->nfamilies; i++) {
-		const struct view_family *f = &v->families[i];
-		if (strncmp(f->name, "shmetricsd_", 11) == 0)
-			continue; /* the collector's own namespace; a writer may not shadow it */
-		while (o < nown && strcmp(own[o].name, f->name) < 0)
-			render_own(b, fmt, &own[o++]);
-		render_family(b, fmt, f);
+	unsigned e = 0; /* selfmetrics.c's families: a second sorted list */
+	for (uint32_t i = 0; i <= v->nfamilies; i++) {
+		const struct view_family *f = i < v->nfamilies ? &v->families[i] : NULL;
+		if (f && (strncmp(f->name, "shmetricsd_", 11) == 0 || self_family_name(f->name)))
+			continue; /* the collector's own names; a writer may not shadow them */
+		for (;;) {
+			bool own_next = o < nown && (!f || strcmp(own[o].name, f->name) < 0);
+			bool self_next = e < self_nfamilies && (!f || strcmp(self_families[e].name, f->name) < 0);
+			if (own_next && (!self_next || strcmp(own[o].name, self_families[e].name) < 0))
+				render_own(b, fmt, &own[o++]);
+			else if (self_next)
+				self_families[e++].render(c, b, fmt);
+			else
+				break;
+		}
+		if (f)
+			render_family(b, fmt, f);
 	}
-	while (o < nown)
-		render_own(b, fmt, &own[o++]);
 	shmet_expo_eof(b, fmt);
 }

@@ -213,7 +213,7 @@ static void add_area(struct builder *b, const struct shmet_area *area, int regio
 		if (rc < 0) {
 			if (first_sighting(b->c, 'c', region, gen, rec_at) &&
 			    __atomic_fetch_add(&b->c->corrupt_records, 1, __ATOMIC_RELAXED) < 100)
-				collector_log("skipping corrupt record at %llu in %s %d: %s", (unsigned long long)rec_at,
+				collector_warn("skipping corrupt record at %llu in %s %d: %s", (unsigned long long)rec_at,
 					      region < 0 ? "retired totals" : "region", region, why);
 			continue;
 		}
@@ -226,7 +226,7 @@ static void add_area(struct builder *b, const struct shmet_area *area, int regio
 		if (!rf) {
 			if (first_sighting(b->c, 'f', region, gen, r.fam.off) &&
 			    __atomic_fetch_add(&b->c->conflicts, 1, __ATOMIC_RELAXED) < 100)
-				collector_log("region %d: family %.*s is not registered with this shape; its series are skipped",
+				collector_warn("region %d: family %.*s is not registered with this shape; its series are skipped",
 					      region, (int)r.fam.name_len, r.fam.name);
 			continue;
 		}
@@ -323,7 +323,7 @@ struct view *view_build(struct collector *c)
 	 * build leaves through siglongjmp, and view_build_abandon frees it. */
 	struct builder *b = calloc(1, sizeof *b);
 	if (!b) {
-		collector_log("out of memory while building the view; keeping the previous one");
+		collector_error("out of memory while building the view; keeping the previous one");
 		return NULL;
 	}
 	c->building = b;
@@ -337,7 +337,7 @@ struct view *view_build(struct collector *c)
 	if (shmet_registry_update(seg, &c->registry) != SHMET_OK)
 		goto fail;
 	if (c->registry.corrupt > c->registry_corrupt_logged) {
-		collector_log("family registry: %llu damaged or clashing records ignored (%s)",
+		collector_warn("family registry: %llu damaged or clashing records ignored (%s)",
 			      (unsigned long long)c->registry.corrupt, c->registry.err);
 		__atomic_fetch_add(&c->corrupt_records, c->registry.corrupt - c->registry_corrupt_logged, __ATOMIC_RELAXED);
 		c->registry_corrupt_logged = c->registry.corrupt;
@@ -356,12 +356,16 @@ struct view *view_build(struct collector *c)
 		const struct shmet_region_info *info = &sa.info;
 		if (sa.region < 0) { /* the active retired half */
 			if (sa.rc != SHMET_OK)
-				collector_log("retired totals unreadable: %s", sa.err);
+				collector_warn("retired totals unreadable: %s", sa.err);
 			add_area(b, &sa.area, -1, folds << 1 | sc.active, false);
 			continue;
 		}
 		if (info->state != SHMET_REGION_LIVE) {
 			st->regions_free++;
+			continue;
+		}
+		if (info->flags & SHMET_SLOT_HISTORY) {
+			st->regions_history++; /* the collector's own: no worker, no series */
 			continue;
 		}
 		if (info->alive)
@@ -373,7 +377,7 @@ struct view *view_build(struct collector *c)
 		if (sa.rc != SHMET_OK) {
 			if (first_sighting(c, 'h', sa.region, info->generation, 0) &&
 			    __atomic_fetch_add(&c->corrupt_records, 1, __ATOMIC_RELAXED) < 100)
-				collector_log("region %d: %s", sa.region, sa.err);
+				collector_warn("region %d: %s", sa.region, sa.err);
 			continue;
 		}
 		st->bytes_used += (sa.area.dir_end - sizeof(struct shmet_region_header)) + (sa.area.size - sa.area.cell_low);
@@ -396,7 +400,7 @@ struct view *view_build(struct collector *c)
 	b->v->built_ns = shmet__now_ns(CLOCK_REALTIME);
 	goto out;
 fail:
-	collector_log("out of memory while building the view; keeping the previous one");
+	collector_error("out of memory while building the view; keeping the previous one");
 	view_free(b->v);
 	b->v = NULL;
 out:;

@@ -104,8 +104,11 @@ struct shmet_options {
 	const char *path;        /* NULL: $SHMETRICS_SEGMENT, then /dev/shm/shmetrics */
 	uint32_t regions;        /* capacity if this process creates the segment */
 	uint64_t region_size;
-	unsigned mode;           /* 0600 by default; 0660 shares with the group */
+	unsigned mode;           /* 0600 by default; 0660 shares with the group
+				    (0: $SHMETRICS_SEGMENT_MODE, then 0600) */
 	bool no_create;          /* attach only; fail when the segment is absent */
+	const char *group;       /* group of a segment this process creates, a name or a gid
+				    (NULL: $SHMETRICS_SEGMENT_GROUP, then the process's own) */
 };
 
 struct shmet_family_spec {
@@ -1054,6 +1057,16 @@ static int shmet__init_locked(const struct shmet_options *o)
 		cfg.regions = o->regions;
 		cfg.region_size = o->region_size;
 		cfg.mode = o->mode;
+	}
+	const char *env_mode = getenv(SHMET_ENV_SEGMENT_MODE);
+	if (!cfg.mode && env_mode && *env_mode && shmet_parse_mode(env_mode, &cfg.mode) != 0)
+		return shmet__err(SHMET_E_INVALID_ARG, "%s=\"%s\": want 0600, 0640 or 0660", SHMET_ENV_SEGMENT_MODE,
+				  env_mode);
+	const char *group = o && o->group ? o->group : getenv(SHMET_ENV_SEGMENT_GROUP);
+	if (group && *group) {
+		if (shmet_parse_group(group, &cfg.group) != 0)
+			return shmet__err(SHMET_E_INVALID_ARG, "segment group \"%s\": no such group", group);
+		cfg.set_group = 1;
 	}
 	const char *owner = getenv(SHMET_ENV_SEGMENT_OWNER);
 	if (owner && *owner) {

@@ -36,7 +36,13 @@
  *  144    8  sh_retired_active    folder only, release store collector, acquire
  *  152    8  sh_registrations_refused
  *                                 any process, relaxed add   collector, relaxed
- *  160  ...  (reserved, zero, to 4096)
+ *  160  ...  (reserved, zero, to 3968)
+ * 3968    4  sh_collector_pid     the collector holding the  another collector,
+ *                                 collector lock, relaxed    relaxed; informational
+ * 3972    4  (reserved, zero)
+ * 3976  120  sh_collector_addr    that collector, before     another collector: a
+ *                                 sh_collector_pid; NUL-     copy, printable bytes
+ *                                 terminated text            only; informational
  *
  *  sh_registrations_refused counts registrations the family registry refused
  *  (a clashing shape or sample name, or a full registry).
@@ -253,7 +259,7 @@ extern "C" {
 
 #define SHMET_MAGIC          UINT64_C(0x43495254454d4853) /* "SHMETRIC" little-endian */
 #define SHMET_VERSION_MAJOR  2u
-#define SHMET_VERSION_MINOR  0u
+#define SHMET_VERSION_MINOR  1u
 #define SHMET_CACHELINE      64u
 #define SHMET_PAGE           4096u
 #define SHMET_NO_PARENT      UINT32_C(0xffffffff)
@@ -337,7 +343,10 @@ struct shmet_seg_header {
 	uint64_t sh_dropped_orphan;
 	uint64_t sh_retired_active;
 	uint64_t sh_registrations_refused;
-	uint8_t sh_reserved1[SHMET_PAGE - 160];
+	uint8_t sh_reserved1[SHMET_PAGE - 160 - 128];
+	uint32_t sh_collector_pid;
+	uint32_t sh_reserved2;
+	char sh_collector_addr[120];
 };
 
 struct shmet_region_slot {
@@ -439,6 +448,8 @@ SHMET_LAYOUT_ASSERT(offsetof(struct shmet_seg_header, sh_total_size) == 64, "lay
 SHMET_LAYOUT_ASSERT(offsetof(struct shmet_seg_header, sh_registry_off) == 88, "layout table");
 SHMET_LAYOUT_ASSERT(offsetof(struct shmet_seg_header, sh_registry_size) == 96, "layout table");
 SHMET_LAYOUT_ASSERT(offsetof(struct shmet_seg_header, sh_registrations_refused) == 152, "layout table");
+SHMET_LAYOUT_ASSERT(offsetof(struct shmet_seg_header, sh_collector_pid) == 3968, "layout table");
+SHMET_LAYOUT_ASSERT(offsetof(struct shmet_seg_header, sh_collector_addr) == 3976, "layout table");
 SHMET_LAYOUT_ASSERT(sizeof(struct shmet_region_slot) == SHMET_CACHELINE, "slot is a cache line");
 SHMET_LAYOUT_ASSERT(sizeof(struct shmet_region_header) == 64, "region header");
 SHMET_LAYOUT_ASSERT(sizeof(struct shmet_retired_header) == 64, "retired header");

@@ -27,6 +27,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -106,6 +107,10 @@ struct shmet_seg_config {
 	 * does, not even for root. */
 	int allow_owner;
 	uid_t owner_uid;
+	/* set_group != 0: a segment this call creates gets group `group`
+	 * (the creator must be a member, or root) */
+	int set_group;
+	gid_t group;
 };
 
 enum shmet_attach_flags {
@@ -186,6 +191,45 @@ static inline int shmet_parse_uid(const char *s, uid_t *uid)
 	if (v >= 0xffffffffull) /* (uid_t)-1 means "no uid" to the kernel */
 		return -1;
 	*uid = (uid_t)v;
+	return 0;
+}
+
+/* Sharing the segment with a group: the creator's mode and group, given
+ * to the collector as --segment-mode/--segment-group and to writers as
+ * shmet_options or these variables. */
+#define SHMET_ENV_SEGMENT_MODE "SHMETRICS_SEGMENT_MODE"
+#define SHMET_ENV_SEGMENT_GROUP "SHMETRICS_SEGMENT_GROUP"
+
+/* "0600", "600", "0640" or "0660" (octal; nothing for other users). */
+static inline int shmet_parse_mode(const char *s, unsigned *mode)
+{
+	unsigned v = 0;
+	if (!s || !*s || strlen(s) > 4)
+		return -1;
+	for (const char *p = s; *p; p++) {
+		if (*p < '0' || *p > '7')
+			return -1;
+		v = v * 8 + (unsigned)(*p - '0');
+	}
+	if ((v & 0600) != 0600 || (v & 07117)) /* the owner reads and writes; no execute, no others, no setuid */
+		return -1;
+	*mode = v;
+	return 0;
+}
+
+/* A group name or a numeric gid. */
+static inline int shmet_parse_group(const char *s, gid_t *gid)
+{
+	uid_t v;
+	if (shmet_parse_uid(s, &v) == 0) {
+		*gid = (gid_t)v;
+		return 0;
+	}
+	struct group gr, *res = NULL;
+	char buf[4096];
+	if (!s || getgrnam_r(s, &gr, buf, sizeof buf, &res) != 0 || !res)
+		return -1;
+	*gid = res->gr_gid;
 	return 0;
 }
 
@@ -280,6 +324,9 @@ static inline int shmet__init_segment(int fd, const struct shmet_seg_config *cfg
 				   (unsigned long long)SHMET_MAX_REGION_SIZE);
 	struct shmet_seg_geometry g;
 	shmet_seg_geometry(n, rs, ra, reg, &g);
+	if (cfg && cfg->set_group && fchown(fd, (uid_t)-1, cfg->group) != 0)
+		return shmet__fail(err, SHMET_E_PERMISSION, "cannot give the new segment group %u: %s (the creator must "
+				   "belong to it)", (unsigned)cfg->group, strerror(errno));
 	if (fchmod(fd, mode) != 0 || ftruncate(fd, (off_t)g.total) != 0)
 		return shmet__fail(err, SHMET_E_SYS, "cannot size the new segment: %s", strerror(errno));
 	/* The header, table and retired halves are written by the creator and

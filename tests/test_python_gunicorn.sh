@@ -240,6 +240,9 @@ for path in sys.argv[1:]:
     for fam in text_string_to_metric_families(open(path).read()):
         if fam.type not in ('counter', 'histogram', 'summary'):
             continue
+        # one worker process's own counters (CPU seconds) end with it
+        if fam.name.startswith('shmetricsd_worker_'):
+            continue
         for s in fam.samples:
             if s.name.endswith(('_total', '_bucket', '_count')) or (fam.type == 'counter' and s.name.endswith('_sum')):
                 cur[(s.name, tuple(sorted(s.labels.items())))] = s.value

@@ -31,14 +31,20 @@ finish() {
   exit $((failed > 0))
 }
 
-# Wait (10 s at most) for "listening on http://127.0.0.1:PORT" in a log.
-port_from_log() {
-  local log=$1 pid=$2 i p
+# wait_log FILE PATTERN PID: wait (10 s at most, while PID lives) until the
+# sed pattern matches a line of FILE; print its \1.
+wait_log() {
+  local i v
   for i in $(seq 100); do
-    p=$(sed -n 's|.*listening on http://127\.0\.0\.1:\([0-9][0-9]*\).*|\1|p' "$log" 2>/dev/null | head -n 1)
-    if [ -n "$p" ]; then echo "$p"; return 0; fi
-    kill -0 "$pid" 2>/dev/null || return 1
+    v=$(sed -n "s|$2|\\1|p" "$1" 2>/dev/null | head -n 1)
+    if [ -n "$v" ]; then echo "$v"; return 0; fi
+    kill -0 "$3" 2>/dev/null || return 1
     sleep 0.1
   done
   return 1
+}
+
+# Wait (10 s at most) for "listening on http://127.0.0.1:PORT" in a log.
+port_from_log() {
+  wait_log "$1" '.*listening on http://127\.0\.0\.1:\([0-9][0-9]*\).*' "$2"
 }
