@@ -54,6 +54,7 @@ struct view_family {
 	const char *const *bound_text; /* le="..." values, OM canonical, +Inf last */
 	uint32_t nseries;
 	struct view_series *series; /* sorted by label values */
+	const struct shmet_sketch *sketch; /* summaries with quantiles (sketchwin.c), else NULL */
 };
 
 struct view_stats {
@@ -135,7 +136,21 @@ struct collector {
 	int bound_port;
 	struct stream *stream;   /* stream.c: the dashboard's frames and their clients */
 	struct history *history; /* history.c: the frames kept in the segment, or NULL */
+	struct sketchwin *sketchwin; /* summaries' quantile windows (sketchwin.c) */
 };
+
+/* ---- summary quantiles over a sliding window (sketchwin.c) ----
+ * The updater snapshots each sketch's merged counts every max_age /
+ * age_buckets and keeps the last age_buckets snapshots; a scrape's quantiles
+ * describe the counts now minus the oldest snapshot kept.  A series first
+ * seen starts from zero.  _count and _sum stay cumulative. */
+int sketchwin_open(struct collector *c);
+void sketchwin_close(struct collector *c);
+/* Updater: take the snapshots due at now_ns (any clock, only differences count). */
+void sketchwin_tick(struct collector *c, const struct view *v, uint64_t now_ns);
+/* The quantiles (f->sketch->objectives) of series s over its window, into
+ * out; false when some cells could not be read (truncated segment). */
+bool sketchwin_quantiles(struct collector *c, const struct view_family *f, const struct view_series *s, double *out);
 
 /* Test-only: the next N view builds fail as if memory ran out. */
 extern unsigned collector_test_fail_view_builds;

@@ -19,9 +19,9 @@ static void put_value(shmet_buf *b, enum shmet_expo_format fmt, double v, bool i
 }
 
 /* One sample line from pre-escaped labels: the scrape's inner loop. */
-static void put_line(shmet_buf *b, enum shmet_expo_format fmt, const char *name, size_t name_len,
-		     const char *suffix, size_t suffix_len, const struct view_series *s, const char *bound,
-		     double v, bool integral)
+static void put_line_as(shmet_buf *b, enum shmet_expo_format fmt, const char *name, size_t name_len,
+			const char *suffix, size_t suffix_len, const struct view_series *s, const char *bound_label,
+			const char *bound, double v, bool integral)
 {
 	shmet_buf_reserve(b, name_len + suffix_len + s->labels_len + 64);
 	shmet_buf_append(b, name, name_len);
@@ -32,7 +32,7 @@ static void put_line(shmet_buf *b, enum shmet_expo_format fmt, const char *name,
 		if (bound) {
 			if (s->labels_len)
 				shmet_buf_putc(b, ',');
-			shmet_buf_append(b, "le=\"", 4);
+			shmet_buf_puts(b, bound_label);
 			shmet_buf_puts(b, bound);
 			shmet_buf_putc(b, '"');
 		}
@@ -41,6 +41,13 @@ static void put_line(shmet_buf *b, enum shmet_expo_format fmt, const char *name,
 	shmet_buf_putc(b, ' ');
 	put_value(b, fmt, v, integral);
 	shmet_buf_putc(b, '\n');
+}
+
+static void put_line(shmet_buf *b, enum shmet_expo_format fmt, const char *name, size_t name_len,
+		     const char *suffix, size_t suffix_len, const struct view_series *s, const char *bound,
+		     double v, bool integral)
+{
+	put_line_as(b, fmt, name, name_len, suffix, suffix_len, s, "le=\"", bound, v, integral);
 }
 
 static const enum shmet_expo_type expo_type[] = {
@@ -67,8 +74,9 @@ static bool om_counter_ok(double v)
 	return v >= 0; /* false for NaN */
 }
 
-static void render_family(shmet_buf *b, enum shmet_expo_format fmt, const struct view_family *f)
+static void render_family(struct collector *c, shmet_buf *b, enum shmet_expo_format fmt, const struct view_family *f)
 {
+	double q[SHMET_MAX_OBJECTIVES];
 	if (f->nseries == 0)
 		return;
 	bool om = fmt == SHMET_EXPO_OPENMETRICS;
@@ -108,6 +116,12 @@ static void render_family(shmet_buf *b, enum shmet_expo_format fmt, const struct
 			break;
 		}
 		case SHMET_SUMMARY:
+			if (f->sketch && sketchwin_quantiles(c, f, s, q)) /* quantiles of the window, merged */
+				for (uint32_t k = 0; k < f->sketch->nobjectives; k++) {
+					char t[SHMET_FMT_DOUBLE_MAX];
+					shmet_fmt_bound(t, f->sketch->objectives[k]);
+					put_line_as(b, fmt, f->name, nl, "", 0, s, "quantile=\"", t, q[k], false);
+				}
 			if (!om || om_counter_ok(v))
 				put_line(b, fmt, f->name, nl, "_sum", 4, s, NULL, v, false);
 			put_line(b, fmt, f->name, nl, "_count", 6, s, NULL, (double)acc.whole, true);
@@ -220,7 +234,7 @@ void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enu
 			continue; /* the collector's own namespace; a writer may not shadow it */
 		while (o < nown && strcmp(own[o].name, f->name) < 0)
 			render_own(b, fmt, &own[o++]);
-		render_family(b, fmt, f);
+		render_family(c, b, fmt, f);
 	}
 	while (o < nown)
 		render_own(b, fmt, &own[o++]);

@@ -529,7 +529,7 @@ static void walk_family(struct walk *w, const struct shmet_record *r)
 {
 	struct shmet_rec_family raw;
 	memcpy(&raw, r->fam.rec, sizeof raw); /* the copy libshm validated */
-	if (raw.fam_rec.rec_flags != 0 || raw.fam_zero != 0)
+	if (raw.fam_rec.rec_flags != 0) /* fam_sketch_len: libshm checked the block */
 		walk_problem(w, "family %.*s at %u: reserved fields are not zero", (int)r->fam.name_len, r->fam.name,
 			     r->fam.off);
 	if (w->nfam_offs == 0 || w->fam_offs[w->nfam_offs - 1] < r->fam.off) {
