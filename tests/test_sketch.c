@@ -6,6 +6,8 @@
 #include "collector.h"
 
 #include <math.h>
+#include <sched.h>
+#include <sys/prctl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -292,6 +294,182 @@ static void test_sketch_window_moves_and_count_stays(void **state)
 	assert_int_equal(tsupport_wait(runner), 0);
 }
 
+/* ---- kill -9 mid-observe, recycled regions, hostile bytes ---- */
+
+/* The series' count and sketch counts in an area (0 when absent there). */
+static int area_counts(const struct shmet_area *a, const char *name, uint64_t *count, uint64_t *sk, uint32_t *nslots)
+{
+	struct shmet_dir_iter it;
+	static struct shmet_record r;
+	int rc, found = 0;
+	shmet_dir_begin(&it, a);
+	while ((rc = shmet_dir_next(&it, &r, NULL)) != 0) {
+		if (rc < 0 || r.kind != SHMET_REC_SERIES || r.fam.name_len != strlen(name) ||
+		    memcmp(r.fam.name, name, r.fam.name_len) || !r.fam.sk.count)
+			continue;
+		const uint64_t *c = (const uint64_t *)(const void *)(a->base + r.series.cell_off);
+		*count = shmet_sat_add(*count, __atomic_load_n(&c[0], __ATOMIC_RELAXED));
+		*nslots = r.fam.sk.count + 2;
+		shmet_sketch_load_add(sk, c + shmet_sketch_cell(r.fam.type, r.fam.nbuckets, a->retired), *nslots);
+		found = 1;
+	}
+	return found;
+}
+
+/* After a fold that freed every dead region, with no live writer: the
+ * retired half holds everything. */
+static void retired_counts(const char *path, const char *name, uint64_t *count, uint64_t *sk, uint32_t *nslots)
+{
+	struct shmet_segment seg;
+	char err[SHMET_ERRBUF];
+	struct shmet_area a;
+	assert_int_equal(shmet_segment_open(path, SHMET_ATTACH_READONLY, NULL, &seg, err), SHMET_OK);
+	assert_int_equal(shmet_retired_area(&seg, shmet_retired_active(&seg), &a, err), SHMET_OK);
+	*count = 0;
+	memset(sk, 0, SHMET_MAX_SKETCH_BUCKETS * 8 + 16);
+	assert_true(area_counts(&a, name, count, sk, nslots));
+	shmet_segment_close(&seg);
+}
+
+static void test_sketch_kill9_mid_observe_never_loses_or_tears(void **state)
+{
+	(void)state;
+	const char *seg = tsupport_segment("sketchkill");
+	int fds[2];
+	assert_int_equal(pipe(fds), 0);
+	pid_t runner = fork();
+	if (runner == 0) {
+		/* the master: registers, then forks observers the test kills;
+		 * each goes when its parent does, so a failing test leaks none */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		close(fds[0]);
+		struct shmet_options o = {seg, 8, 1 << 16, 0, false};
+		shmet_family *f;
+		if (shmet_init(&o) != SHMET_OK ||
+		    shmet_summary_register_quantiles(&f, "sk_kill_seconds", "", 0.02, 0, 0, 0, NULL) != SHMET_OK)
+			_exit(10);
+		shmet_summary h = shmet_summary_get(f, NULL);
+		for (int round = 0; round < 3; round++) {
+			pid_t kids[4];
+			for (int k = 0; k < 4; k++) {
+				if ((kids[k] = fork()) == 0) {
+					prctl(PR_SET_PDEATHSIG, SIGKILL);
+					uint64_t r = (uint64_t)(round * 10 + k);
+					shmet_summary_observe(h, 0.5); /* the region is claimed before the pid is sent */
+					for (;;)
+						shmet_summary_observe(h, draw(DIST_LOGNORMAL, &r));
+				}
+			}
+			if (write(fds[1], kids, sizeof kids) != (ssize_t)sizeof kids)
+				_exit(11);
+			for (int k = 0; k < 4; k++)
+				tsupport_wait(kids[k]);
+		}
+		_exit(0);
+	}
+	close(fds[1]);
+	static uint64_t prev[SHMET_MAX_SKETCH_BUCKETS + 2], now[SHMET_MAX_SKETCH_BUCKETS + 2];
+	uint64_t prev_count = 0;
+	uint32_t nslots = 0;
+	for (int round = 0; round < 3; round++) {
+		pid_t kids[4];
+		assert_int_equal(read(fds[0], kids, sizeof kids), (ssize_t)sizeof kids);
+		for (int spin = 0; spin < 50; spin++) /* let them observe a while, no clock */
+			sched_yield();
+		for (int k = 0; k < 4; k++)
+			kill(kids[k], SIGKILL);
+		/* the master reaps them; fold until every one of them is folded */
+		for (int tries = 0; tries < 200; tries++) {
+			usleep(10000);
+			tsupport_fold(seg);
+			uint64_t count;
+			retired_counts(seg, "sk_kill_seconds", &count, now, &nslots);
+			if (count >= prev_count + 4)
+				break;
+		}
+		uint64_t count, in_buckets = 0;
+		retired_counts(seg, "sk_kill_seconds", &count, now, &nslots);
+		for (uint32_t i = 0; i < nslots; i++) {
+			in_buckets += now[i];
+			if (now[i] < prev[i])
+				fail_msg("round %d: sketch count %u went down: %llu -> %llu", round, i,
+					 (unsigned long long)prev[i], (unsigned long long)now[i]);
+		}
+		/* a worker killed between its count and its bucket leaves the
+		 * count one ahead, never behind: at most 4 per round */
+		if (!(count >= in_buckets && count - in_buckets <= 4u * (round + 1)) || count < prev_count + 4)
+			fail_msg("round %d: count %llu, in buckets %llu, before %llu", round, (unsigned long long)count,
+				 (unsigned long long)in_buckets, (unsigned long long)prev_count);
+		memcpy(prev, now, sizeof prev);
+		prev_count = count;
+	}
+	assert_int_equal(tsupport_wait(runner), 0);
+	close(fds[0]);
+}
+
+static void test_sketch_hostile_block_and_counts_survived(void **state)
+{
+	(void)state;
+	const char *seg = tsupport_segment("sketchhostile");
+	pid_t runner = fork();
+	if (runner == 0) {
+		struct shmet_options o = {seg, 8, 1 << 16, 0, false};
+		shmet_family *f, *g;
+		if (shmet_init(&o) != SHMET_OK ||
+		    shmet_summary_register_quantiles(&f, "sk_hostile_seconds", "", 0.02, 0, 0, 0, NULL) != SHMET_OK ||
+		    shmet_summary_register_quantiles(&g, "sk_huge_seconds", "", 0.02, 0, 0, 0, NULL) != SHMET_OK)
+			_exit(10);
+		shmet_summary h = shmet_summary_get(f, NULL), hg = shmet_summary_get(g, NULL);
+		for (int i = 0; i < 10; i++)
+			shmet_summary_observe(h, 0.1), shmet_summary_observe(hg, 0.1);
+		/* find the two records in this process's region, through libshm */
+		struct shmet_segment rs;
+		char err[SHMET_ERRBUF];
+		struct shmet_area a;
+		if (shmet_segment_open(seg, SHMET_ATTACH_READONLY, NULL, &rs, err) ||
+		    shmet_region_area(&rs, (uint32_t)shmet_region_index(), &a, err))
+			_exit(11);
+		struct shmet_dir_iter it;
+		static struct shmet_record r;
+		uint32_t fam_end = 0, fam_sklen = 0, huge_cells = 0, huge_first = 0;
+		shmet_dir_begin(&it, &a);
+		while (shmet_dir_next(&it, &r, NULL) > 0) {
+			if (r.kind == SHMET_REC_FAMILY && r.fam.name_len == 18 && !memcmp(r.fam.name, "sk_hostile_seconds", 18))
+				fam_end = r.fam.off + r.fam.rec_size, fam_sklen = r.fam.sketch_len;
+			if (r.kind == SHMET_REC_SERIES && r.fam.name_len == 15 && !memcmp(r.fam.name, "sk_huge_seconds", 15))
+				huge_cells = r.series.cell_off, huge_first = shmet_sketch_cell(r.fam.type, r.fam.nbuckets, 0);
+		}
+		shmet_segment_close(&rs);
+		if (!fam_end || !fam_sklen || !huge_cells)
+			_exit(12);
+		/* hostile bytes: a schema past 8 in the region's copy of the block,
+		 * and counts near 2^64 in the other sketch */
+		int32_t bad = 99;
+		memcpy(shmet__base + fam_end - fam_sklen, &bad, 4);
+		uint64_t *c = (uint64_t *)(void *)(shmet__base + huge_cells) + huge_first;
+		for (uint32_t i = 0; i < 322; i++)
+			__atomic_store_n(&c[i], UINT64_MAX - i, __ATOMIC_RELAXED);
+		struct collector col;
+		struct collector_config cfg = {.segment = seg, .listen_host = "127.0.0.1", .scan_interval = 1};
+		if (collector_open(&col, &cfg, err, sizeof err) != SHMET_OK)
+			_exit(13);
+		shmet_buf b;
+		shmet_buf_init(&b);
+		render(&col, &b);
+		/* the damaged record is refused and counted: its series is not shown */
+		if (strstr(b.data, "sk_hostile_seconds") || !(tsupport_sample(b.data, "shmetricsd_corrupt_records_total") >= 1))
+			_exit(14);
+		/* saturated counts: finite quantiles inside the window, count untouched */
+		double q = tsupport_sample(b.data, "sk_huge_seconds{quantile=\"0.99\"}");
+		if (!(q > 0 && isfinite(q)) || tsupport_sample(b.data, "sk_huge_seconds_count") != 10)
+			_exit(15);
+		shmet_buf_free(&b);
+		collector_close(&col);
+		_exit(0);
+	}
+	assert_int_equal(tsupport_wait(runner), 0);
+}
+
 int main(void)
 {
 	/* the tests that fork writers of their own segment first: a child
@@ -299,6 +477,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_sketch_eight_recycled_processes_within_error),
 		cmocka_unit_test(test_sketch_window_moves_and_count_stays),
+		cmocka_unit_test(test_sketch_kill9_mid_observe_never_loses_or_tears),
+		cmocka_unit_test(test_sketch_hostile_block_and_counts_survived),
 		cmocka_unit_test(test_sketch_index_within_edges),
 		cmocka_unit_test(test_sketch_registration_refuses_what_does_not_fit),
 	};

@@ -229,6 +229,7 @@ struct d_value {
 	double value;
 	uint64_t *buckets; /* histograms: nbuckets + 1, non-cumulative */
 	const struct shmet_snap_series *agg; /* per-worker gauges: this region's exposed series */
+	uint64_t *sketch;  /* summaries with quantiles: sk.count + 2 counts */
 };
 
 struct d_series {
@@ -251,6 +252,7 @@ struct d_family {
 	char *label_names[SHMET_MAX_LABELS];
 	uint32_t label_lens[SHMET_MAX_LABELS];
 	double bounds[SHMET_MAX_BUCKETS];
+	struct shmet_sketch sk; /* sk.count 0: none */
 	int32_t first_area, conflict_area;
 	struct d_series **series;
 	size_t nseries, cap;
@@ -277,7 +279,7 @@ struct dump {
 static void d_series_free(struct d_series *s)
 {
 	for (size_t i = 0; i < s->nv; i++)
-		free(s->v[i].buckets);
+		free(s->v[i].buckets), free(s->v[i].sketch);
 	free(s->v);
 	free(s->key);
 	free(s);
@@ -365,6 +367,7 @@ static struct d_family *index_family(struct dump *d, const struct shmet_family_v
 	f->type = v->type;
 	f->mode = v->mode;
 	f->nbuckets = v->nbuckets;
+	f->sk = v->sk;
 	for (uint32_t i = 0; i < v->nbuckets; i++)
 		f->bounds[i] = shmet_bound(v, i);
 	f->first_area = area;
@@ -446,6 +449,13 @@ static void index_value(struct dump *d, struct d_family *f, const struct shmet_a
 		if (!(dv->buckets = malloc(8ull * (f->nbuckets + 1))))
 			goto oom;
 		memcpy(dv->buckets, v.buckets, 8ull * (f->nbuckets + 1));
+	}
+	if (f->sk.count) { /* libshm checked that the series' cells hold them */
+		if (!(dv->sketch = calloc(f->sk.count + 2, 8)))
+			goto oom;
+		shmet_sketch_load_add(dv->sketch, (const uint64_t *)(const void *)(a->base + r->series.cell_off) +
+							  shmet_sketch_cell(f->type, f->nbuckets, a->retired),
+				      f->sk.count + 2);
 	}
 	s->nv++;
 	return;
@@ -861,19 +871,40 @@ struct pvals {
 	uint64_t whole, stamp_ns;
 	double value;
 	const uint64_t *buckets;
+	const uint64_t *sketch;
 };
 
 static struct pvals pv_of_value(const struct d_value *v)
 {
-	struct pvals p = {v->whole, v->stamp_ns, v->value, v->buckets};
+	struct pvals p = {v->whole, v->stamp_ns, v->value, v->buckets, v->sketch};
 	return p;
+}
+
+/* A sketch's non-zero counts, by bucket upper edge, and its quantiles. */
+static void t_sketch(FILE *o, const struct d_family *f, const uint64_t *c)
+{
+	char b[40];
+	fprintf(o, "  sketch schema %d:", f->sk.schema);
+	if (c[0])
+		fprintf(o, " below:%llu", (unsigned long long)c[0]);
+	for (uint32_t i = 1; i <= f->sk.count; i++)
+		if (c[i]) {
+			shmet_fmt_double(b, shmet_sketch_upper(f->sk.schema, (int64_t)f->sk.first + i - 1));
+			fprintf(o, " le=%s:%llu", b, (unsigned long long)c[i]);
+		}
+	if (c[f->sk.count + 1])
+		fprintf(o, " above:%llu", (unsigned long long)c[f->sk.count + 1]);
+	for (uint32_t q = 0; q < f->sk.nobjectives; q++) {
+		shmet_fmt_double(b, shmet_sketch_quantile(&f->sk, c, f->sk.objectives[q]));
+		fprintf(o, "%s q%g=%s", q ? "" : "  all time:", f->sk.objectives[q], b);
+	}
 }
 
 /* An aggregate's counter value is one exact total, already rounded: shown
  * as the whole count when that is all it holds, else as the double. */
 static struct pvals pv_of_agg(const struct shmet_agg *a, enum shmet_type type)
 {
-	struct pvals p = {a->whole, a->stamp_ns, a->value, a->buckets};
+	struct pvals p = {a->whole, a->stamp_ns, a->value, a->buckets, NULL};
 	if (type == SHMET_COUNTER) {
 		if (a->value == (double)a->whole)
 			p.value = 0;
@@ -924,6 +955,8 @@ static void t_vals(FILE *o, const struct d_family *f, const struct pvals *v)
 	case SHMET_SUMMARY:
 		shmet_fmt_double(b, v->value);
 		fprintf(o, "count %llu sum %s", (unsigned long long)v->whole, b);
+		if (f->sk.count && v->sketch)
+			t_sketch(o, f, v->sketch);
 		break;
 	}
 }
@@ -1093,7 +1126,15 @@ static void print_text(FILE *o, const struct dump *d)
 				fputs("no value (only dead processes had it)", o);
 			else {
 				struct pvals p = pv_of_agg(&ss->agg, f->type);
+				/* the merged sketch: what the aggregate counts (no folded region twice) */
+				uint64_t *sk = f->sk.count ? calloc(f->sk.count + 2, 8) : NULL;
+				for (size_t k = 0; sk && k < s->nv; k++)
+					if (s->v[k].sketch && !s->v[k].folded)
+						for (uint32_t x = 0; x < f->sk.count + 2; x++)
+							sk[x] = shmet_sat_add(sk[x], s->v[k].sketch[x]);
+				p.sketch = sk;
 				t_vals(o, f, &p);
+				free(sk);
 			}
 			fputc('\n', o);
 		}
