@@ -148,7 +148,7 @@ $(PCFILE): Makefile
 	@mkdir -p $(dir $@)
 	printf '%s\n' 'prefix=$(PREFIX)' 'includedir=$${prefix}/include' 'libdir=$${prefix}/lib' '' \
 	  'Name: shmetrics' 'Description: Prometheus metrics for pre-forking servers (segment library and header-only writer)' \
-	  'Version: $(VERSION)' 'Cflags: -I$${includedir}' 'Libs: -L$${libdir} -lshmetrics' 'Libs.private: -pthread' > $@
+	  'Version: $(VERSION)' 'Cflags: -I$${includedir}' 'Libs: -L$${libdir} -lshmetrics' 'Libs.private: -pthread -lm' > $@
 
 # The CPython extension (python/shmetrics): Debian's python3-dev headers for
 # /usr/bin/python3 (the python3 first on PATH may be another interpreter).
