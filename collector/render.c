@@ -130,17 +130,7 @@ static void render_family(struct collector *c, shmet_buf *b, enum shmet_expo_for
 	}
 }
 
-/* The collector's own metrics, sorted by name. */
-struct own {
-	const char *name, *help;
-	enum shmet_expo_type type;
-	const char *label, *lvalue; /* at most one label per sample here */
-	double values[3];
-	const char *lvalues[3];
-	int n;
-};
-
-static void render_own(shmet_buf *b, enum shmet_expo_format fmt, const struct own *o)
+static void render_own(shmet_buf *b, enum shmet_expo_format fmt, const struct render_own *o)
 {
 	shmet_expo_family(b, fmt, o->type, o->name, o->help);
 	for (int i = 0; i < (o->n ? o->n : 1); i++) {
@@ -154,7 +144,7 @@ static void render_own(shmet_buf *b, enum shmet_expo_format fmt, const struct ow
 	}
 }
 
-void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enum shmet_expo_format fmt)
+size_t render_own_metrics(struct collector *c, const struct view *v, struct render_own *out)
 {
 	const struct view_stats *st = &v->stats;
 	const struct shmet_seg_header *h = c->seg.map.hdr;
@@ -169,7 +159,7 @@ void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enu
 	struct history_stats hs;
 	stream_stats(c, &ss);
 	history_stats(c->history, &hs);
-	const struct own own[] = {
+	const struct render_own own[] = {
 		{"shmetricsd_build_info", "Build of this collector; the value is always 1.", SHMET_EXPO_GAUGE,
 		 "version", SHMET_VERSION_STRING, {1}, {0}, 0},
 		{"shmetricsd_corrupt_records_total", "Segment records skipped because they failed validation.",
@@ -227,7 +217,15 @@ void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enu
 		 "Writes refused on the hot path (fallback handles, NaN, negative counter increments) or made without a region.",
 		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)__atomic_load_n(&c->writes_dropped, __ATOMIC_RELAXED)}, {0}, 0},
 	};
-	size_t nown = sizeof own / sizeof *own, o = 0;
+	_Static_assert(sizeof own / sizeof *own <= RENDER_OWN_MAX, "RENDER_OWN_MAX");
+	memcpy(out, own, sizeof own);
+	return sizeof own / sizeof *own;
+}
+
+void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enum shmet_expo_format fmt)
+{
+	struct render_own own[RENDER_OWN_MAX];
+	size_t nown = render_own_metrics(c, v, own), o = 0;
 	for (uint32_t i = 0; i < v->nfamilies; i++) {
 		const struct view_family *f = &v->families[i];
 		if (strncmp(f->name, "shmetricsd_", 11) == 0)

@@ -82,7 +82,7 @@ static char *series_key(const struct view_family *f, const struct view_series *s
 }
 
 /* The merged counts of a series, into acc (nslots, zeroed here). */
-static bool series_counts(const struct view_family *f, const struct view_series *s, uint64_t *acc)
+bool sketch_series_counts(const struct view_family *f, const struct view_series *s, uint64_t *acc)
 {
 	const struct shmet_sketch *sk = f->sketch;
 	bool whole = true;
@@ -171,8 +171,8 @@ void sketchwin_tick(struct collector *c, const struct view *v, uint64_t now_ns)
 	pthread_mutex_unlock(&w->mu);
 	for (uint32_t i = 0; i < v->nfamilies; i++) {
 		const struct view_family *f = &v->families[i];
-		if (!f->sketch)
-			continue;
+		if (!f->sketch || f->type != SHMET_SUMMARY)
+			continue; /* native histograms have no window: Prometheus keeps their history */
 		uint32_t nslots = f->sketch->count + 2;
 		if (cur_cap < nslots) {
 			free(cur);
@@ -186,7 +186,7 @@ void sketchwin_tick(struct collector *c, const struct view *v, uint64_t now_ns)
 			char *key = series_key(f, s, &klen);
 			if (!key)
 				continue;
-			bool whole = series_counts(f, s, cur); /* outside the mutex: may fault */
+			bool whole = sketch_series_counts(f, s, cur); /* outside the mutex: may fault */
 			pthread_mutex_lock(&w->mu);
 			struct kv *kv = keymap_find(&w->index, key, klen);
 			struct sw_entry *e = kv ? (struct sw_entry *)kv->val : NULL;
@@ -228,7 +228,7 @@ bool sketchwin_quantiles(struct collector *c, const struct view_family *f, const
 	uint64_t *cur = malloc(2 * nslots * sizeof *cur), *start = cur + nslots;
 	size_t klen;
 	char *key = series_key(f, s, &klen);
-	bool ok = cur && key && series_counts(f, s, cur);
+	bool ok = cur && key && sketch_series_counts(f, s, cur);
 	if (ok) {
 		struct sketchwin *w = c->sketchwin;
 		memset(start, 0, nslots * sizeof *start); /* not seen by a tick yet: from zero */

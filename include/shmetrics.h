@@ -96,11 +96,12 @@ typedef struct { uint32_t off; } shmet_counter;
 /* A gauge's stamp is its mode's stamp kind (SHMET__STAMP_*), resolved when
  * the handle is made; a handle built by hand must set it too. */
 typedef struct { uint32_t off; uint32_t mode; uint32_t stamp; } shmet_gauge;
-typedef struct { uint32_t off; uint32_t nbuckets; const double *bounds; } shmet_histogram;
+typedef struct { uint32_t off; uint32_t nbuckets; const double *bounds; const struct shmet__sketch_rt *sk; } shmet_histogram;
 /* A summary's sketch as its hot path needs it (shmet__sketch_slot). */
 struct shmet__sketch_rt {
 	int32_t schema, first;
 	uint32_t count;
+	double zero_threshold; /* native histograms */
 	double edges[(1 << SHMET_SKETCH_MAX_SCHEMA) + 1]; /* schema > 0: 2^(k/2^schema), k = 0..2^schema */
 	uint16_t lut[1024]; /* per top 10 mantissa bits: the first k whose edge is >= its start */
 };
@@ -133,6 +134,13 @@ struct shmet_family_spec {
 	const double *objectives;
 	double max_age;                 /* seconds the quantiles look back: 600 */
 	uint32_t age_buckets;           /* steps the window moves by: 5 (every max_age / 5) */
+	/* Histograms: also a native histogram (protobuf exposition) of this
+	 * schema (-4..8) and zero threshold, over a fixed bucket window that
+	 * covers [native_min, native_max] (0, 0: 1e-4 .. 100). */
+	bool native;
+	int native_schema;
+	double native_zero_threshold;
+	double native_min, native_max;
 };
 
 /* Attach (creating the segment when absent) and claim this process's region.
@@ -161,6 +169,11 @@ SHMET__API int shmet_summary_register(shmet_family **out, const char *name, cons
  * The cells take 8 bytes per bucket: 320 for 2 % over 1e-4 .. 100; a sketch
  * of more than SHMET_MAX_SKETCH_BUCKETS, or too large for a region, is
  * refused.  Other objectives and windows: shmet_register with the spec. */
+/* A histogram with classic buckets (text formats) that is also a native
+ * histogram of this schema over 1e-4 .. 100, zero bucket [-zt, zt]. */
+SHMET__API int shmet_histogram_register_native(shmet_family **out, const char *name, const char *help,
+					       const double *buckets, size_t nbuckets, int schema, double zero_threshold,
+					       size_t nlabels, const char *const *label_names);
 SHMET__API int shmet_summary_register_quantiles(shmet_family **out, const char *name, const char *help,
 						double rel_error, double min, double max, size_t nlabels,
 						const char *const *label_names);
@@ -413,6 +426,45 @@ static inline void shmet_gauge_set_to_current_time(shmet_gauge g)
 	shmet_gauge_set(g, (double)shmet__now_ns(CLOCK_REALTIME) / 1e9);
 }
 
+/* The bucket index of a positive normal v: ceil(log2(v) * 2^schema). */
+static inline int32_t shmet__sketch_index(const struct shmet__sketch_rt *k, double v)
+{
+	uint64_t bits = shmet__bits(v);
+	int32_t e = (int32_t)(bits >> 52) - 1023;
+	uint64_t m = bits & UINT64_C(0xfffffffffffff);
+	if (SHMET__UNLIKELY(k->schema <= 0)) {
+		/* log2(v) in [e, e + 1): ceil(e / d) when v is 2^e, else floor(e / d) + 1 */
+		int32_t d = 1 << -k->schema, fl = e >= 0 ? e / d : -((-e + d - 1) / d);
+		return m == 0 ? (e >= 0 ? (e + d - 1) / d : -((-e) / d)) : fl + 1;
+	}
+	/* the mantissa's top bits name a cell holding at most one edge (edges
+	 * are 2^(1/256) - 1 > 1/1024 apart): one compare finds the bucket */
+	uint32_t j = k->lut[m >> 42];
+	j += shmet__double(m | UINT64_C(0x3ff0000000000000)) > k->edges[j];
+	return e * (1 << k->schema) + (int32_t)j;
+}
+
+/* Which count v goes to: 0 below the window, 1..count its buckets, count + 1 above. */
+static inline uint32_t shmet__sketch_slot(const struct shmet__sketch_rt *k, double v)
+{
+	uint64_t ex = shmet__bits(v) >> 52; /* with the sign: positive normals are 1..0x7fe */
+	if (SHMET__UNLIKELY(ex - 1 >= 0x7fe))
+		return ex == 0x7ff ? k->count + 1 : 0; /* +Inf above; zero, subnormal, negative below */
+	int32_t i = shmet__sketch_index(k, v) - k->first;
+	return i < 0 ? 0 : (uint32_t)i >= k->count ? k->count + 1 : (uint32_t)i + 1;
+}
+
+/* Which native count v goes to: 0 the zero bucket, 1..count the window, count + 1 negatives. */
+static inline uint32_t shmet__native_slot(const struct shmet__sketch_rt *k, double v)
+{
+	if (SHMET__UNLIKELY(!(v > k->zero_threshold)))
+		return v >= -k->zero_threshold ? 0 : k->count + 1;
+	if (SHMET__UNLIKELY(!(v <= 1.7976931348623157e308) || !(v >= 2.2250738585072014e-308)))
+		return v > 1 ? k->count : 1; /* +Inf, or a subnormal above the threshold */
+	int32_t i = shmet__sketch_index(k, v) - k->first;
+	return i < 0 ? 1 : (uint32_t)i >= k->count ? k->count : (uint32_t)i + 1;
+}
+
 static inline void shmet_histogram_observe(shmet_histogram h, double v)
 {
 	if (SHMET__UNLIKELY(h.off == 0 || v != v)) {
@@ -449,34 +501,10 @@ static inline void shmet_histogram_observe(shmet_histogram h, double v)
 	uint64_t *cells = shmet__own(h.off);
 	shmet__put(&cells[i], shmet__get(&cells[i]) + 1);
 	shmet__add_own_double(&cells[h.nbuckets + 1], v);
-}
-
-/* The bucket index of a positive normal v: ceil(log2(v) * 2^schema). */
-static inline int32_t shmet__sketch_index(const struct shmet__sketch_rt *k, double v)
-{
-	uint64_t bits = shmet__bits(v);
-	int32_t e = (int32_t)(bits >> 52) - 1023;
-	uint64_t m = bits & UINT64_C(0xfffffffffffff);
-	if (SHMET__UNLIKELY(k->schema <= 0)) {
-		/* log2(v) in [e, e + 1): ceil(e / d) when v is 2^e, else floor(e / d) + 1 */
-		int32_t d = 1 << -k->schema, fl = e >= 0 ? e / d : -((-e + d - 1) / d);
-		return m == 0 ? (e >= 0 ? (e + d - 1) / d : -((-e) / d)) : fl + 1;
+	if (h.sk) { /* native: zero bucket, the window (ends clamped), negatives */
+		uint64_t *nb = &cells[h.nbuckets + 2 + shmet__native_slot(h.sk, v)];
+		shmet__put(nb, shmet__get(nb) + 1);
 	}
-	/* the mantissa's top bits name a cell holding at most one edge (edges
-	 * are 2^(1/256) - 1 > 1/1024 apart): one compare finds the bucket */
-	uint32_t j = k->lut[m >> 42];
-	j += shmet__double(m | UINT64_C(0x3ff0000000000000)) > k->edges[j];
-	return e * (1 << k->schema) + (int32_t)j;
-}
-
-/* Which count v goes to: 0 below the window, 1..count its buckets, count + 1 above. */
-static inline uint32_t shmet__sketch_slot(const struct shmet__sketch_rt *k, double v)
-{
-	uint64_t ex = shmet__bits(v) >> 52; /* with the sign: positive normals are 1..0x7fe */
-	if (SHMET__UNLIKELY(ex - 1 >= 0x7fe))
-		return ex == 0x7ff ? k->count + 1 : 0; /* +Inf above; zero, subnormal, negative below */
-	int32_t i = shmet__sketch_index(k, v) - k->first;
-	return i < 0 ? 0 : (uint32_t)i >= k->count ? k->count + 1 : (uint32_t)i + 1;
 }
 
 static inline void shmet_summary_observe(shmet_summary s, double v)
@@ -1374,22 +1402,33 @@ static int shmet__sketch_spec(const struct shmet_family_spec *s, const char *nam
 {
 	static const double defobj[] = {0.5, 0.9, 0.99};
 	*len = 0;
+	int native = s->native || s->native_schema || s->native_zero_threshold || s->native_min || s->native_max;
 	if (s->quantile_error == 0 && s->quantile_min == 0 && s->quantile_max == 0 && s->nobjectives == 0 &&
-	    s->max_age == 0 && s->age_buckets == 0)
+	    s->max_age == 0 && s->age_buckets == 0 && !native)
 		return SHMET_OK;
-	if (s->type != SHMET_SUMMARY || !(s->quantile_error > 0))
+	if (native && (s->type != SHMET_HISTOGRAM || !s->native || s->quantile_error || s->nobjectives))
+		return shmet__err(SHMET_E_INVALID_ARG, "\"%s\": native options need a histogram with native set", name);
+	if (!native && (s->type != SHMET_SUMMARY || !(s->quantile_error > 0)))
 		return shmet__err(SHMET_E_INVALID_ARG, "\"%s\": quantile options need a summary and a relative error > 0",
 				  name);
 	int32_t schema = SHMET_SKETCH_MIN_SCHEMA;
-	while (schema <= SHMET_SKETCH_MAX_SCHEMA && shmet_sketch_rel_error(schema) > s->quantile_error)
+	while (!native && schema <= SHMET_SKETCH_MAX_SCHEMA && shmet_sketch_rel_error(schema) > s->quantile_error)
 		schema++;
-	if (schema > SHMET_SKETCH_MAX_SCHEMA)
-		return shmet__err(SHMET_E_INVALID_ARG, "\"%s\": a relative error below %.3g%% needs more than schema %d",
-				  name, 100 * shmet_sketch_rel_error(SHMET_SKETCH_MAX_SCHEMA), SHMET_SKETCH_MAX_SCHEMA);
+	if (native)
+		schema = s->native_schema;
+	if (schema > SHMET_SKETCH_MAX_SCHEMA || schema < SHMET_SKETCH_MIN_SCHEMA)
+		return shmet__err(SHMET_E_INVALID_ARG,
+				  "\"%s\": a relative error below %.3g%% needs more than schema %d (schemas are %d..%d)", name,
+				  100 * shmet_sketch_rel_error(SHMET_SKETCH_MAX_SCHEMA), SHMET_SKETCH_MAX_SCHEMA,
+				  SHMET_SKETCH_MIN_SCHEMA, SHMET_SKETCH_MAX_SCHEMA);
 	double lo = s->quantile_min ? s->quantile_min : 1e-4, hi = s->quantile_max ? s->quantile_max : 100;
+	if (native)
+		lo = s->native_min ? s->native_min : 1e-4, hi = s->native_max ? s->native_max : 100;
 	if (!(lo > 2.3e-308) || !(hi > lo) || !isfinite(hi))
-		return shmet__err(SHMET_E_INVALID_ARG, "\"%s\": the quantile range needs 0 < min < max, both finite", name);
-	struct shmet__sketch_rt probe = {schema, 0, 0, {0}, {0}};
+		return shmet__err(SHMET_E_INVALID_ARG, "\"%s\": the bucket range needs 0 < min < max, both finite", name);
+	if (native && !(s->native_zero_threshold >= 0 && s->native_zero_threshold < lo))
+		return shmet__err(SHMET_E_INVALID_ARG, "\"%s\": the zero threshold must be in [0, min)", name);
+	struct shmet__sketch_rt probe = {schema, 0, 0, 0, {0}, {0}};
 	struct shmet__sketch_rt *t = schema > 0 ? shmet__sketch_rt_new(schema, 0, 0) : &probe;
 	if (!t)
 		return shmet__err(SHMET_E_SYS, "out of memory");
@@ -1400,6 +1439,18 @@ static int shmet__sketch_spec(const struct shmet_family_spec *s, const char *nam
 		return shmet__err(SHMET_E_INVALID_ARG, "\"%s\": %lld buckets for %.3g%% over [%g, %g]; at most %u", name,
 				  (long long)(last - first + 1), 100 * shmet_sketch_rel_error(schema), lo, hi,
 				  SHMET_MAX_SKETCH_BUCKETS);
+	if (native) {
+		struct shmet_rec_sketch_hdr {
+			int32_t schema, first;
+			uint32_t count;
+			uint16_t nobj, age;
+			uint64_t max_age_ns;
+			double zero_threshold;
+		} nh = {schema, (int32_t)first, (uint32_t)(last - first + 1), 0, 0, 0, s->native_zero_threshold};
+		memcpy(blk, &nh, sizeof nh);
+		*len = 32;
+		return SHMET_OK;
+	}
 	const double *obj = s->nobjectives ? s->objectives : defobj;
 	size_t nobj = s->nobjectives ? s->nobjectives : 3;
 	double age = s->max_age ? s->max_age : 600;
@@ -1628,6 +1679,8 @@ static int shmet__register_locked(const struct shmet_family_spec *s, shmet_famil
 		shmet__free_family(f);
 		return shmet__err(SHMET_E_SYS, "out of memory");
 	}
+	if (f->sk)
+		f->sk->zero_threshold = sk.zero_threshold;
 	unsigned char *dst = shmet__reserve(size, 0, NULL);
 	if (!dst) {
 		shmet__free_family(f);
@@ -1691,6 +1744,18 @@ int shmet_summary_register(shmet_family **out, const char *name, const char *hel
 	struct shmet_family_spec s;
 	memset(&s, 0, sizeof s);
 	s.type = SHMET_SUMMARY, s.name = name, s.help = help, s.nlabels = nlabels, s.label_names = label_names;
+	return shmet_register(&s, out);
+}
+
+int shmet_histogram_register_native(shmet_family **out, const char *name, const char *help, const double *buckets,
+				    size_t nbuckets, int schema, double zero_threshold, size_t nlabels,
+				    const char *const *label_names)
+{
+	struct shmet_family_spec s;
+	memset(&s, 0, sizeof s);
+	s.type = SHMET_HISTOGRAM, s.name = name, s.help = help, s.nlabels = nlabels, s.label_names = label_names;
+	s.buckets = buckets, s.nbuckets = nbuckets;
+	s.native = true, s.native_schema = schema, s.native_zero_threshold = zero_threshold;
 	return shmet_register(&s, out);
 }
 
@@ -1914,10 +1979,11 @@ shmet_gauge shmet_gauge_get(shmet_family *f, const char *const *values)
 
 shmet_histogram shmet_histogram_get(shmet_family *f, const char *const *values)
 {
-	shmet_histogram h = {shmet__typed_off(f, SHMET_HISTOGRAM, values), 0, NULL};
+	shmet_histogram h = {shmet__typed_off(f, SHMET_HISTOGRAM, values), 0, NULL, NULL};
 	if (h.off) {
 		h.nbuckets = f->nbuckets;
 		h.bounds = f->bounds;
+		h.sk = f->sk;
 	}
 	return h;
 }
@@ -1965,11 +2031,12 @@ shmet_gauge shmet_gauge_labels(shmet_family *f, ...)
 
 shmet_histogram shmet_histogram_labels(shmet_family *f, ...)
 {
-	shmet_histogram h = {0, 0, NULL};
+	shmet_histogram h = {0, 0, NULL, NULL};
 	SHMET__LABELS_OFF(f, SHMET_HISTOGRAM, h.off);
 	if (h.off) {
 		h.nbuckets = f->nbuckets;
 		h.bounds = f->bounds;
+		h.sk = f->sk;
 	}
 	return h;
 }

@@ -152,11 +152,12 @@
  *    double bounds[fam_nbuckets] (histogram upper bounds, strictly increasing,
  *    finite; +Inf is implied), name, help, then per label name: u16 len, bytes,
  *    then (fam_sketch_len bytes, the record's last) a SKETCH block.
- *  SKETCH block (summaries with quantiles; 0 bytes without), 32 + 8*nobj:
+ *  SKETCH block (summaries with quantiles, native histograms; 0 bytes
+ *  without), 32 + 8*nobj (native histograms: nobj, age and max age 0):
  *    i32 sk_schema (-4..8) | i32 sk_first (index of the first bucket) |
  *    u32 sk_count (buckets, 1..SHMET_MAX_SKETCH_BUCKETS) |
  *    u16 sk_nobjectives | u16 sk_age_buckets | u64 sk_max_age_ns |
- *    double sk_zero_threshold (0) | double objectives[sk_nobjectives]
+ *    double sk_zero_threshold (summaries 0) | double objectives[sk_nobjectives]
  *    (strictly increasing, in (0, 1)).  Bucket i holds (g^(i-1), g^i] with
  *    g = 2^(2^-schema): the native-histogram schema, and DDSketch with that
  *    gamma, whose estimate 2g^i/(g+1) is within (g-1)/(g+1) of every value
@@ -176,7 +177,13 @@
  *             otherwise 0.
  *  histogram: u64 count per bucket, non-cumulative, nbuckets + 1 (+Inf last) |
  *             double sum (one writing thread, as a counter's).  _count is
- *             the sum of the buckets.
+ *             the sum of the buckets.  A native one (SKETCH block) then has,
+ *             after the retired sum components, sk_count + 2 u64 counts: the
+ *             zero bucket (|v| <= threshold), the sk_count positive buckets
+ *             (values past either end of the window counted in its end
+ *             bucket), then every v < -threshold (exposed as one negative
+ *             bucket at the window's top index).  Same writer and orders as a
+ *             summary's sketch; the classic bucket is counted first.
  *  summary:   u64 count | double sum (one writing thread).  With a SKETCH
  *             block, then (after the two lower sum components in a retired
  *             half) sk_count + 2 u64 counts: below the window (v <=
@@ -513,7 +520,8 @@ static inline int shmet_sketch_decode(const unsigned char *p, uint32_t sketch_le
 	memset(sk, 0, sizeof *sk);
 	if (sketch_len == 0)
 		return 1;
-	if (type != SHMET_SUMMARY || sketch_len % 8 || sketch_len < 32 || sketch_len > SHMET_SKETCH_REC_MAX)
+	if ((type != SHMET_SUMMARY && type != SHMET_HISTOGRAM) || sketch_len % 8 || sketch_len < 32 ||
+	    sketch_len > SHMET_SKETCH_REC_MAX)
 		return 0;
 	uint16_t nobj, age;
 	memcpy(&sk->schema, p, 4);
@@ -527,7 +535,12 @@ static inline int shmet_sketch_decode(const unsigned char *p, uint32_t sketch_le
 	sk->age_buckets = age;
 	if (sk->schema < SHMET_SKETCH_MIN_SCHEMA || sk->schema > SHMET_SKETCH_MAX_SCHEMA || sk->count == 0 ||
 	    sk->count > SHMET_MAX_SKETCH_BUCKETS || sk->first < -SHMET_SKETCH_INDEX_LIMIT ||
-	    sk->first > SHMET_SKETCH_INDEX_LIMIT || nobj == 0 || nobj > SHMET_MAX_OBJECTIVES ||
+	    sk->first > SHMET_SKETCH_INDEX_LIMIT)
+		return 0;
+	if (type == SHMET_HISTOGRAM) /* native: a zero bucket, no objectives, no window */
+		return sketch_len == 32 && nobj == 0 && age == 0 && sk->max_age_ns == 0 && sk->zero_threshold >= 0 &&
+		       sk->zero_threshold < 1e300;
+	if (nobj == 0 || nobj > SHMET_MAX_OBJECTIVES ||
 	    sketch_len != 32u + 8u * nobj || age == 0 || age > SHMET_MAX_AGE_BUCKETS ||
 	    sk->max_age_ns < UINT64_C(1000000000) || sk->max_age_ns > UINT64_C(86400000000000) * 7 ||
 	    sk->zero_threshold != 0)

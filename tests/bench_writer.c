@@ -219,6 +219,8 @@ static void run_counter_inc(void *arg, long n) { (void)arg, subj_counter_inc(the
 static void run_gauge_set(void *arg, long n) { (void)arg, subj_gauge_set(the_gauge, n); }
 static void run_histogram(void *arg, long n) { (void)arg, subj_histogram_observe(the_hist, n); }
 static shmet_summary the_summary; /* with quantiles: 2 % over 1e-4 .. 100 */
+static shmet_histogram the_native; /* the 12 classic buckets, and native schema 3 */
+static void run_native(void *arg, long n) { (void)arg, subj_histogram_observe(the_native, n); }
 static void run_summary(void *arg, long n) { (void)arg, subj_summary_observe(the_summary, n); }
 static void run_label_lookup(void *arg, long n) { (void)arg, subj_label_lookup_inc(the_family, n); }
 
@@ -353,6 +355,11 @@ int main(void)
 		return 1;
 	}
 	the_summary = shmet_summary_get(qf, NULL);
+	if (shmet_histogram_register_native(&qf, "bench_native_seconds", "Bench.", b12, 12, 3, 1e-9, 0, NULL) != SHMET_OK) {
+		fprintf(stderr, "bench_writer: register: %s\n", shmet_last_error());
+		return 1;
+	}
+	the_native = shmet_histogram_get(qf, NULL);
 	/* values spread over all 13 buckets, in a scrambled order */
 	for (int i = 0; i < NVALUES; i++) {
 		unsigned k = (unsigned)(i * 7919u) % 13u;
@@ -420,6 +427,10 @@ int main(void)
 	r = measure((struct loop){run_summary, NULL}, badd, cheap / 2);
 	print_line("summary_observe", r);
 	print_target("summary_observe", r, 4);
+
+	r = measure((struct loop){run_native, NULL}, badd, cheap / 2);
+	print_line("native_histogram_observe", r);
+	print_target("native_histogram_observe", r, 4);
 
 	r = measure((struct loop){run_label_lookup, NULL}, badd, lookup);
 	print_line("label_lookup_inc_3", r);

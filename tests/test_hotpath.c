@@ -102,6 +102,12 @@ static int probe(const char *path)
 		return 2;
 	}
 	shmet_summary sq = shmet_summary_get(fq, NULL), sc = shmet_summary_get(fc, NULL);
+	shmet_family *fn;
+	if (shmet_histogram_register_native(&fn, "probe_native_seconds", "Native.", b12, 12, 3, 1e-9, 0, NULL) != SHMET_OK) {
+		fprintf(stderr, "probe: register: %s\n", shmet_last_error());
+		return 2;
+	}
+	shmet_histogram hn = shmet_histogram_get(fn, NULL);
 	if (!sq.sk || !sc.sk || sc.sk->schema > 0) {
 		fprintf(stderr, "probe: quantile handles: %s\n", shmet_last_error());
 		return 2;
@@ -156,6 +162,9 @@ static int probe(const char *path)
 		shmet_summary_observe(sq, i % 3 ? 1e6 : -1); /* above, below the window */
 		shmet_summary_observe(sc, b12[i % 12] * 0.9);
 		shmet_summary_observe(sc, 0);
+		shmet_histogram_observe(hn, b12[i % 12] * 0.9);
+		shmet_histogram_observe(hn, i % 3 ? 1e6 : -1); /* clamped to the window's top; a negative */
+		shmet_histogram_observe(hn, 0);
 		shmet_timer t = shmet_timer_start();
 		shmet_histogram_observe_duration(h, t);
 		shmet_summary_observe_duration(s, t);

@@ -884,16 +884,17 @@ static struct pvals pv_of_value(const struct d_value *v)
 static void t_sketch(FILE *o, const struct d_family *f, const uint64_t *c)
 {
 	char b[40];
-	fprintf(o, "  sketch schema %d:", f->sk.schema);
+	bool native = f->type == SHMET_HISTOGRAM;
+	fprintf(o, "  %s schema %d:", native ? "native" : "sketch", f->sk.schema);
 	if (c[0])
-		fprintf(o, " below:%llu", (unsigned long long)c[0]);
+		fprintf(o, " %s:%llu", native ? "zero" : "below", (unsigned long long)c[0]);
 	for (uint32_t i = 1; i <= f->sk.count; i++)
 		if (c[i]) {
 			shmet_fmt_double(b, shmet_sketch_upper(f->sk.schema, (int64_t)f->sk.first + i - 1));
 			fprintf(o, " le=%s:%llu", b, (unsigned long long)c[i]);
 		}
 	if (c[f->sk.count + 1])
-		fprintf(o, " above:%llu", (unsigned long long)c[f->sk.count + 1]);
+		fprintf(o, " %s:%llu", native ? "negative" : "above", (unsigned long long)c[f->sk.count + 1]);
 	for (uint32_t q = 0; q < f->sk.nobjectives; q++) {
 		shmet_fmt_double(b, shmet_sketch_quantile(&f->sk, c, f->sk.objectives[q]));
 		fprintf(o, "%s q%g=%s", q ? "" : "  all time:", f->sk.objectives[q], b);
@@ -950,6 +951,8 @@ static void t_vals(FILE *o, const struct d_family *f, const struct pvals *v)
 				shmet_fmt_double(b, f->bounds[i]);
 			fprintf(o, "%sle=%s:%llu", i ? " " : "", i < f->nbuckets ? b : "+Inf", (unsigned long long)cum);
 		}
+		if (f->sk.count && v->sketch)
+			t_sketch(o, f, v->sketch);
 		break;
 	}
 	case SHMET_SUMMARY:
