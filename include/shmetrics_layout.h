@@ -816,7 +816,10 @@ static inline void shmet_shape_describe(const struct shmet_shape *s, char *buf, 
 		SHMET__PUT("}");
 	}
 	struct shmet_sketch sk;
-	if (s->sketch_len && shmet_sketch_decode(s->sketch, s->sketch_len, s->type, &sk)) {
+	if (s->sketch_len && shmet_sketch_decode(s->sketch, s->sketch_len, s->type, &sk) && s->type == SHMET_HISTOGRAM) {
+		SHMET__PUT(" and native schema %d, zero threshold %.17g, buckets %d..%d", sk.schema, sk.zero_threshold,
+			   sk.first, sk.first + (int)sk.count - 1);
+	} else if (s->sketch_len && shmet_sketch_decode(s->sketch, s->sketch_len, s->type, &sk)) {
 		SHMET__PUT(" and quantiles {");
 		for (uint32_t i = 0; i < sk.nobjectives; i++)
 			SHMET__PUT("%s%.17g", i ? "," : "", sk.objectives[i]);
