@@ -346,12 +346,19 @@ static void test_native_prometheus_stores_it(void **state)
 		      count, sum, data_sum, q50, e50, 100 * fabs(q50 - e50) / e50, q90, e90, 100 * fabs(q90 - e90) / e90);
 }
 
+static void test_native_daemon_log_clean(void **state)
+{
+	(void)state;
+	assert_true(tsupport_daemon_log_clean(&dm)); /* no sanitizer report from the daemon */
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_native_registration_rules),
 		cmocka_unit_test(test_native_protobuf_every_type),
 		cmocka_unit_test(test_native_prometheus_stores_it),
+		cmocka_unit_test(test_native_daemon_log_clean),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -222,6 +222,7 @@ static void test_sketch_eight_recycled_processes_within_error(void **state)
 	check_body(body, data, n, alpha, "openmetrics");
 	assert_non_null(strstr(body, "# TYPE sk_uniform_seconds summary\n"));
 	free(body);
+	assert_true(tsupport_daemon_log_clean(&dm)); /* no sanitizer report from the daemon */
 	tsupport_daemon_stop(&dm, SIGTERM);
 	print_message("measured worst relative error (bound %.4f%%): uniform %.4f%%, log-normal %.4f%%, bimodal %.4f%%\n",
 		      100 * alpha, 100 * worst_error[0], 100 * worst_error[1], 100 * worst_error[2]);
