@@ -55,6 +55,7 @@ struct view_family {
 	uint32_t nseries;
 	struct view_series *series; /* sorted by label values */
 	const struct shmet_sketch *sketch; /* summaries with quantiles (sketchwin.c), else NULL */
+	unsigned exemplars; /* counters, histograms: exemplar slots in live cells (exemplar.c) */
 };
 
 struct view_stats {
@@ -190,6 +191,13 @@ struct render_own {
 };
 #define RENDER_OWN_MAX 32
 size_t render_own_metrics(struct collector *c, const struct view *v, struct render_own *out);
+
+/* ---- exemplars (exemplar.c) ---- */
+/* The latest exemplar of slot k (a counter's 0, a histogram's bucket) of
+ * series s among its live regions; false when there is none. */
+bool view_exemplar(const struct view_family *f, const struct view_series *s, uint32_t k, struct shmet_exemplar *out);
+/* Replace the newline ending b by " # {labels} value [timestamp]\n". */
+void exemplar_append_om(shmet_buf *b, const struct shmet_exemplar *e);
 
 /* ---- protobuf exposition (protobuf.c) ---- */
 #define SHMET_CONTENT_TYPE_PROTOBUF \

@@ -170,6 +170,41 @@ static Io__Prometheus__Client__Metric *metric_of(struct pool *pl, const struct v
 	return m;
 }
 
+/* The latest exemplar of slot k as a message, or NULL (none, or no memory). */
+static Io__Prometheus__Client__Exemplar *exemplar_of(struct pool *pl, const struct view_family *f,
+						     const struct view_series *s, uint32_t k)
+{
+	struct shmet_exemplar *e = pool_alloc(pl, sizeof *e);
+	if (!e || !view_exemplar(f, s, k, e))
+		return NULL;
+	Io__Prometheus__Client__Exemplar *x = pool_alloc(pl, sizeof *x);
+	Io__Prometheus__Client__LabelPair **lp = pool_alloc(pl, (e->len / 2 + 1) * sizeof *lp);
+	if (!x || !lp)
+		return NULL;
+	io__prometheus__client__exemplar__init(x);
+	x->label = lp;
+	for (uint32_t p = 0; p < e->len;) { /* validated: name, value, ... each NUL-terminated */
+		const char *name = e->pairs + p;
+		p += (uint32_t)strlen(name) + 1;
+		const char *value = e->pairs + p;
+		p += (uint32_t)strlen(value) + 1;
+		if (!(lp[x->n_label++] = label_pair(pl, name, value)))
+			return NULL;
+	}
+	x->has_value = true;
+	x->value = e->value;
+	if (e->ts) {
+		Google__Protobuf__Timestamp *t = pool_alloc(pl, sizeof *t);
+		if (!t)
+			return NULL;
+		google__protobuf__timestamp__init(t);
+		t->seconds = (int64_t)floor(e->ts);
+		t->nanos = (int32_t)((e->ts - floor(e->ts)) * 1e9);
+		x->timestamp = t;
+	}
+	return x;
+}
+
 /* A native histogram's fields from its merged window counts. */
 static bool native_of(struct pool *pl, const struct view_family *f, const struct view_series *s,
 		      Io__Prometheus__Client__Histogram *h)
@@ -264,6 +299,8 @@ static void encode_family(struct collector *c, struct pool *pl, shmet_buf *b, co
 				return;
 			io__prometheus__client__counter__init(m->counter);
 			m->counter->has_value = true, m->counter->value = v;
+			if (f->exemplars)
+				m->counter->exemplar = exemplar_of(pl, f, s, 0);
 			break;
 		case SHMET_GAUGE:
 			if (!(m->gauge = pool_alloc(pl, sizeof *m->gauge)))
@@ -308,8 +345,9 @@ static void encode_family(struct collector *c, struct pool *pl, shmet_buf *b, co
 			uint64_t cum = 0;
 			for (uint32_t k = 0; k <= f->nbuckets; k++) {
 				cum += acc.buckets[k];
-				if (k == f->nbuckets)
-					break; /* +Inf is implied by the count */
+				Io__Prometheus__Client__Exemplar *x = f->exemplars ? exemplar_of(pl, f, s, k) : NULL;
+				if (k == f->nbuckets && !x)
+					break; /* +Inf is implied by the count, unless it carries an exemplar */
 				Io__Prometheus__Client__Bucket *bk = pool_alloc(pl, sizeof *bk);
 				if (!bk)
 					return;
@@ -317,6 +355,7 @@ static void encode_family(struct collector *c, struct pool *pl, shmet_buf *b, co
 				bk->has_cumulative_count = bk->has_upper_bound = true;
 				bk->cumulative_count = cum;
 				bk->upper_bound = f->bounds[k];
+				bk->exemplar = x;
 				h->bucket[h->n_bucket++] = bk;
 			}
 			h->has_sample_count = h->has_sample_sum = true;

@@ -77,6 +77,7 @@ static bool om_counter_ok(double v)
 static void render_family(struct collector *c, shmet_buf *b, enum shmet_expo_format fmt, const struct view_family *f)
 {
 	double q[SHMET_MAX_OBJECTIVES];
+	struct shmet_exemplar ex;
 	if (f->nseries == 0)
 		return;
 	bool om = fmt == SHMET_EXPO_OPENMETRICS;
@@ -101,12 +102,16 @@ static void render_family(struct collector *c, shmet_buf *b, enum shmet_expo_for
 		case SHMET_COUNTER:
 		case SHMET_GAUGE:
 			put_line(b, fmt, f->name, nl, "", 0, s, NULL, v, false);
+			if (om && f->exemplars && view_exemplar(f, s, 0, &ex)) /* text 0.0.4 has none */
+				exemplar_append_om(b, &ex);
 			break;
 		case SHMET_HISTOGRAM: {
 			uint64_t cum = 0;
 			for (uint32_t k = 0; k <= f->nbuckets; k++) {
 				cum += acc.buckets[k];
 				put_line(b, fmt, f->name, nl, "_bucket", 7, s, f->bound_text[k], (double)cum, true);
+				if (om && f->exemplars && view_exemplar(f, s, k, &ex))
+					exemplar_append_om(b, &ex);
 			}
 			if (om && (neg_bound || !om_counter_ok(v)))
 				break;

@@ -137,6 +137,7 @@ static struct bfamily *family_for(struct builder *b, const struct shmet_family_v
 	o->label_names = names;
 	o->bounds = bounds;
 	o->bound_text = btext;
+	o->exemplars = r->exemplars;
 	if (r->sk.count) {
 		struct shmet_sketch *sk = arena_alloc(a, sizeof *sk);
 		if (!sk)

@@ -92,11 +92,17 @@ typedef struct shmet_family shmet_family;
 
 /* Handles: offsets into the process's region, valid in fork children too.
  * off == 0 is the fallback handle (writes dropped and counted). */
-typedef struct { uint32_t off; } shmet_counter;
+typedef struct { uint32_t off; uint32_t ex; } shmet_counter; /* ex: its exemplar slot, 0 none */
 /* A gauge's stamp is its mode's stamp kind (SHMET__STAMP_*), resolved when
  * the handle is made; a handle built by hand must set it too. */
 typedef struct { uint32_t off; uint32_t mode; uint32_t stamp; } shmet_gauge;
-typedef struct { uint32_t off; uint32_t nbuckets; const double *bounds; const struct shmet__sketch_rt *sk; } shmet_histogram;
+typedef struct {
+	uint32_t off;
+	uint32_t nbuckets;
+	const double *bounds;
+	const struct shmet__sketch_rt *sk;
+	uint32_t ex; /* the first exemplar slot (one per bucket), 0 none */
+} shmet_histogram;
 /* A summary's sketch as its hot path needs it (shmet__sketch_slot). */
 struct shmet__sketch_rt {
 	int32_t schema, first;
@@ -137,6 +143,9 @@ struct shmet_family_spec {
 	/* Histograms: also a native histogram (protobuf exposition) of this
 	 * schema (-4..8) and zero threshold, over a fixed bucket window that
 	 * covers [native_min, native_max] (0, 0: 1e-4 .. 100). */
+	/* Counters and histograms: keep the latest exemplar per series
+	 * (counter) or per bucket (histogram), for *_with_exemplar. */
+	bool exemplars;
 	bool native;
 	int native_schema;
 	double native_zero_threshold;
@@ -330,6 +339,70 @@ static inline void shmet__add_double(uint64_t *cell, double v)
 	}
 }
 
+/* Store an exemplar (label pairs name, value, ..., NULL) in the seqlock slot
+ * at off; see exemplars in shmetrics_layout.h.  No wait: a busy slot drops it. */
+static inline int shmet__exemplar_put(uint32_t off, double v, const char *const *pairs, double ts)
+{
+	uint64_t w[SHMET_EXEMPLAR_BYTES / 8];
+	char *p = (char *)w;
+	size_t len = 0, runes = 0;
+	/* the readers' rule (shmet_exemplar_valid), in the one pass that copies */
+	for (size_t i = 0; pairs && pairs[i]; i++) {
+		const char *str = pairs[i];
+		size_t n = 0, high = 0;
+		for (; str[n] && len + n < SHMET_EXEMPLAR_BYTES; n++) {
+			p[len + n] = str[n];
+			high |= (unsigned char)str[n] & 0x80;
+		}
+		if (SHMET__UNLIKELY(str[n] || len + n + 1 > SHMET_EXEMPLAR_BYTES || (i % 2 == 0 && !pairs[i + 1]))) {
+			shmet__drop();
+			return SHMET_E_TOO_LONG;
+		}
+		p[len + n] = 0;
+		int ok = i % 2 == 0 ? shmet_valid_label_name(p + len, n) : !high || shmet_valid_utf8(p + len, n);
+		if (!high)
+			runes += n;
+		else
+			for (size_t k = 0; k < n; k++)
+				runes += ((unsigned char)p[len + k] & 0xc0) != 0x80;
+		if (SHMET__UNLIKELY(!ok)) {
+			shmet__drop();
+			return SHMET_E_INVALID_ARG;
+		}
+		len += n + 1;
+	}
+	if (SHMET__UNLIKELY(runes > SHMET_EXEMPLAR_RUNES || !(ts == 0 || (ts > 0 && ts < 1e11)))) {
+		shmet__drop();
+		return SHMET_E_INVALID_ARG;
+	}
+	uint64_t *slot = shmet__cell(off);
+	uint64_t s = __atomic_load_n(&slot[0], __ATOMIC_RELAXED);
+	/* odd: another thread of this process is writing it (or died there) */
+	if (SHMET__UNLIKELY((s & 1) ||
+			    !__atomic_compare_exchange_n(&slot[0], &s, s + 1, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED))) {
+		shmet__drop();
+		return SHMET_E_BUSY;
+	}
+	/* release fence: the odd seq is visible before any word below */
+	__atomic_thread_fence(__ATOMIC_RELEASE);
+	__atomic_store_n(&slot[1], shmet__bits(v), __ATOMIC_RELAXED);
+	__atomic_store_n(&slot[2], shmet__bits(ts), __ATOMIC_RELAXED);
+	/* which process's exemplar is the latest: its timestamp, or the coarse
+	 * clock (vDSO, a few ns; a tick of a few ms is fine to choose by) */
+#ifdef CLOCK_REALTIME_COARSE
+	uint64_t stamp = ts ? (uint64_t)(ts * 1e9) : shmet__now_ns(CLOCK_REALTIME_COARSE);
+#else
+	uint64_t stamp = ts ? (uint64_t)(ts * 1e9) : shmet__now_ns(CLOCK_REALTIME);
+#endif
+	__atomic_store_n(&slot[3], stamp, __ATOMIC_RELAXED);
+	__atomic_store_n(&slot[4], (uint64_t)len, __ATOMIC_RELAXED);
+	for (size_t i = 0; i < (len + 7) / 8; i++)
+		__atomic_store_n(&slot[5 + i], w[i], __ATOMIC_RELAXED);
+	/* release: the words before the even seq that lets readers keep them */
+	__atomic_store_n(&slot[0], s + 2, __ATOMIC_RELEASE);
+	return SHMET_OK;
+}
+
 static inline void shmet_counter_inc(shmet_counter c)
 {
 	if (SHMET__UNLIKELY(c.off == 0)) {
@@ -383,6 +456,24 @@ static inline void shmet__gauge_stamp(uint64_t *cell, uint32_t stamp)
 	 * their 1 every time: a store to the line just written costs less
 	 * than a load and a branch. */
 	__atomic_store_n(cell + 1, stamp == SHMET__STAMP_TIME ? shmet__now_ns(CLOCK_REALTIME) : 1, __ATOMIC_RELAXED);
+}
+
+/* Add v (as shmet_counter_add) and make it the series' exemplar; the
+ * exemplar's rules are shmet_histogram_observe_with_exemplar's. */
+static inline int shmet_counter_add_with_exemplar(shmet_counter c, double v, const char *const *pairs, double ts)
+{
+	shmet_counter_add(c, v);
+	if (SHMET__UNLIKELY(c.off == 0 || !(v >= 0) || !c.ex)) {
+		if (c.off && v >= 0)
+			shmet__drop(); /* a family registered without exemplars */
+		return SHMET_E_INVALID_ARG;
+	}
+	return shmet__exemplar_put(c.ex, v, pairs, ts);
+}
+
+static inline int shmet_counter_inc_with_exemplar(shmet_counter c, const char *const *pairs, double ts)
+{
+	return shmet_counter_add_with_exemplar(c, 1, pairs, ts);
 }
 
 static inline void shmet_gauge_set(shmet_gauge g, double v)
@@ -465,11 +556,12 @@ static inline uint32_t shmet__native_slot(const struct shmet__sketch_rt *k, doub
 	return i < 0 ? 1 : (uint32_t)i >= k->count ? k->count : (uint32_t)i + 1;
 }
 
-static inline void shmet_histogram_observe(shmet_histogram h, double v)
+/* Observe v; returns its classic bucket, or UINT32_MAX when it was dropped. */
+static inline uint32_t shmet__histogram_observe_at(shmet_histogram h, double v)
 {
 	if (SHMET__UNLIKELY(h.off == 0 || v != v)) {
 		shmet__drop();
-		return;
+		return UINT32_MAX;
 	}
 	uint32_t i;
 	/* The bucket is the number of bounds below v (the bounds increase):
@@ -505,6 +597,29 @@ static inline void shmet_histogram_observe(shmet_histogram h, double v)
 		uint64_t *nb = &cells[h.nbuckets + 2 + shmet__native_slot(h.sk, v)];
 		shmet__put(nb, shmet__get(nb) + 1);
 	}
+	return i;
+}
+
+static inline void shmet_histogram_observe(shmet_histogram h, double v)
+{
+	shmet__histogram_observe_at(h, v);
+}
+
+/* Observe v, and make it its bucket's exemplar: pairs is "name", "value",
+ * ..., NULL (at most 128 UTF-8 characters in all), ts the time in seconds
+ * since the epoch or 0 for none.  The observation always counts; the
+ * exemplar is refused (SHMET_E_TOO_LONG, SHMET_E_INVALID_ARG) or dropped
+ * when another thread is writing that slot (SHMET_E_BUSY), and counted. */
+static inline int shmet_histogram_observe_with_exemplar(shmet_histogram h, double v, const char *const *pairs,
+							double ts)
+{
+	uint32_t i = shmet__histogram_observe_at(h, v);
+	if (SHMET__UNLIKELY(i == UINT32_MAX || !h.ex)) {
+		if (i != UINT32_MAX)
+			shmet__drop(); /* a family registered without exemplars */
+		return SHMET_E_INVALID_ARG;
+	}
+	return shmet__exemplar_put(h.ex + i * 8 * SHMET_EXEMPLAR_WORDS, v, pairs, ts);
 }
 
 static inline void shmet_summary_observe(shmet_summary s, double v)
@@ -601,6 +716,7 @@ struct shmet_family {
 	char *help;
 	char **label_names;
 	struct shmet__sketch_rt *sk; /* summaries with quantiles, else NULL */
+	unsigned exemplars;          /* counters, histograms: exemplar slots after the cells */
 };
 
 /* A writing thread's cells: the process's own region (region == -1, the
@@ -1336,6 +1452,8 @@ static int shmet__validate_spec(const struct shmet_family_spec *s, char *name, c
 			if (strcmp(l, s->label_names[j]) == 0)
 				return shmet__err(SHMET_E_DUPLICATE_LABEL, "\"%s\": label name \"%s\" appears twice", name, l);
 	}
+	if (s->exemplars && s->type != SHMET_COUNTER && s->type != SHMET_HISTOGRAM)
+		return shmet__err(SHMET_E_INVALID_ARG, "\"%s\": only counters and histograms keep exemplars", name);
 	if (s->type == SHMET_GAUGE && (unsigned)s->gauge_mode > SHMET_GAUGE_PER_WORKER)
 		return shmet__err(SHMET_E_INVALID_ARG, "\"%s\": unknown gauge mode", name);
 	*bounds = NULL;
@@ -1494,7 +1612,8 @@ static unsigned char *shmet__encode_family(const struct shmet_family_spec *s, co
 	fr.fam_rec.rec_size = (uint32_t)size;
 	fr.fam_rec.rec_kind = SHMET_REC_FAMILY;
 	fr.fam_type = (uint8_t)s->type;
-	fr.fam_gauge_mode = (uint8_t)(s->type == SHMET_GAUGE ? s->gauge_mode : SHMET_GAUGE_SUM);
+	/* a counter's or histogram's mode byte says whether it keeps exemplars */
+	fr.fam_gauge_mode = (uint8_t)(s->type == SHMET_GAUGE ? s->gauge_mode : s->exemplars ? 1 : 0);
 	fr.fam_nlabels = (uint16_t)s->nlabels;
 	fr.fam_nbuckets = (uint32_t)nb;
 	fr.fam_name_len = (uint16_t)nlen;
@@ -1642,9 +1761,9 @@ static int shmet__register_locked(const struct shmet_family_spec *s, shmet_famil
 	rc = shmet__init_locked(NULL);
 	struct shmet_sketch sk;
 	shmet_sketch_decode(want.sketch, want.sketch_len, want.type, &sk); /* decoded once already */
-	uint64_t cells = shmet_cell_size_sk(s->type, (uint32_t)nb, sk.count, 0);
-	/* a sketch can be large: refuse one whose series could never fit */
-	if (rc == SHMET_OK && sk.count && cells + size + sizeof(struct shmet_rec_series) + sizeof(struct shmet_region_header) > shmet__st.region_size)
+	uint64_t cells = shmet_cell_size_ex(s->type, (uint32_t)nb, sk.count, want.exemplars, 0);
+	/* a sketch or exemplars can be large: refuse a series that could never fit */
+	if (rc == SHMET_OK && (sk.count || want.exemplars) && cells + size + sizeof(struct shmet_rec_series) + sizeof(struct shmet_region_header) > shmet__st.region_size)
 		rc = shmet__err(SHMET_E_TOO_LONG, "\"%s\": a series needs %llu bytes of cells, more than a region (%llu) holds",
 				name, (unsigned long long)cells, (unsigned long long)shmet__st.region_size);
 	if (rc == SHMET_OK)
@@ -1681,6 +1800,7 @@ static int shmet__register_locked(const struct shmet_family_spec *s, shmet_famil
 	}
 	if (f->sk)
 		f->sk->zero_threshold = sk.zero_threshold;
+	f->exemplars = want.exemplars;
 	unsigned char *dst = shmet__reserve(size, 0, NULL);
 	if (!dst) {
 		shmet__free_family(f);
@@ -1860,8 +1980,8 @@ static int shmet__create_series_locked(shmet_family *f, uint64_t h, const char *
 		n->lens[i] = lens[i];
 	}
 	uint32_t cell_off = 0;
-	unsigned char *rec = shmet__reserve(size, shmet_cell_size_sk(f->type, f->nbuckets, f->sk ? f->sk->count : 0, 0),
-					    &cell_off);
+	unsigned char *rec = shmet__reserve(
+		size, shmet_cell_size_ex(f->type, f->nbuckets, f->sk ? f->sk->count : 0, f->exemplars, 0), &cell_off);
 	if (!rec) {
 		for (uint32_t i = 0; i < f->nlabels; i++)
 			free(n->values[i]);
@@ -1966,7 +2086,9 @@ static uint32_t shmet__typed_off(shmet_family *f, enum shmet_type t, const char 
 
 shmet_counter shmet_counter_get(shmet_family *f, const char *const *values)
 {
-	shmet_counter c = {shmet__typed_off(f, SHMET_COUNTER, values)};
+	shmet_counter c = {shmet__typed_off(f, SHMET_COUNTER, values), 0};
+	if (c.off && f->exemplars)
+		c.ex = c.off + shmet_cell_size(SHMET_COUNTER, 0);
 	return c;
 }
 
@@ -1984,6 +2106,8 @@ shmet_histogram shmet_histogram_get(shmet_family *f, const char *const *values)
 		h.nbuckets = f->nbuckets;
 		h.bounds = f->bounds;
 		h.sk = f->sk;
+		if (f->exemplars)
+			h.ex = h.off + shmet_cell_size_sk(SHMET_HISTOGRAM, f->nbuckets, f->sk ? f->sk->count : 0, 0);
 	}
 	return h;
 }
@@ -2016,8 +2140,10 @@ shmet_summary shmet_summary_get(shmet_family *f, const char *const *values)
 
 shmet_counter shmet_counter_labels(shmet_family *f, ...)
 {
-	shmet_counter c = {0};
+	shmet_counter c = {0, 0};
 	SHMET__LABELS_OFF(f, SHMET_COUNTER, c.off);
+	if (c.off && f->exemplars)
+		c.ex = c.off + shmet_cell_size(SHMET_COUNTER, 0);
 	return c;
 }
 
@@ -2037,6 +2163,8 @@ shmet_histogram shmet_histogram_labels(shmet_family *f, ...)
 		h.nbuckets = f->nbuckets;
 		h.bounds = f->bounds;
 		h.sk = f->sk;
+		if (f->exemplars)
+			h.ex = h.off + shmet_cell_size_sk(SHMET_HISTOGRAM, f->nbuckets, f->sk ? f->sk->count : 0, 0);
 	}
 	return h;
 }

@@ -146,7 +146,8 @@
  * rg_dir_end is advanced with a release store, so a reader that acquires
  * rg_dir_end sees complete records only.  Records never change once published.
  *  header:  u32 rec_size | u16 rec_kind | u16 rec_flags(0)
- *  FAMILY (kind 1), 16-byte fixed part then variable part:
+ *  FAMILY (kind 1), 16-byte fixed part then variable part
+ *  (fam_gauge_mode of a counter or histogram: 1 when it keeps exemplars):
  *    u8 fam_type | u8 fam_gauge_mode | u16 fam_nlabels | u32 fam_nbuckets |
  *    u16 fam_name_len | u16 fam_help_len | u32 fam_sketch_len
  *    double bounds[fam_nbuckets] (histogram upper bounds, strictly increasing,
@@ -194,6 +195,20 @@
  *             window's start (shmetricsd keeps those snapshots).  count is
  *             written before the bucket: a reader may see it one observation
  *             ahead, never behind.
+ *  exemplars: a counter or histogram registered with them has, after all of
+ *             the above (live regions only: a fold drops them), one SLOT per
+ *             series (counter) or per classic bucket (histogram, +Inf last)
+ *             of SHMET_EXEMPLAR_WORDS u64: seq | value (double) | timestamp
+ *             (double seconds, 0: none) | stamp (CLOCK_REALTIME ns of the
+ *             write: the latest across processes wins) | len | len bytes of
+ *             "name\0value\0" pairs (at most 128 UTF-8 characters in all).
+ *             A seqlock: a writer thread CASes seq from even to odd (acq_rel)
+ *             or, finding it odd (another thread mid-write, or a writer that
+ *             died there), drops its exemplar rather than wait; then a release
+ *             fence, the words as relaxed stores, seq + 1 with a release
+ *             store.  Readers acquire seq, copy the words relaxed, acquire
+ *             fence, and keep the copy only when seq read again is the same
+ *             even value (bounded retries), then validate it.
  *  In a retired half, the cells of a counter, histogram or summary carry two
  *  more doubles after these (shmet_retired_cell_size): the float value
  *  (counter fractional part, _sum) is there the exact sum c0 + c1 + c2 of
@@ -310,6 +325,9 @@ extern "C" {
  * range at schema 8 is about +-2^18) */
 #define SHMET_SKETCH_INDEX_LIMIT (1 << 20)
 #define SHMET_SKETCH_REC_MAX (32u + 8u * SHMET_MAX_OBJECTIVES)
+#define SHMET_EXEMPLAR_RUNES 128u
+#define SHMET_EXEMPLAR_BYTES 512u /* 128 characters of at most 4 bytes, names and values */
+#define SHMET_EXEMPLAR_WORDS (5u + SHMET_EXEMPLAR_BYTES / 8u)
 #define SHMET_MAX_NAME_LEN     200u
 #define SHMET_MAX_HELP_LEN     1024u
 #define SHMET_MAX_LABELS       16u
@@ -600,6 +618,21 @@ static inline uint32_t shmet_cell_size_sk(unsigned type, uint32_t nbuckets, uint
 	return sk_count ? n + 8 * (sk_count + 2) : n;
 }
 
+/* Exemplar slots of a series: one for a counter, one per classic bucket. */
+static inline uint32_t shmet_exemplar_slots(unsigned type, uint32_t nbuckets, unsigned exemplars)
+{
+	return !exemplars ? 0 : type == SHMET_COUNTER ? 1 : type == SHMET_HISTOGRAM ? nbuckets + 1 : 0;
+}
+
+/* Every cell of a series: shmet_cell_size_sk plus, in a live region, its
+ * exemplar slots (which start at u64 index shmet_cell_size_sk(.., 0) / 8). */
+static inline uint32_t shmet_cell_size_ex(unsigned type, uint32_t nbuckets, uint32_t sk_count, unsigned exemplars,
+					  int retired)
+{
+	return shmet_cell_size_sk(type, nbuckets, sk_count, retired) +
+	       (retired ? 0 : 8 * SHMET_EXEMPLAR_WORDS * shmet_exemplar_slots(type, nbuckets, exemplars));
+}
+
 /* Index (in u64 cells) of a sketch's first count (the one below its window). */
 static inline uint32_t shmet_sketch_cell(unsigned type, uint32_t nbuckets, int retired)
 {
@@ -660,6 +693,7 @@ struct shmet_shape {
 	uint32_t label_lens[SHMET_MAX_LABELS];
 	const unsigned char *sketch; /* the SKETCH block's bytes, sketch_len of them */
 	uint32_t sketch_len;
+	unsigned exemplars; /* counters, histograms: 1 when they keep exemplars */
 };
 
 /* Decode a FAMILY record of size bytes (its 8-byte header included): 1 when
@@ -683,6 +717,7 @@ static inline int shmet_shape_decode(const unsigned char *rec, size_t size, stru
 	memcpy(&sketch_len, rec + 20, 4);
 	if (kind != SHMET_REC_FAMILY || rec_size > size || rec_size < 24 || rec[8] < SHMET_COUNTER ||
 	    rec[8] > SHMET_SUMMARY || rec[9] > SHMET_GAUGE_PER_WORKER || nlabels > SHMET_MAX_LABELS ||
+	    (rec[8] != SHMET_GAUGE && rec[9] > 1) || (rec[8] == SHMET_SUMMARY && rec[9]) ||
 	    nbuckets > SHMET_MAX_BUCKETS || (nbuckets && rec[8] != SHMET_HISTOGRAM) || sketch_len > rec_size - 24 ||
 	    !shmet_sketch_decode(rec + rec_size - sketch_len, sketch_len, rec[8], &sk))
 		return 0;
@@ -692,6 +727,7 @@ static inline int shmet_shape_decode(const unsigned char *rec, size_t size, stru
 	memset(s, 0, sizeof *s);
 	s->type = rec[8];
 	s->mode = rec[8] == SHMET_GAUGE ? rec[9] : (unsigned)SHMET_GAUGE_SUM;
+	s->exemplars = rec[8] != SHMET_GAUGE && rec[9] == 1;
 	s->nlabels = nlabels;
 	s->nbuckets = nbuckets;
 	s->bounds = p;
@@ -729,7 +765,8 @@ static inline int shmet_shape_same(const struct shmet_shape *a, const struct shm
 	for (uint32_t i = 0; i < a->nlabels; i++)
 		if (a->label_lens[i] != b->label_lens[i] || memcmp(a->label_names[i], b->label_names[i], a->label_lens[i]))
 			return 0;
-	if (a->sketch_len != b->sketch_len || (a->sketch_len && memcmp(a->sketch, b->sketch, a->sketch_len)))
+	if (a->sketch_len != b->sketch_len || (a->sketch_len && memcmp(a->sketch, b->sketch, a->sketch_len)) ||
+	    a->exemplars != b->exemplars)
 		return 0;
 	return a->nbuckets == 0 || memcmp(a->bounds, b->bounds, 8ull * a->nbuckets) == 0;
 }
@@ -802,7 +839,7 @@ static inline void shmet_shape_describe(const struct shmet_shape *s, char *buf, 
 		n += (size_t)w;                                              \
 	} while (0)
 	SHMET__PUT("%s%s", shmet_type_name(s->type), s->type == SHMET_GAUGE && s->mode <= 4 ? modes[s->mode] : "");
-	SHMET__PUT(" with labels {");
+	SHMET__PUT("%s with labels {", s->exemplars ? " with exemplars" : "");
 	for (uint32_t i = 0; i < s->nlabels; i++)
 		SHMET__PUT("%s%.*s", i ? "," : "", (int)s->label_lens[i], s->label_names[i]);
 	SHMET__PUT("}");
@@ -892,6 +929,29 @@ static inline int shmet_valid_utf8(const char *str, size_t n)
 		i += len;
 	}
 	return 1;
+}
+
+/* Exemplar label pairs "name\0value\0"...: valid label names, UTF-8
+ * values, at most SHMET_EXEMPLAR_RUNES characters in all.  1 when valid. */
+static inline int shmet_exemplar_valid(const char *p, size_t len)
+{
+	size_t pos = 0, runes = 0;
+	int field = 0;
+	if (len > SHMET_EXEMPLAR_BYTES)
+		return 0;
+	while (pos < len) {
+		const char *z = (const char *)memchr(p + pos, 0, len - pos);
+		if (!z)
+			return 0;
+		size_t n = (size_t)(z - (p + pos));
+		if (field % 2 == 0 ? !shmet_valid_label_name(p + pos, n) : !shmet_valid_utf8(p + pos, n))
+			return 0;
+		for (size_t i = 0; i < n; i++)
+			runes += ((unsigned char)p[pos + i] & 0xc0) != 0x80;
+		pos += n + 1;
+		field++;
+	}
+	return field % 2 == 0 && runes <= SHMET_EXEMPLAR_RUNES;
 }
 
 #ifdef __cplusplus

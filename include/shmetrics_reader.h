@@ -112,6 +112,7 @@ struct shmet_family_view {
 	uint32_t label_lens[SHMET_MAX_LABELS];
 	struct shmet_sketch sk;  /* sk.count == 0: no sketch */
 	uint32_t sketch_len;     /* bytes of the SKETCH block ending rec */
+	unsigned exemplars;      /* counters, histograms: exemplar slots in live cells */
 	unsigned char rec[SHMET_FAMILY_REC_MAX]; /* last: only rec_size bytes are written */
 };
 
@@ -337,6 +338,18 @@ void shmet_sketch_window(const uint64_t *now, const uint64_t *start, uint64_t *o
  * it; the window's lower (upper) edge when that rank lies below (above) the
  * window; NaN when nothing was counted. */
 double shmet_sketch_quantile(const struct shmet_sketch *sk, const uint64_t *counts, double q);
+
+/* An exemplar read from its slot (see exemplars in shmetrics_layout.h). */
+struct shmet_exemplar {
+	double value, ts; /* ts: seconds since the epoch, 0 for none */
+	uint64_t stamp_ns;
+	uint32_t len;     /* bytes of pairs */
+	char pairs[SHMET_EXEMPLAR_BYTES]; /* "name\0value\0"... */
+};
+/* Copy the slot (SHMET_EXEMPLAR_WORDS u64) without tearing: 1 when a whole,
+ * valid exemplar was read; 0 when none was ever written, a write was in
+ * progress through every retry, or the bytes are not a valid exemplar. */
+int shmet_exemplar_read(const uint64_t *slot, struct shmet_exemplar *e);
 
 /* ---- the family registry, as readers see it ---- */
 

@@ -46,3 +46,33 @@ double shmet_sketch_quantile(const struct shmet_sketch *sk, const uint64_t *coun
 	double g = exp2(ldexp(1.0, -sk->schema));
 	return 2 * shmet_sketch_upper(sk->schema, i) / (g + 1);
 }
+
+int shmet_exemplar_read(const uint64_t *slot, struct shmet_exemplar *e)
+{
+	uint64_t w[SHMET_EXEMPLAR_WORDS];
+	for (int tries = 0; tries < 16; tries++) {
+		/* acquire: pairs with the writer's release store of the even seq,
+		 * so the words of that write are visible */
+		uint64_t s1 = __atomic_load_n(&slot[0], __ATOMIC_ACQUIRE);
+		if (s1 == 0)
+			return 0; /* never written */
+		if (s1 & 1)
+			continue; /* a write in progress */
+		for (uint32_t i = 1; i < SHMET_EXEMPLAR_WORDS; i++)
+			w[i] = __atomic_load_n(&slot[i], __ATOMIC_RELAXED);
+		/* acquire fence: the copies above happen before the second load of
+		 * seq; a writer that began meanwhile made it odd or larger */
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+		if (__atomic_load_n(&slot[0], __ATOMIC_RELAXED) != s1)
+			continue;
+		e->value = shmet__double(w[1]);
+		e->ts = shmet__double(w[2]);
+		e->stamp_ns = w[3];
+		if (w[4] > SHMET_EXEMPLAR_BYTES)
+			return 0;
+		e->len = (uint32_t)w[4];
+		memcpy(e->pairs, &w[5], e->len);
+		return shmet_exemplar_valid(e->pairs, e->len) && e->value == e->value && (e->ts == 0 || isfinite(e->ts));
+	}
+	return 0;
+}

@@ -108,6 +108,18 @@ static int probe(const char *path)
 		return 2;
 	}
 	shmet_histogram hn = shmet_histogram_get(fn, NULL);
+	shmet_family *fe, *ce;
+	struct shmet_family_spec hes = {.type = SHMET_HISTOGRAM, .name = "probe_ex_seconds", .nbuckets = 12,
+					.buckets = b12, .exemplars = true};
+	struct shmet_family_spec ces = {.type = SHMET_COUNTER, .name = "probe_ex_total", .exemplars = true};
+	if (shmet_register(&hes, &fe) != SHMET_OK || shmet_register(&ces, &ce) != SHMET_OK) {
+		fprintf(stderr, "probe: register: %s\n", shmet_last_error());
+		return 2;
+	}
+	shmet_histogram he = shmet_histogram_get(fe, NULL);
+	shmet_counter cex = shmet_counter_get(ce, NULL);
+	const char *trace[] = {"trace_id", "4bf92f3577b34da6a3ce929d0e0e4736", NULL};
+	const char *too_long[] = {"trace_id", "4bf92f3577b34da6a3ce929d0e0e4736", "a", "4bf92f3577b34da6a3ce929d0e0e47364bf92f3577b34da6a3ce929d0e0e47364bf92f3577b34da6a3ce929d0e0e47364bf92f3577b34da6a3ce929d0e0e4736", NULL};
 	if (!sq.sk || !sc.sk || sc.sk->schema > 0) {
 		fprintf(stderr, "probe: quantile handles: %s\n", shmet_last_error());
 		return 2;
@@ -165,6 +177,9 @@ static int probe(const char *path)
 		shmet_histogram_observe(hn, b12[i % 12] * 0.9);
 		shmet_histogram_observe(hn, i % 3 ? 1e6 : -1); /* clamped to the window's top; a negative */
 		shmet_histogram_observe(hn, 0);
+		shmet_histogram_observe_with_exemplar(he, b12[i % 12] * 0.9, trace, 1700000000.5);
+		shmet_counter_inc_with_exemplar(cex, trace, 0);
+		shmet_counter_add_with_exemplar(cex, 2, too_long, 0); /* refused: dropped and counted */
 		shmet_timer t = shmet_timer_start();
 		shmet_histogram_observe_duration(h, t);
 		shmet_summary_observe_duration(s, t);

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define WORKERS 4
@@ -29,6 +30,8 @@ static double *data;
 static size_t ndata;
 static double data_sum;
 static pid_t runner_pid;
+static double ex_ts; /* the master's exemplar's timestamp: now, so a query over the last hour finds it */
+static char ex_ts_text[64];
 
 static uint64_t rng_next(uint64_t *s)
 {
@@ -56,6 +59,8 @@ static int setup(void **state)
 {
 	(void)state;
 	seg = tsupport_segment("native");
+	ex_ts = (double)time(NULL) + 0.25;
+	snprintf(ex_ts_text, sizeof ex_ts_text, "%.2f", ex_ts);
 	pid_t runner = fork();
 	if (runner == 0) {
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -67,6 +72,14 @@ static int setup(void **state)
 		    shmet_counter_register(&ctr, "nh_requests_total", "Requests.", 0, NULL) ||
 		    shmet_gauge_register(&g, "nh_temperature", "Gauge.", SHMET_GAUGE_MAX, 0, NULL) ||
 		    shmet_summary_register_quantiles(&sm, "nh_size_bytes", "Summary.", 0.02, 1, 1e6, 0, NULL))
+			_exit(10);
+		double eb[] = {0.1, 1};
+		struct shmet_family_spec hx = {.type = SHMET_HISTOGRAM, .name = "nh_ex_seconds", .help = "Exemplars.",
+					       .nbuckets = 2, .buckets = eb, .exemplars = true};
+		struct shmet_family_spec cx = {.type = SHMET_COUNTER, .name = "nh_ex_requests_total",
+					       .help = "Exemplars.", .exemplars = true};
+		shmet_family *fhx, *fcx;
+		if (shmet_register(&hx, &fhx) || shmet_register(&cx, &fcx))
 			_exit(10);
 		shmet_histogram h = shmet_histogram_get(nh, NULL);
 		shmet_counter c = shmet_counter_get(ctr, NULL);
@@ -91,6 +104,12 @@ static int setup(void **state)
 			for (int w = 0; w < WORKERS; w++)
 				tsupport_wait(kids[w]);
 		}
+		/* the master's exemplars: a live process keeps them (a fold drops a dead one's) */
+		const char *p1[] = {"trace_id", "4bf92f3577b34da6a3ce929d0e0e4736", NULL};
+		const char *p2[] = {"trace_id", "00f067aa0ba902b7", "span_id", "b7ad6b7169203331", NULL};
+		if (shmet_histogram_observe_with_exemplar(shmet_histogram_get(fhx, NULL), 0.05, p1, ex_ts) ||
+		    shmet_counter_add_with_exemplar(shmet_counter_get(fcx, NULL), 3, p2, 0))
+			_exit(10);
 		/* stay alive, keeping the gauge (a live setter) */
 		pause();
 		_exit(0);
@@ -256,14 +275,38 @@ static void test_native_protobuf_every_type(void **state)
 	total += (uint64_t)hh->negative_delta[0];
 	assert_int_equal(hh->negative_delta[0], GENERATIONS * WORKERS);
 	assert_int_equal(total, ndata);
+	const Io__Prometheus__Client__Bucket *eb = family(fams, nf, "nh_ex_seconds")->metric[0]->histogram->bucket[0];
+	assert_non_null(eb->exemplar);
+	assert_string_equal(eb->exemplar->label[0]->value, "4bf92f3577b34da6a3ce929d0e0e4736");
+	assert_double_equal_exact(eb->exemplar->value, 0.05);
+	assert_int_equal(eb->exemplar->timestamp->seconds, (int64_t)floor(ex_ts));
+	assert_int_equal(eb->exemplar->timestamp->nanos, 250000000);
+	const Io__Prometheus__Client__Exemplar *cx = family(fams, nf, "nh_ex_requests_total")->metric[0]->counter->exemplar;
+	assert_non_null(cx);
+	assert_int_equal(cx->n_label, 2);
+	assert_string_equal(cx->label[1]->name, "span_id");
 	for (size_t i = 0; i < nf; i++)
 		io__prometheus__client__metric_family__free_unpacked(fams[i], NULL);
 	free(body);
 	free(hdrs);
+	/* OpenMetrics: the exemplars on their lines; text 0.0.4 has none */
+	assert_int_equal(tsupport_http_get(dm.port, "/metrics", "Accept: application/openmetrics-text; version=1.0.0\r\n",
+					   &body, NULL),
+			 200);
+	char want[256], t[SHMET_FMT_DOUBLE_MAX];
+	shmet_fmt_double_om(t, ex_ts);
+	snprintf(want, sizeof want, "nh_ex_seconds_bucket{le=\"0.1\"} 1 # {trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"} 0.05 %s\n",
+		 t);
+	if (!strstr(body, want))
+		fail_msg("no line %s in\n%s", want, body);
+	assert_non_null(strstr(body, "nh_ex_requests_total 3.0 # {trace_id=\"00f067aa0ba902b7\",span_id=\"b7ad6b7169203331\"} "
+				     "3.0\n"));
+	free(body);
 	/* text keeps the classic buckets */
 	assert_int_equal(tsupport_http_get(dm.port, "/metrics", NULL, &body, NULL), 200);
 	assert_double_equal_exact(tsupport_sample(body, "nh_latency_seconds_count"), (double)ndata);
 	assert_non_null(strstr(body, "nh_latency_seconds_bucket{le=\"0.1\"}"));
+	assert_null(strstr(body, " # {"));
 	free(body);
 }
 
@@ -316,7 +359,8 @@ static void test_native_prometheus_stores_it(void **state)
 		snprintf(logp, sizeof logp, "%s/prometheus.log", dir);
 		if (!freopen(logp, "w", stderr))
 			_exit(126);
-		execlp("prometheus", "prometheus", a1, a2, a3, "--enable-feature=native-histograms", (char *)NULL);
+		execlp("prometheus", "prometheus", a1, a2, a3, "--enable-feature=native-histograms,exemplar-storage",
+		       (char *)NULL);
 		_exit(127);
 	}
 	double count = NAN;
@@ -327,6 +371,16 @@ static void test_native_prometheus_stores_it(void **state)
 	double sum = query(pport, "histogram_sum(nh_latency_seconds)");
 	double q90 = query(pport, "histogram_quantile(0.9,nh_latency_seconds)");
 	double q50 = query(pport, "histogram_quantile(0.5,nh_latency_seconds)");
+	char *ex = NULL, path[256];
+	for (int tries = 0; tries < 40; tries++) {
+		free(ex);
+		ex = NULL;
+		snprintf(path, sizeof path, "/api/v1/query_exemplars?query=nh_ex_seconds_bucket&start=%ld&end=%ld",
+			 (long)time(NULL) - 3600, (long)time(NULL) + 60);
+		if (tsupport_http_get(pport, path, NULL, &ex, NULL) == 200 && strstr(ex, "4bf92f3577b34da6a3ce929d0e0e4736"))
+			break;
+		usleep(250000);
+	}
 	kill(prom, SIGTERM);
 	tsupport_wait(prom);
 	snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
@@ -334,6 +388,11 @@ static void test_native_prometheus_stores_it(void **state)
 		print_message("could not remove %s\n", dir);
 	assert_double_equal_exact(count, (double)ndata);
 	assert_true(fabs(sum - data_sum) <= 1e-9 * fabs(data_sum));
+	/* the exemplar as written: labels, value and timestamp */
+	if (!ex || !strstr(ex, "\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\"") || !strstr(ex, "\"value\":\"0.05\"") ||
+	    !strstr(ex, ex_ts_text))
+		fail_msg("query_exemplars: %s", ex ? ex : "(no answer)");
+	free(ex);
 	/* Prometheus interpolates inside the bucket it finds, and its rank may
 	 * be one observation off ours: within two bucket widths */
 	double g = exp2(ldexp(1.0, -SCHEMA)), bound = g * g - 1;
