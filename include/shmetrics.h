@@ -349,16 +349,23 @@ static inline int shmet__exemplar_put(uint32_t off, double v, const char *const 
 	/* the readers' rule (shmet_exemplar_valid), in the one pass that copies */
 	for (size_t i = 0; pairs && pairs[i]; i++) {
 		const char *str = pairs[i];
-		size_t n = 0, high = 0;
-		for (; str[n] && len + n < SHMET_EXEMPLAR_BYTES; n++) {
-			p[len + n] = str[n];
-			high |= (unsigned char)str[n] & 0x80;
-		}
-		if (SHMET__UNLIKELY(str[n] || len + n + 1 > SHMET_EXEMPLAR_BYTES || (i % 2 == 0 && !pairs[i + 1]))) {
+		/* memchr and memcpy: the C library's vector loops, not a byte loop */
+		const char *z = (const char *)memchr(str, 0, SHMET_EXEMPLAR_BYTES - len);
+		size_t n = z ? (size_t)(z - str) : SHMET_EXEMPLAR_BYTES;
+		if (SHMET__UNLIKELY(!z || len + n + 1 > SHMET_EXEMPLAR_BYTES || (i % 2 == 0 && !pairs[i + 1]))) {
 			shmet__drop();
 			return SHMET_E_TOO_LONG;
 		}
-		p[len + n] = 0;
+		memcpy(p + len, str, n + 1);
+		uint64_t high = 0; /* from the source: loads of bytes just stored would stall */
+		for (size_t k = 0; k + 8 <= n; k += 8) {
+			uint64_t x;
+			memcpy(&x, str + k, 8);
+			high |= x;
+		}
+		for (size_t k = n & ~(size_t)7; k < n; k++)
+			high |= (unsigned char)str[k];
+		high &= UINT64_C(0x8080808080808080);
 		int ok = i % 2 == 0 ? shmet_valid_label_name(p + len, n) : !high || shmet_valid_utf8(p + len, n);
 		if (!high)
 			runes += n;
@@ -383,10 +390,10 @@ static inline int shmet__exemplar_put(uint32_t off, double v, const char *const 
 		shmet__drop();
 		return SHMET_E_BUSY;
 	}
-	/* release fence: the odd seq is visible before any word below */
-	__atomic_thread_fence(__ATOMIC_RELEASE);
-	__atomic_store_n(&slot[1], shmet__bits(v), __ATOMIC_RELAXED);
-	__atomic_store_n(&slot[2], shmet__bits(ts), __ATOMIC_RELAXED);
+	/* release stores (plain stores on x86): the odd seq is visible before
+	 * any of the words below is (see shmet_exemplar_read) */
+	__atomic_store_n(&slot[1], shmet__bits(v), __ATOMIC_RELEASE);
+	__atomic_store_n(&slot[2], shmet__bits(ts), __ATOMIC_RELEASE);
 	/* which process's exemplar is the latest: its timestamp, or the coarse
 	 * clock (vDSO, a few ns; a tick of a few ms is fine to choose by) */
 #ifdef CLOCK_REALTIME_COARSE
@@ -394,10 +401,10 @@ static inline int shmet__exemplar_put(uint32_t off, double v, const char *const 
 #else
 	uint64_t stamp = ts ? (uint64_t)(ts * 1e9) : shmet__now_ns(CLOCK_REALTIME);
 #endif
-	__atomic_store_n(&slot[3], stamp, __ATOMIC_RELAXED);
-	__atomic_store_n(&slot[4], (uint64_t)len, __ATOMIC_RELAXED);
+	__atomic_store_n(&slot[3], stamp, __ATOMIC_RELEASE);
+	__atomic_store_n(&slot[4], (uint64_t)len, __ATOMIC_RELEASE);
 	for (size_t i = 0; i < (len + 7) / 8; i++)
-		__atomic_store_n(&slot[5 + i], w[i], __ATOMIC_RELAXED);
+		__atomic_store_n(&slot[5 + i], w[i], __ATOMIC_RELEASE);
 	/* release: the words before the even seq that lets readers keep them */
 	__atomic_store_n(&slot[0], s + 2, __ATOMIC_RELEASE);
 	return SHMET_OK;

@@ -204,11 +204,12 @@
  *             "name\0value\0" pairs (at most 128 UTF-8 characters in all).
  *             A seqlock: a writer thread CASes seq from even to odd (acq_rel)
  *             or, finding it odd (another thread mid-write, or a writer that
- *             died there), drops its exemplar rather than wait; then a release
- *             fence, the words as relaxed stores, seq + 1 with a release
- *             store.  Readers acquire seq, copy the words relaxed, acquire
- *             fence, and keep the copy only when seq read again is the same
- *             even value (bounded retries), then validate it.
+ *             died there), drops its exemplar rather than wait; then the
+ *             words as release stores, seq + 1 with a release store.
+ *             Readers acquire seq, copy the words with acquire loads, and
+ *             keep the copy only when seq read again is the same even value
+ *             (bounded retries), then validate it.  (No fences: sanitizers
+ *             do not model them; on x86 these are plain moves.)
  *  In a retired half, the cells of a counter, histogram or summary carry two
  *  more doubles after these (shmet_retired_cell_size): the float value
  *  (counter fractional part, _sum) is there the exact sum c0 + c1 + c2 of
