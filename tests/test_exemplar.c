@@ -117,6 +117,14 @@ static void test_exemplar_refused_and_hostile(void **state)
 	uint64_t *slot = (uint64_t *)(void *)(shmet__base + ctr.ex);
 	struct shmet_exemplar e;
 	assert_true(shmet_exemplar_read(slot, &e));
+	/* the dump tool shows the slot */
+	char cmd[512], *out;
+	snprintf(cmd, sizeof cmd, "%s %s", tsupport_bin("shmetrics-dump"), seg_path);
+	assert_int_equal(tsupport_run(cmd, &out), 0);
+	if (!strstr(out, "exemplar {trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"} 1 1.7000000005e+09") ||
+	    !strstr(out, "exemplar le=+Inf {trace_id=\""))
+		fail_msg("dump:\n%s", out);
+	free(out);
 	uint64_t keep = slot[4];
 	slot[4] = 100000;
 	assert_false(shmet_exemplar_read(slot, &e));

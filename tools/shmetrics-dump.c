@@ -230,6 +230,8 @@ struct d_value {
 	uint64_t *buckets; /* histograms: nbuckets + 1, non-cumulative */
 	const struct shmet_snap_series *agg; /* per-worker gauges: this region's exposed series */
 	uint64_t *sketch;  /* summaries with quantiles: sk.count + 2 counts */
+	struct shmet_exemplar *ex; /* live cells of a family with exemplars: one per slot */
+	bool *has_ex;
 };
 
 struct d_series {
@@ -253,6 +255,7 @@ struct d_family {
 	uint32_t label_lens[SHMET_MAX_LABELS];
 	double bounds[SHMET_MAX_BUCKETS];
 	struct shmet_sketch sk; /* sk.count 0: none */
+	unsigned exemplars;
 	int32_t first_area, conflict_area;
 	struct d_series **series;
 	size_t nseries, cap;
@@ -279,7 +282,7 @@ struct dump {
 static void d_series_free(struct d_series *s)
 {
 	for (size_t i = 0; i < s->nv; i++)
-		free(s->v[i].buckets), free(s->v[i].sketch);
+		free(s->v[i].buckets), free(s->v[i].sketch), free(s->v[i].ex), free(s->v[i].has_ex);
 	free(s->v);
 	free(s->key);
 	free(s);
@@ -368,6 +371,7 @@ static struct d_family *index_family(struct dump *d, const struct shmet_family_v
 	f->mode = v->mode;
 	f->nbuckets = v->nbuckets;
 	f->sk = v->sk;
+	f->exemplars = v->exemplars;
 	for (uint32_t i = 0; i < v->nbuckets; i++)
 		f->bounds[i] = shmet_bound(v, i);
 	f->first_area = area;
@@ -456,6 +460,15 @@ static void index_value(struct dump *d, struct d_family *f, const struct shmet_a
 		shmet_sketch_load_add(dv->sketch, (const uint64_t *)(const void *)(a->base + r->series.cell_off) +
 							  shmet_sketch_cell(f->type, f->nbuckets, a->retired),
 				      f->sk.count + 2);
+	}
+	uint32_t nex = a->retired ? 0 : shmet_exemplar_slots(f->type, f->nbuckets, f->exemplars);
+	if (nex) { /* libshm checked that the live cells hold the slots */
+		if (!(dv->ex = calloc(nex, sizeof *dv->ex)) || !(dv->has_ex = calloc(nex, sizeof *dv->has_ex)))
+			goto oom;
+		const uint64_t *slot = (const uint64_t *)(const void *)(a->base + r->series.cell_off) +
+				       shmet_cell_size_sk(f->type, f->nbuckets, f->sk.count, 0) / 8;
+		for (uint32_t k = 0; k < nex; k++)
+			dv->has_ex[k] = shmet_exemplar_read(slot + (size_t)k * SHMET_EXEMPLAR_WORDS, &dv->ex[k]);
 	}
 	s->nv++;
 	return;
@@ -872,12 +885,46 @@ struct pvals {
 	double value;
 	const uint64_t *buckets;
 	const uint64_t *sketch;
+	const struct shmet_exemplar *ex;
+	const bool *has_ex;
 };
 
 static struct pvals pv_of_value(const struct d_value *v)
 {
-	struct pvals p = {v->whole, v->stamp_ns, v->value, v->buckets, v->sketch};
+	struct pvals p = {v->whole, v->stamp_ns, v->value, v->buckets, v->sketch, v->ex, v->has_ex};
 	return p;
+}
+
+/* A region's exemplars: slot, labels, value, timestamp. */
+static void t_exemplars(FILE *o, const struct d_family *f, const struct pvals *v)
+{
+	char b[40];
+	for (uint32_t k = 0; v->ex && k < shmet_exemplar_slots(f->type, f->nbuckets, f->exemplars); k++) {
+		if (!v->has_ex[k])
+			continue;
+		const struct shmet_exemplar *e = &v->ex[k];
+		if (f->type == SHMET_HISTOGRAM) {
+			if (k < f->nbuckets)
+				fmt_double(b, sizeof b, f->bounds[k]);
+			fprintf(o, "  exemplar le=%s {", k < f->nbuckets ? b : "+Inf");
+		} else {
+			fputs("  exemplar {", o);
+		}
+		for (uint32_t p = 0, field = 0; p < e->len; field++) {
+			const char *t = e->pairs + p;
+			if (field % 2)
+				fprintf(o, "=\"%s\"", t);
+			else
+				fprintf(o, "%s%s", field ? "," : "", t);
+			p += (uint32_t)strlen(t) + 1;
+		}
+		fmt_double(b, sizeof b, e->value);
+		fprintf(o, "} %s", b);
+		if (e->ts) {
+			fmt_double(b, sizeof b, e->ts);
+			fprintf(o, " %s", b);
+		}
+	}
 }
 
 /* A sketch's non-zero counts, by bucket upper edge, and its quantiles. */
@@ -905,7 +952,7 @@ static void t_sketch(FILE *o, const struct d_family *f, const uint64_t *c)
  * as the whole count when that is all it holds, else as the double. */
 static struct pvals pv_of_agg(const struct shmet_agg *a, enum shmet_type type)
 {
-	struct pvals p = {a->whole, a->stamp_ns, a->value, a->buckets, NULL};
+	struct pvals p = {a->whole, a->stamp_ns, a->value, a->buckets, NULL, NULL, NULL};
 	if (type == SHMET_COUNTER) {
 		if (a->value == (double)a->whole)
 			p.value = 0;
@@ -1101,6 +1148,7 @@ static void print_text(FILE *o, const struct dump *d)
 				fprintf(o, "    %-22s ", label);
 				struct pvals p = pv_of_value(v);
 				t_vals(o, f, &p);
+				t_exemplars(o, f, &p);
 				fputc('\n', o);
 			}
 			if (per_worker(f)) {
