@@ -905,7 +905,7 @@ static void t_exemplars(FILE *o, const struct d_family *f, const struct pvals *v
 		const struct shmet_exemplar *e = &v->ex[k];
 		if (f->type == SHMET_HISTOGRAM) {
 			if (k < f->nbuckets)
-				fmt_double(b, sizeof b, f->bounds[k]);
+				shmet_fmt_double(b, f->bounds[k]);
 			fprintf(o, "  exemplar le=%s {", k < f->nbuckets ? b : "+Inf");
 		} else {
 			fputs("  exemplar {", o);
@@ -918,10 +918,10 @@ static void t_exemplars(FILE *o, const struct d_family *f, const struct pvals *v
 				fprintf(o, "%s%s", field ? "," : "", t);
 			p += (uint32_t)strlen(t) + 1;
 		}
-		fmt_double(b, sizeof b, e->value);
+		shmet_fmt_double(b, e->value);
 		fprintf(o, "} %s", b);
 		if (e->ts) {
-			fmt_double(b, sizeof b, e->ts);
+			shmet_fmt_double(b, e->ts);
 			fprintf(o, " %s", b);
 		}
 	}
