@@ -1564,14 +1564,17 @@ static int shmet__sketch_spec(const struct shmet_family_spec *s, const char *nam
 		return shmet__err(SHMET_E_INVALID_ARG, "\"%s\": %lld buckets for %.3g%% over [%g, %g]; at most %u", name,
 				  (long long)(last - first + 1), 100 * shmet_sketch_rel_error(schema), lo, hi,
 				  SHMET_MAX_SKETCH_BUCKETS);
+	/* the SKETCH block's fixed part, as shmet_sketch_decode reads it */
+	struct shmet_rec_sketch_hdr {
+		int32_t schema, first;
+		uint32_t count;
+		uint16_t nobj, age;
+		uint64_t max_age_ns;
+		double zero_threshold;
+	};
 	if (native) {
-		struct shmet_rec_sketch_hdr {
-			int32_t schema, first;
-			uint32_t count;
-			uint16_t nobj, age;
-			uint64_t max_age_ns;
-			double zero_threshold;
-		} nh = {schema, (int32_t)first, (uint32_t)(last - first + 1), 0, 0, 0, s->native_zero_threshold};
+		struct shmet_rec_sketch_hdr nh = {schema, (int32_t)first, (uint32_t)(last - first + 1), 0, 0, 0,
+						  s->native_zero_threshold};
 		memcpy(blk, &nh, sizeof nh);
 		*len = 32;
 		return SHMET_OK;
@@ -1585,13 +1588,7 @@ static int shmet__sketch_spec(const struct shmet_family_spec *s, const char *nam
 	if (!(age >= 1 && age <= 7 * 86400.0) || ab > SHMET_MAX_AGE_BUCKETS)
 		return shmet__err(SHMET_E_INVALID_ARG, "\"%s\": max age 1 s .. 7 days, at most %u age buckets", name,
 				  SHMET_MAX_AGE_BUCKETS);
-	struct shmet_rec_sketch_hdr {
-		int32_t schema, first;
-		uint32_t count;
-		uint16_t nobj, age;
-		uint64_t max_age_ns;
-		double zero_threshold;
-	} h = {schema, (int32_t)first, (uint32_t)(last - first + 1), (uint16_t)nobj, (uint16_t)ab,
+	struct shmet_rec_sketch_hdr h = {schema, (int32_t)first, (uint32_t)(last - first + 1), (uint16_t)nobj, (uint16_t)ab,
 	       (uint64_t)(age * 1e9), 0};
 	memcpy(blk, &h, sizeof h);
 	for (size_t i = 0; i < nobj; i++)
@@ -2108,7 +2105,7 @@ shmet_gauge shmet_gauge_get(shmet_family *f, const char *const *values)
 
 shmet_histogram shmet_histogram_get(shmet_family *f, const char *const *values)
 {
-	shmet_histogram h = {shmet__typed_off(f, SHMET_HISTOGRAM, values), 0, NULL, NULL};
+	shmet_histogram h = {shmet__typed_off(f, SHMET_HISTOGRAM, values), 0, NULL, NULL, 0};
 	if (h.off) {
 		h.nbuckets = f->nbuckets;
 		h.bounds = f->bounds;
@@ -2164,7 +2161,7 @@ shmet_gauge shmet_gauge_labels(shmet_family *f, ...)
 
 shmet_histogram shmet_histogram_labels(shmet_family *f, ...)
 {
-	shmet_histogram h = {0, 0, NULL, NULL};
+	shmet_histogram h = {0, 0, NULL, NULL, 0};
 	SHMET__LABELS_OFF(f, SHMET_HISTOGRAM, h.off);
 	if (h.off) {
 		h.nbuckets = f->nbuckets;
