@@ -382,14 +382,15 @@ static inline int shmet__exemplar_put(uint32_t off, double v, const char *const 
 		shmet__drop();
 		return SHMET_E_INVALID_ARG;
 	}
-	uint64_t *slot = shmet__cell(off);
-	uint64_t s = __atomic_load_n(&slot[0], __ATOMIC_RELAXED);
-	/* odd: another thread of this process is writing it (or died there) */
-	if (SHMET__UNLIKELY((s & 1) ||
-			    !__atomic_compare_exchange_n(&slot[0], &s, s + 1, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED))) {
+	uint64_t *slot = shmet__own(off);
+	uint64_t s = shmet__get(&slot[0]);
+	/* this thread is the slot's one writer: odd means a write of it that
+	 * never finished (a signal handler's, or a thread that died there) */
+	if (SHMET__UNLIKELY(s & 1)) {
 		shmet__drop();
 		return SHMET_E_BUSY;
 	}
+	shmet__put(&slot[0], s + 1);
 	/* release stores (plain stores on x86): the odd seq is visible before
 	 * any of the words below is (see shmet_exemplar_read) */
 	__atomic_store_n(&slot[1], shmet__bits(v), __ATOMIC_RELEASE);
@@ -616,7 +617,7 @@ static inline void shmet_histogram_observe(shmet_histogram h, double v)
  * ..., NULL (at most 128 UTF-8 characters in all), ts the time in seconds
  * since the epoch or 0 for none.  The observation always counts; the
  * exemplar is refused (SHMET_E_TOO_LONG, SHMET_E_INVALID_ARG) or dropped
- * when another thread is writing that slot (SHMET_E_BUSY), and counted. */
+ * when a write of the slot never finished (SHMET_E_BUSY), and counted. */
 static inline int shmet_histogram_observe_with_exemplar(shmet_histogram h, double v, const char *const *pairs,
 							double ts)
 {

@@ -202,10 +202,10 @@
  *             (double seconds, 0: none) | stamp (CLOCK_REALTIME ns of the
  *             write: the latest across processes wins) | len | len bytes of
  *             "name\0value\0" pairs (at most 128 UTF-8 characters in all).
- *             A seqlock: a writer thread CASes seq from even to odd (acq_rel)
- *             or, finding it odd (another thread mid-write, or a writer that
- *             died there), drops its exemplar rather than wait; then the
- *             words as release stores, seq + 1 with a release store.
+ *             A seqlock: its one writer (the thread whose cells they are)
+ *             makes seq odd, or finding it odd (a write that never finished)
+ *             drops its exemplar rather than wait; then it stores the words
+ *             with release stores and seq + 1 with a release store.
  *             Readers acquire seq, copy the words with acquire loads, and
  *             keep the copy only when seq read again is the same even value
  *             (bounded retries), then validate it.  (No fences: sanitizers
