@@ -28,7 +28,9 @@ DEBIAN_PACKAGES := build-essential pkg-config clang libclang-rt-14-dev \
 	prometheus python3 python3-prometheus-client curl strace ltrace valgrind openssl \
 	victoria-metrics systemd \
 	python3-dev gunicorn python3-fastapi python3-uvicorn python3-httpx \
-	chromium chromium-driver nodejs
+	chromium chromium-driver nodejs \
+	libprotobuf-c-dev protobuf-c-compiler golang-github-prometheus-client-model-dev \
+	golang-github-golang-protobuf-1-3-dev
 
 ifeq ($(SANITIZER),)
   B := build
@@ -53,10 +55,10 @@ WARN    := -Wall -Wextra -Werror -Wshadow -Wundef -Wstrict-prototypes \
 	-Wmissing-prototypes -Wwrite-strings -Wformat=2 -Wpointer-arith -Wcast-align \
 	-Wno-missing-field-initializers -Wno-format-truncation
 CFLAGS_ALL   := -std=c11 $(OPT) $(WARN) $(SANFLAGS) -pthread -D_GNU_SOURCE \
-	-DSHMET_VERSION_STRING='"$(VERSION)"' -Iinclude -Ilibshm -Icollector -Itests/support $(CFLAGS)
+	-DSHMET_VERSION_STRING='"$(VERSION)"' -Iinclude -Ilibshm -Icollector -Itests/support -I$(B)/gen $(CFLAGS)
 LDFLAGS_ALL  := $(SANFLAGS) -pthread $(LDFLAGS)
 
-COLLECTOR_LIBS := -lurcu-cds -lurcu-bp -lmicrohttpd -ljansson -lyaml -lgnutls -lcrypt -lz -lm
+COLLECTOR_LIBS := -lurcu-cds -lurcu-bp -lmicrohttpd -ljansson -lyaml -lgnutls -lcrypt -lz -lprotobuf-c -lm
 TEST_LIBS      := -lcmocka
 
 LIBSHM_SRC    := $(wildcard libshm/*.c)
@@ -69,6 +71,14 @@ SUPPORT_SRC   := $(wildcard tests/support/*.c)
 EXAMPLE_DIRS  := $(patsubst examples/%/main.c,%,$(wildcard examples/*/main.c))
 
 obj = $(patsubst %.c,$(B)/obj/%.o,$(1))
+
+# The protobuf exposition: protobuf-c code generated from Debian's copy of
+# client_model's metrics.proto (and the Timestamp it imports).
+METRICS_PROTO   := /usr/share/gocode/src/github.com/prometheus/client_model/io/prometheus/client/metrics.proto
+TIMESTAMP_PROTO := /usr/share/gocode/src/github.com/golang/protobuf/ptypes/timestamp/timestamp.proto
+GEN    := $(B)/gen
+PB_C   := $(GEN)/io/prometheus/client/metrics.pb-c.c $(GEN)/google/protobuf/timestamp.pb-c.c
+PB_OBJ := $(patsubst $(GEN)/%.c,$(B)/obj/gen/%.o,$(PB_C))
 
 LIBSHM_A     := $(B)/lib/libshmetrics.a
 LIBSHM_SO    := $(B)/lib/libshmetrics.so
@@ -131,7 +141,20 @@ $(B)/obj/gen/dashboard_assets.o: $(DASH_C)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
 
-$(COLLECTOR_A): $(call obj,$(COLLECTOR_SRC)) $(B)/obj/gen/dashboard_assets.o
+$(GEN)/.stamp: $(METRICS_PROTO) $(TIMESTAMP_PROTO)
+	@mkdir -p $(GEN)/proto/io/prometheus/client $(GEN)/proto/google/protobuf
+	cp $(METRICS_PROTO) $(GEN)/proto/io/prometheus/client/
+	cp $(TIMESTAMP_PROTO) $(GEN)/proto/google/protobuf/
+	protoc-c -I$(GEN)/proto --c_out=$(GEN) io/prometheus/client/metrics.proto google/protobuf/timestamp.proto
+	touch $@
+$(PB_C): $(GEN)/.stamp ;
+# generated code: our warnings are not its author's
+$(B)/obj/gen/%.o: $(GEN)/%.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 $(OPT) $(SANFLAGS) -I$(GEN) -c $< -o $@
+$(B)/obj/collector/protobuf.o: | $(GEN)/.stamp
+
+$(COLLECTOR_A): $(call obj,$(COLLECTOR_SRC)) $(B)/obj/gen/dashboard_assets.o $(PB_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
@@ -237,11 +260,11 @@ build/fuzz/%: tests/%.c $(LIBSHM_SRC) $(COLLECTOR_SRC) tools/shmetrics-dump.c
 # fuzz_http includes api.c and api_push.c for their static functions and
 # links the rest of the collector.
 FUZZ_HTTP_SRC := $(filter-out collector/api.c collector/api_push.c,$(COLLECTOR_SRC))
-build/fuzz/fuzz_http: tests/fuzz_http.c $(LIBSHM_SRC) $(COLLECTOR_SRC) $(DASH_C)
+build/fuzz/fuzz_http: tests/fuzz_http.c $(LIBSHM_SRC) $(COLLECTOR_SRC) $(DASH_C) $(PB_C)
 	@mkdir -p $(dir $@)
 	clang -std=c11 -O1 -g -D_GNU_SOURCE -DSHMET_FUZZING -DSHMET_VERSION_STRING='"$(VERSION)"' \
-	  -Iinclude -Ilibshm -Icollector -fsanitize=fuzzer,address,undefined -o $@ $< $(LIBSHM_SRC) \
-	  $(FUZZ_HTTP_SRC) $(DASH_C) -pthread $(COLLECTOR_LIBS)
+	  -Iinclude -Ilibshm -Icollector -I$(GEN) -fsanitize=fuzzer,address,undefined -o $@ $< $(LIBSHM_SRC) \
+	  $(FUZZ_HTTP_SRC) $(DASH_C) $(PB_C) -pthread $(COLLECTOR_LIBS)
 fuzz: deps $(FUZZ_BIN)
 	FUZZ_SECONDS=$(FUZZ_SECONDS) tests/run-fuzz.sh $(FUZZ_BIN)
 

@@ -352,6 +352,7 @@ static bool scan_guarded(struct collector *c)
 		fold_res.to_free = 0;
 		last_fingerprint = 0; /* the freed regions change the counts: rebuild next scan */
 	}
+	sketchwin_tick(c, c->view, shmet__now_ns(CLOCK_MONOTONIC));
 	return changed;
 }
 
@@ -562,6 +563,11 @@ int collector_open(struct collector *c, const struct collector_config *cfg, char
 		shmet_segment_close(&c->seg);
 		return rc;
 	}
+	if (sketchwin_open(c) != 0) {
+		snprintf(err, errlen, "out of memory");
+		shmet_segment_close(&c->seg);
+		return SHMET_E_SYS;
+	}
 	guard_map_set(0, &c->seg.map);
 	guard_install();
 	watch_open(c);
@@ -573,6 +579,7 @@ int collector_open(struct collector *c, const struct collector_config *cfg, char
 	collector_scan(c);
 	if (!c->view) {
 		snprintf(err, errlen, "cannot build the first view (out of memory)");
+		sketchwin_close(c);
 		shmet_segment_close(&c->seg);
 		return SHMET_E_SYS;
 	}
@@ -614,6 +621,7 @@ void collector_close(struct collector *c)
 	shmet_registry_free(&c->registry);
 	view_free(c->view);
 	c->view = NULL;
+	sketchwin_close(c);
 	guard_map_set(0, NULL);
 	guard_map_set(1, NULL);
 	watch_close(c);

@@ -55,6 +55,8 @@ struct view_family {
 	const char *const *bound_text; /* le="..." values, OM canonical, +Inf last */
 	uint32_t nseries;
 	struct view_series *series; /* sorted by label values */
+	const struct shmet_sketch *sketch; /* summaries with quantiles (sketchwin.c), else NULL */
+	unsigned exemplars; /* counters, histograms: exemplar slots in live cells (exemplar.c) */
 };
 
 struct view_stats {
@@ -150,7 +152,24 @@ struct collector {
 	struct MHD_Daemon *httpds[8]; /* one per listener; httpd is httpds[0] */
 	unsigned nhttpd;
 	struct segment_watch *watch;  /* watch.c: the segment's path, its writers */
+	struct sketchwin *sketchwin; /* summaries' quantile windows (sketchwin.c) */
 };
+
+/* ---- summary quantiles over a sliding window (sketchwin.c) ----
+ * The updater snapshots each sketch's merged counts every max_age /
+ * age_buckets and keeps the last age_buckets snapshots; a scrape's quantiles
+ * describe the counts now minus the oldest snapshot kept.  A series first
+ * seen starts from zero.  _count and _sum stay cumulative. */
+int sketchwin_open(struct collector *c);
+void sketchwin_close(struct collector *c);
+/* Updater: take the snapshots due at now_ns (any clock, only differences count). */
+void sketchwin_tick(struct collector *c, const struct view *v, uint64_t now_ns);
+/* The quantiles (f->sketch->objectives) of series s over its window, into
+ * out; false when some cells could not be read (truncated segment). */
+bool sketchwin_quantiles(struct collector *c, const struct view_family *f, const struct view_series *s, double *out);
+/* The merged sketch counts (f->sketch->count + 2) of series s; false when
+ * some cells could not be read. */
+bool sketch_series_counts(const struct view_family *f, const struct view_series *s, uint64_t *acc);
 
 /* Test-only: the next N view builds fail as if memory ran out. */
 extern unsigned collector_test_fail_view_builds;
@@ -175,6 +194,35 @@ void collector_close(struct collector *c);
 /* Wait (at most timeout_ms) for a scan that starts after this call, so
  * the view holds every series created before it.  False on timeout. */
 bool collector_fresh_scan(struct collector *c, int timeout_ms);
+
+/* The collector's own metrics, sorted by name (render.c). */
+struct render_own {
+	const char *name, *help;
+	enum shmet_expo_type type;
+	const char *label, *lvalue; /* at most one label per sample here */
+	double values[4];
+	const char *lvalues[4];
+	int n;
+};
+#define RENDER_OWN_MAX 32
+size_t render_own_metrics(struct collector *c, const struct view *v, struct render_own *out);
+
+/* ---- exemplars (exemplar.c) ---- */
+/* The latest exemplar of slot k (a counter's 0, a histogram's bucket) of
+ * series s among its live regions; false when there is none. */
+bool view_exemplar(const struct view_family *f, const struct view_series *s, uint32_t k, struct shmet_exemplar *out);
+/* Replace the newline ending b by " # {labels} value [timestamp]\n". */
+void exemplar_append_om(shmet_buf *b, const struct shmet_exemplar *e);
+
+/* ---- protobuf exposition (protobuf.c) ---- */
+#define SHMET_CONTENT_TYPE_PROTOBUF \
+	"application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
+/* Does Accept prefer delimited MetricFamily protobuf (q at least that of any
+ * other range listed)?  Untrusted input: one pass, no allocation. */
+bool protobuf_wanted(const char *accept);
+/* Render every family (the collector's own too) as delimited MetricFamily
+ * messages under a guard, as collector_render does for text. */
+bool collector_render_protobuf(struct collector *c, shmet_buf *b);
 
 /* Render /metrics from the current view (caller holds rcu_read_lock). */
 void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enum shmet_expo_format fmt);

@@ -53,6 +53,9 @@ static enum MHD_Result serve_metrics(struct collector *c, struct MHD_Connection 
 	const char *enc = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCEPT_ENCODING);
 	const char *ctype;
 	enum shmet_expo_format fmt = shmet_negotiate(accept, &ctype);
+	bool pb = protobuf_wanted(accept); /* protobuf.c: every family, native histograms too */
+	if (pb)
+		ctype = SHMET_CONTENT_TYPE_PROTOBUF;
 	/* Series that workers created a moment ago are in the segment but not
 	 * yet in the view: let the updater look once more (bounded), so a
 	 * scrape counts everything written before it. */
@@ -60,7 +63,7 @@ static enum MHD_Result serve_metrics(struct collector *c, struct MHD_Connection 
 	uint64_t t0 = shmet__now_ns(CLOCK_MONOTONIC);
 	shmet_buf b;
 	shmet_buf_init(&b);
-	bool readable = collector_render(c, &b, fmt);
+	bool readable = pb ? collector_render_protobuf(c, &b) : collector_render(c, &b, fmt);
 	__atomic_store_n(&c->last_scrape_ns, shmet__now_ns(CLOCK_MONOTONIC) - t0, __ATOMIC_RELAXED);
 	if (!readable) {
 		shmet_buf_free(&b);

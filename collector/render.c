@@ -20,9 +20,9 @@ static void put_value(shmet_buf *b, enum shmet_expo_format fmt, double v, bool i
 }
 
 /* One sample line from pre-escaped labels: the scrape's inner loop. */
-static void put_line(shmet_buf *b, enum shmet_expo_format fmt, const char *name, size_t name_len,
-		     const char *suffix, size_t suffix_len, const struct view_series *s, const char *bound,
-		     double v, bool integral)
+static void put_line_as(shmet_buf *b, enum shmet_expo_format fmt, const char *name, size_t name_len,
+			const char *suffix, size_t suffix_len, const struct view_series *s, const char *bound_label,
+			const char *bound, double v, bool integral)
 {
 	shmet_buf_reserve(b, name_len + suffix_len + s->labels_len + 64);
 	shmet_buf_append(b, name, name_len);
@@ -33,7 +33,7 @@ static void put_line(shmet_buf *b, enum shmet_expo_format fmt, const char *name,
 		if (bound) {
 			if (s->labels_len)
 				shmet_buf_putc(b, ',');
-			shmet_buf_append(b, "le=\"", 4);
+			shmet_buf_puts(b, bound_label);
 			shmet_buf_puts(b, bound);
 			shmet_buf_putc(b, '"');
 		}
@@ -42,6 +42,13 @@ static void put_line(shmet_buf *b, enum shmet_expo_format fmt, const char *name,
 	shmet_buf_putc(b, ' ');
 	put_value(b, fmt, v, integral);
 	shmet_buf_putc(b, '\n');
+}
+
+static void put_line(shmet_buf *b, enum shmet_expo_format fmt, const char *name, size_t name_len,
+		     const char *suffix, size_t suffix_len, const struct view_series *s, const char *bound,
+		     double v, bool integral)
+{
+	put_line_as(b, fmt, name, name_len, suffix, suffix_len, s, "le=\"", bound, v, integral);
 }
 
 static const enum shmet_expo_type expo_type[] = {
@@ -68,8 +75,10 @@ static bool om_counter_ok(double v)
 	return v >= 0; /* false for NaN */
 }
 
-static void render_family(shmet_buf *b, enum shmet_expo_format fmt, const struct view_family *f)
+static void render_family(struct collector *c, shmet_buf *b, enum shmet_expo_format fmt, const struct view_family *f)
 {
+	double q[SHMET_MAX_OBJECTIVES];
+	struct shmet_exemplar ex;
 	if (f->nseries == 0)
 		return;
 	bool om = fmt == SHMET_EXPO_OPENMETRICS;
@@ -94,12 +103,16 @@ static void render_family(shmet_buf *b, enum shmet_expo_format fmt, const struct
 		case SHMET_COUNTER:
 		case SHMET_GAUGE:
 			put_line(b, fmt, f->name, nl, "", 0, s, NULL, v, false);
+			if (om && f->exemplars && view_exemplar(f, s, 0, &ex)) /* text 0.0.4 has none */
+				exemplar_append_om(b, &ex);
 			break;
 		case SHMET_HISTOGRAM: {
 			uint64_t cum = 0;
 			for (uint32_t k = 0; k <= f->nbuckets; k++) {
 				cum += acc.buckets[k];
 				put_line(b, fmt, f->name, nl, "_bucket", 7, s, f->bound_text[k], (double)cum, true);
+				if (om && f->exemplars && view_exemplar(f, s, k, &ex))
+					exemplar_append_om(b, &ex);
 			}
 			if (om && (neg_bound || !om_counter_ok(v)))
 				break;
@@ -109,6 +122,12 @@ static void render_family(shmet_buf *b, enum shmet_expo_format fmt, const struct
 			break;
 		}
 		case SHMET_SUMMARY:
+			if (f->sketch && sketchwin_quantiles(c, f, s, q)) /* quantiles of the window, merged */
+				for (uint32_t k = 0; k < f->sketch->nobjectives; k++) {
+					char t[SHMET_FMT_DOUBLE_MAX];
+					shmet_fmt_bound(t, f->sketch->objectives[k]);
+					put_line_as(b, fmt, f->name, nl, "", 0, s, "quantile=\"", t, q[k], false);
+				}
 			if (!om || om_counter_ok(v))
 				put_line(b, fmt, f->name, nl, "_sum", 4, s, NULL, v, false);
 			put_line(b, fmt, f->name, nl, "_count", 6, s, NULL, (double)acc.whole, true);
@@ -117,17 +136,7 @@ static void render_family(shmet_buf *b, enum shmet_expo_format fmt, const struct
 	}
 }
 
-/* The collector's own metrics, sorted by name. */
-struct own {
-	const char *name, *help;
-	enum shmet_expo_type type;
-	const char *label, *lvalue; /* at most one label per sample here */
-	double values[4];
-	const char *lvalues[4];
-	int n;
-};
-
-static void render_own(shmet_buf *b, enum shmet_expo_format fmt, const struct own *o)
+static void render_own(shmet_buf *b, enum shmet_expo_format fmt, const struct render_own *o)
 {
 	shmet_expo_family(b, fmt, o->type, o->name, o->help);
 	for (int i = 0; i < (o->n ? o->n : 1); i++) {
@@ -141,7 +150,7 @@ static void render_own(shmet_buf *b, enum shmet_expo_format fmt, const struct ow
 	}
 }
 
-void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enum shmet_expo_format fmt)
+size_t render_own_metrics(struct collector *c, const struct view *v, struct render_own *out)
 {
 	const struct view_stats *st = &v->stats;
 	const struct shmet_seg_header *h = c->seg.map.hdr;
@@ -156,7 +165,7 @@ void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enu
 	struct history_stats hs;
 	stream_stats(c, &ss);
 	history_stats(c->history, &hs);
-	const struct own own[] = {
+	const struct render_own own[] = {
 		{"shmetricsd_corrupt_records_total", "Segment records skipped because they failed validation.",
 		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)__atomic_load_n(&c->corrupt_records, __ATOMIC_RELAXED)}, {0}, 0},
 		{"shmetricsd_dashboard_history_dropped_total",
@@ -213,7 +222,15 @@ void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enu
 		 "Writes refused on the hot path (fallback handles, NaN, negative counter increments) or made without a region.",
 		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)__atomic_load_n(&c->writes_dropped, __ATOMIC_RELAXED)}, {0}, 0},
 	};
-	size_t nown = sizeof own / sizeof *own, o = 0;
+	_Static_assert(sizeof own / sizeof *own <= RENDER_OWN_MAX, "RENDER_OWN_MAX");
+	memcpy(out, own, sizeof own);
+	return sizeof own / sizeof *own;
+}
+
+void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enum shmet_expo_format fmt)
+{
+	struct render_own own[RENDER_OWN_MAX];
+	size_t nown = render_own_metrics(c, v, own), o = 0;
 	unsigned e = 0; /* selfmetrics.c's families: a second sorted list */
 	for (uint32_t i = 0; i <= v->nfamilies; i++) {
 		const struct view_family *f = i < v->nfamilies ? &v->families[i] : NULL;
@@ -230,7 +247,7 @@ void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enu
 				break;
 		}
 		if (f)
-			render_family(b, fmt, f);
+			render_family(c, b, fmt, f);
 	}
 	shmet_expo_eof(b, fmt);
 }

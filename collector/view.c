@@ -137,6 +137,14 @@ static struct bfamily *family_for(struct builder *b, const struct shmet_family_v
 	o->label_names = names;
 	o->bounds = bounds;
 	o->bound_text = btext;
+	o->exemplars = r->exemplars;
+	if (r->sk.count) {
+		struct shmet_sketch *sk = arena_alloc(a, sizeof *sk);
+		if (!sk)
+			return NULL;
+		*sk = r->sk;
+		o->sketch = sk;
+	}
 	if (keymap_put(&b->fam_index, r->name, r->name_len, b->nfams) != 0)
 		return NULL;
 	b->nfams++;

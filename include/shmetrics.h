@@ -92,12 +92,26 @@ typedef struct shmet_family shmet_family;
 
 /* Handles: offsets into the process's region, valid in fork children too.
  * off == 0 is the fallback handle (writes dropped and counted). */
-typedef struct { uint32_t off; } shmet_counter;
+typedef struct { uint32_t off; uint32_t ex; } shmet_counter; /* ex: its exemplar slot, 0 none */
 /* A gauge's stamp is its mode's stamp kind (SHMET__STAMP_*), resolved when
  * the handle is made; a handle built by hand must set it too. */
 typedef struct { uint32_t off; uint32_t mode; uint32_t stamp; } shmet_gauge;
-typedef struct { uint32_t off; uint32_t nbuckets; const double *bounds; } shmet_histogram;
-typedef struct { uint32_t off; } shmet_summary;
+typedef struct {
+	uint32_t off;
+	uint32_t nbuckets;
+	const double *bounds;
+	const struct shmet__sketch_rt *sk;
+	uint32_t ex; /* the first exemplar slot (one per bucket), 0 none */
+} shmet_histogram;
+/* A summary's sketch as its hot path needs it (shmet__sketch_slot). */
+struct shmet__sketch_rt {
+	int32_t schema, first;
+	uint32_t count;
+	double zero_threshold; /* native histograms */
+	double edges[(1 << SHMET_SKETCH_MAX_SCHEMA) + 1]; /* schema > 0: 2^(k/2^schema), k = 0..2^schema */
+	uint16_t lut[1024]; /* per top 10 mantissa bits: the first k whose edge is >= its start */
+};
+typedef struct { uint32_t off; const struct shmet__sketch_rt *sk; } shmet_summary;
 typedef struct { uint64_t start_ns; } shmet_timer;
 
 struct shmet_options {
@@ -120,6 +134,25 @@ struct shmet_family_spec {
 	enum shmet_gauge_mode gauge_mode;  /* gauges only */
 	size_t nbuckets;                /* histograms: 0 means the default buckets */
 	const double *buckets;          /* strictly increasing upper bounds; +Inf implied */
+	/* Summaries: quantiles merged across processes from a log-bucket sketch
+	 * (see shmet_summary_register_quantiles).  quantile_error 0: only _sum
+	 * and _count.  Zeros elsewhere take the defaults. */
+	double quantile_error;          /* relative error wanted, at least 0.00136 (schema 8) */
+	double quantile_min, quantile_max; /* the range the error holds over: 1e-4 .. 100 */
+	size_t nobjectives;             /* quantiles exposed: {0.5, 0.9, 0.99} */
+	const double *objectives;
+	double max_age;                 /* seconds the quantiles look back: 600 */
+	uint32_t age_buckets;           /* steps the window moves by: 5 (every max_age / 5) */
+	/* Histograms: also a native histogram (protobuf exposition) of this
+	 * schema (-4..8) and zero threshold, over a fixed bucket window that
+	 * covers [native_min, native_max] (0, 0: 1e-4 .. 100). */
+	/* Counters and histograms: keep the latest exemplar per series
+	 * (counter) or per bucket (histogram), for *_with_exemplar. */
+	bool exemplars;
+	bool native;
+	int native_schema;
+	double native_zero_threshold;
+	double native_min, native_max;
 };
 
 /* Attach (creating the segment when absent) and claim this process's region.
@@ -141,6 +174,21 @@ SHMET__API int shmet_histogram_register(shmet_family **out, const char *name, co
 					const char *const *label_names);
 SHMET__API int shmet_summary_register(shmet_family **out, const char *name, const char *help, size_t nlabels,
 				      const char *const *label_names);
+/* A summary with quantiles {0.5, 0.9, 0.99} over the last 10 minutes, merged
+ * across every process: each exposed quantile is within the relative error
+ * the schema chosen for rel_error gives (at most rel_error) of the exact
+ * quantile of the window's observations in [min, max] (0, 0: 1e-4 .. 100).
+ * The cells take 8 bytes per bucket: 320 for 2 % over 1e-4 .. 100; a sketch
+ * of more than SHMET_MAX_SKETCH_BUCKETS, or too large for a region, is
+ * refused.  Other objectives and windows: shmet_register with the spec. */
+/* A histogram with classic buckets (text formats) that is also a native
+ * histogram of this schema over 1e-4 .. 100, zero bucket [-zt, zt]. */
+SHMET__API int shmet_histogram_register_native(shmet_family **out, const char *name, const char *help,
+					       const double *buckets, size_t nbuckets, int schema, double zero_threshold,
+					       size_t nlabels, const char *const *label_names);
+SHMET__API int shmet_summary_register_quantiles(shmet_family **out, const char *name, const char *help,
+						double rel_error, double min, double max, size_t nlabels,
+						const char *const *label_names);
 
 /* Series lookup by label values (an array of family's nlabels strings; NULL
  * for a family without labels).  Lock-free when the series exists. */
@@ -294,6 +342,78 @@ static inline void shmet__add_double(uint64_t *cell, double v)
 	}
 }
 
+/* Store an exemplar (label pairs name, value, ..., NULL) in the seqlock slot
+ * at off; see exemplars in shmetrics_layout.h.  No wait: a busy slot drops it. */
+static inline int shmet__exemplar_put(uint32_t off, double v, const char *const *pairs, double ts)
+{
+	uint64_t w[SHMET_EXEMPLAR_BYTES / 8];
+	char *p = (char *)w;
+	size_t len = 0, runes = 0;
+	/* the readers' rule (shmet_exemplar_valid), in the one pass that copies */
+	for (size_t i = 0; pairs && pairs[i]; i++) {
+		const char *str = pairs[i];
+		/* memchr and memcpy: the C library's vector loops, not a byte loop */
+		const char *z = (const char *)memchr(str, 0, SHMET_EXEMPLAR_BYTES - len);
+		size_t n = z ? (size_t)(z - str) : SHMET_EXEMPLAR_BYTES;
+		if (SHMET__UNLIKELY(!z || len + n + 1 > SHMET_EXEMPLAR_BYTES || (i % 2 == 0 && !pairs[i + 1]))) {
+			shmet__drop();
+			return SHMET_E_TOO_LONG;
+		}
+		memcpy(p + len, str, n + 1);
+		uint64_t high = 0; /* from the source: loads of bytes just stored would stall */
+		for (size_t k = 0; k + 8 <= n; k += 8) {
+			uint64_t x;
+			memcpy(&x, str + k, 8);
+			high |= x;
+		}
+		for (size_t k = n & ~(size_t)7; k < n; k++)
+			high |= (unsigned char)str[k];
+		high &= UINT64_C(0x8080808080808080);
+		int ok = i % 2 == 0 ? shmet_valid_label_name(p + len, n) : !high || shmet_valid_utf8(p + len, n);
+		if (!high)
+			runes += n;
+		else
+			for (size_t k = 0; k < n; k++)
+				runes += ((unsigned char)p[len + k] & 0xc0) != 0x80;
+		if (SHMET__UNLIKELY(!ok)) {
+			shmet__drop();
+			return SHMET_E_INVALID_ARG;
+		}
+		len += n + 1;
+	}
+	if (SHMET__UNLIKELY(runes > SHMET_EXEMPLAR_RUNES || !(ts == 0 || (ts > 0 && ts < 1e11)))) {
+		shmet__drop();
+		return SHMET_E_INVALID_ARG;
+	}
+	uint64_t *slot = shmet__own(off);
+	uint64_t s = shmet__get(&slot[0]);
+	/* this thread is the slot's one writer: odd means a write of it that
+	 * never finished (a signal handler's, or a thread that died there) */
+	if (SHMET__UNLIKELY(s & 1)) {
+		shmet__drop();
+		return SHMET_E_BUSY;
+	}
+	shmet__put(&slot[0], s + 1);
+	/* release stores (plain stores on x86): the odd seq is visible before
+	 * any of the words below is (see shmet_exemplar_read) */
+	__atomic_store_n(&slot[1], shmet__bits(v), __ATOMIC_RELEASE);
+	__atomic_store_n(&slot[2], shmet__bits(ts), __ATOMIC_RELEASE);
+	/* which process's exemplar is the latest: its timestamp, or the coarse
+	 * clock (vDSO, a few ns; a tick of a few ms is fine to choose by) */
+#ifdef CLOCK_REALTIME_COARSE
+	uint64_t stamp = ts ? (uint64_t)(ts * 1e9) : shmet__now_ns(CLOCK_REALTIME_COARSE);
+#else
+	uint64_t stamp = ts ? (uint64_t)(ts * 1e9) : shmet__now_ns(CLOCK_REALTIME);
+#endif
+	__atomic_store_n(&slot[3], stamp, __ATOMIC_RELEASE);
+	__atomic_store_n(&slot[4], (uint64_t)len, __ATOMIC_RELEASE);
+	for (size_t i = 0; i < (len + 7) / 8; i++)
+		__atomic_store_n(&slot[5 + i], w[i], __ATOMIC_RELEASE);
+	/* release: the words before the even seq that lets readers keep them */
+	__atomic_store_n(&slot[0], s + 2, __ATOMIC_RELEASE);
+	return SHMET_OK;
+}
+
 static inline void shmet_counter_inc(shmet_counter c)
 {
 	if (SHMET__UNLIKELY(c.off == 0)) {
@@ -349,6 +469,24 @@ static inline void shmet__gauge_stamp(uint64_t *cell, uint32_t stamp)
 	__atomic_store_n(cell + 1, stamp == SHMET__STAMP_TIME ? shmet__now_ns(CLOCK_REALTIME) : 1, __ATOMIC_RELAXED);
 }
 
+/* Add v (as shmet_counter_add) and make it the series' exemplar; the
+ * exemplar's rules are shmet_histogram_observe_with_exemplar's. */
+static inline int shmet_counter_add_with_exemplar(shmet_counter c, double v, const char *const *pairs, double ts)
+{
+	shmet_counter_add(c, v);
+	if (SHMET__UNLIKELY(c.off == 0 || !(v >= 0) || !c.ex)) {
+		if (c.off && v >= 0)
+			shmet__drop(); /* a family registered without exemplars */
+		return SHMET_E_INVALID_ARG;
+	}
+	return shmet__exemplar_put(c.ex, v, pairs, ts);
+}
+
+static inline int shmet_counter_inc_with_exemplar(shmet_counter c, const char *const *pairs, double ts)
+{
+	return shmet_counter_add_with_exemplar(c, 1, pairs, ts);
+}
+
 static inline void shmet_gauge_set(shmet_gauge g, double v)
 {
 	if (SHMET__UNLIKELY(g.off == 0)) {
@@ -390,11 +528,51 @@ static inline void shmet_gauge_set_to_current_time(shmet_gauge g)
 	shmet_gauge_set(g, (double)shmet__now_ns(CLOCK_REALTIME) / 1e9);
 }
 
-static inline void shmet_histogram_observe(shmet_histogram h, double v)
+/* The bucket index of a positive normal v: ceil(log2(v) * 2^schema). */
+static inline int32_t shmet__sketch_index(const struct shmet__sketch_rt *k, double v)
+{
+	uint64_t bits = shmet__bits(v);
+	int32_t e = (int32_t)(bits >> 52) - 1023;
+	uint64_t m = bits & UINT64_C(0xfffffffffffff);
+	if (SHMET__UNLIKELY(k->schema <= 0)) {
+		/* log2(v) in [e, e + 1): ceil(e / d) when v is 2^e, else floor(e / d) + 1 */
+		int32_t d = 1 << -k->schema, fl = e >= 0 ? e / d : -((-e + d - 1) / d);
+		return m == 0 ? (e >= 0 ? (e + d - 1) / d : -((-e) / d)) : fl + 1;
+	}
+	/* the mantissa's top bits name a cell holding at most one edge (edges
+	 * are 2^(1/256) - 1 > 1/1024 apart): one compare finds the bucket */
+	uint32_t j = k->lut[m >> 42];
+	j += shmet__double(m | UINT64_C(0x3ff0000000000000)) > k->edges[j];
+	return e * (1 << k->schema) + (int32_t)j;
+}
+
+/* Which count v goes to: 0 below the window, 1..count its buckets, count + 1 above. */
+static inline uint32_t shmet__sketch_slot(const struct shmet__sketch_rt *k, double v)
+{
+	uint64_t ex = shmet__bits(v) >> 52; /* with the sign: positive normals are 1..0x7fe */
+	if (SHMET__UNLIKELY(ex - 1 >= 0x7fe))
+		return ex == 0x7ff ? k->count + 1 : 0; /* +Inf above; zero, subnormal, negative below */
+	int32_t i = shmet__sketch_index(k, v) - k->first;
+	return i < 0 ? 0 : (uint32_t)i >= k->count ? k->count + 1 : (uint32_t)i + 1;
+}
+
+/* Which native count v goes to: 0 the zero bucket, 1..count the window, count + 1 negatives. */
+static inline uint32_t shmet__native_slot(const struct shmet__sketch_rt *k, double v)
+{
+	if (SHMET__UNLIKELY(!(v > k->zero_threshold)))
+		return v >= -k->zero_threshold ? 0 : k->count + 1;
+	if (SHMET__UNLIKELY(!(v <= 1.7976931348623157e308) || !(v >= 2.2250738585072014e-308)))
+		return v > 1 ? k->count : 1; /* +Inf, or a subnormal above the threshold */
+	int32_t i = shmet__sketch_index(k, v) - k->first;
+	return i < 0 ? 1 : (uint32_t)i >= k->count ? k->count : (uint32_t)i + 1;
+}
+
+/* Observe v; returns its classic bucket, or UINT32_MAX when it was dropped. */
+static inline uint32_t shmet__histogram_observe_at(shmet_histogram h, double v)
 {
 	if (SHMET__UNLIKELY(h.off == 0 || v != v)) {
 		shmet__drop();
-		return;
+		return UINT32_MAX;
 	}
 	uint32_t i;
 	/* The bucket is the number of bounds below v (the bounds increase):
@@ -426,6 +604,33 @@ static inline void shmet_histogram_observe(shmet_histogram h, double v)
 	uint64_t *cells = shmet__own(h.off);
 	shmet__put(&cells[i], shmet__get(&cells[i]) + 1);
 	shmet__add_own_double(&cells[h.nbuckets + 1], v);
+	if (h.sk) { /* native: zero bucket, the window (ends clamped), negatives */
+		uint64_t *nb = &cells[h.nbuckets + 2 + shmet__native_slot(h.sk, v)];
+		shmet__put(nb, shmet__get(nb) + 1);
+	}
+	return i;
+}
+
+static inline void shmet_histogram_observe(shmet_histogram h, double v)
+{
+	shmet__histogram_observe_at(h, v);
+}
+
+/* Observe v, and make it its bucket's exemplar: pairs is "name", "value",
+ * ..., NULL (at most 128 UTF-8 characters in all), ts the time in seconds
+ * since the epoch or 0 for none.  The observation always counts; the
+ * exemplar is refused (SHMET_E_TOO_LONG, SHMET_E_INVALID_ARG) or dropped
+ * when a write of the slot never finished (SHMET_E_BUSY), and counted. */
+static inline int shmet_histogram_observe_with_exemplar(shmet_histogram h, double v, const char *const *pairs,
+							double ts)
+{
+	uint32_t i = shmet__histogram_observe_at(h, v);
+	if (SHMET__UNLIKELY(i == UINT32_MAX || !h.ex)) {
+		if (i != UINT32_MAX)
+			shmet__drop(); /* a family registered without exemplars */
+		return SHMET_E_INVALID_ARG;
+	}
+	return shmet__exemplar_put(h.ex + i * 8 * SHMET_EXEMPLAR_WORDS, v, pairs, ts);
 }
 
 static inline void shmet_summary_observe(shmet_summary s, double v)
@@ -435,8 +640,15 @@ static inline void shmet_summary_observe(shmet_summary s, double v)
 		return;
 	}
 	uint64_t *cells = shmet__own(s.off);
+	/* one writer per cell (this thread): a relaxed load and store each.
+	 * The count goes first, so a reader never sees more in the buckets
+	 * than in _count. */
 	shmet__put(&cells[0], shmet__get(&cells[0]) + 1);
 	shmet__add_own_double(&cells[1], v);
+	if (s.sk) {
+		uint64_t *b = &cells[2 + shmet__sketch_slot(s.sk, v)];
+		shmet__put(b, shmet__get(b) + 1);
+	}
 }
 
 /* Durations on the monotonic clock (vDSO: no syscall). */
@@ -514,6 +726,8 @@ struct shmet_family {
 	char *name;
 	char *help;
 	char **label_names;
+	struct shmet__sketch_rt *sk; /* summaries with quantiles, else NULL */
+	unsigned exemplars;          /* counters, histograms: exemplar slots after the cells */
 };
 
 /* A writing thread's cells: the process's own region (region == -1, the
@@ -1208,6 +1422,7 @@ static void shmet__free_family(shmet_family *f)
 			free(f->label_names[i]);
 	free(f->label_names);
 	free(f->rec);
+	free(f->sk);
 	free(f->bounds);
 	free(f->name);
 	free(f->help);
@@ -1258,6 +1473,8 @@ static int shmet__validate_spec(const struct shmet_family_spec *s, char *name, c
 			if (strcmp(l, s->label_names[j]) == 0)
 				return shmet__err(SHMET_E_DUPLICATE_LABEL, "\"%s\": label name \"%s\" appears twice", name, l);
 	}
+	if (s->exemplars && s->type != SHMET_COUNTER && s->type != SHMET_HISTOGRAM)
+		return shmet__err(SHMET_E_INVALID_ARG, "\"%s\": only counters and histograms keep exemplars", name);
 	if (s->type == SHMET_GAUGE && (unsigned)s->gauge_mode > SHMET_GAUGE_PER_WORKER)
 		return shmet__err(SHMET_E_INVALID_ARG, "\"%s\": unknown gauge mode", name);
 	*bounds = NULL;
@@ -1297,13 +1514,114 @@ size_t shmet__family_bytes(const struct shmet_family_spec *spec)
 	return shmet__validate_spec(spec, name, &bounds, &nb) == SHMET_OK ? shmet__family_rec_size(spec, name, nb) : 0;
 }
 
+/* The tables shmet__sketch_slot reads, for a schema, first bucket and count. */
+static struct shmet__sketch_rt *shmet__sketch_rt_new(int32_t schema, int32_t first, uint32_t count)
+{
+	struct shmet__sketch_rt *k = (struct shmet__sketch_rt *)calloc(1, sizeof *k);
+	if (!k)
+		return NULL;
+	k->schema = schema, k->first = first, k->count = count;
+	if (schema > 0) {
+		uint32_t per = 1u << schema;
+		for (uint32_t j = 0; j <= per; j++) /* the readers' edges, shmet_sketch_upper */
+			k->edges[j] = shmet_sketch_upper(schema, (int64_t)j);
+		for (uint32_t t = 0, j = 0; t < 1024; t++) {
+			double start = 1 + t / 1024.0;
+			while (k->edges[j] < start)
+				j++;
+			k->lut[t] = (uint16_t)j;
+		}
+	}
+	return k;
+}
+
+/* The SKETCH block of a summary spec asking for quantiles (*len 0 when it
+ * asks for none), checked as readers will check it. */
+static int shmet__sketch_spec(const struct shmet_family_spec *s, const char *name, unsigned char *blk, uint32_t *len)
+{
+	static const double defobj[] = {0.5, 0.9, 0.99};
+	*len = 0;
+	int native = s->native || s->native_schema || s->native_zero_threshold || s->native_min || s->native_max;
+	if (s->quantile_error == 0 && s->quantile_min == 0 && s->quantile_max == 0 && s->nobjectives == 0 &&
+	    s->max_age == 0 && s->age_buckets == 0 && !native)
+		return SHMET_OK;
+	if (native && (s->type != SHMET_HISTOGRAM || !s->native || s->quantile_error || s->nobjectives))
+		return shmet__err(SHMET_E_INVALID_ARG, "\"%s\": native options need a histogram with native set", name);
+	if (!native && (s->type != SHMET_SUMMARY || !(s->quantile_error > 0)))
+		return shmet__err(SHMET_E_INVALID_ARG, "\"%s\": quantile options need a summary and a relative error > 0",
+				  name);
+	int32_t schema = SHMET_SKETCH_MIN_SCHEMA;
+	while (!native && schema <= SHMET_SKETCH_MAX_SCHEMA && shmet_sketch_rel_error(schema) > s->quantile_error)
+		schema++;
+	if (native)
+		schema = s->native_schema;
+	if (schema > SHMET_SKETCH_MAX_SCHEMA || schema < SHMET_SKETCH_MIN_SCHEMA)
+		return shmet__err(SHMET_E_INVALID_ARG,
+				  "\"%s\": a relative error below %.3g%% needs more than schema %d (schemas are %d..%d)", name,
+				  100 * shmet_sketch_rel_error(SHMET_SKETCH_MAX_SCHEMA), SHMET_SKETCH_MAX_SCHEMA,
+				  SHMET_SKETCH_MIN_SCHEMA, SHMET_SKETCH_MAX_SCHEMA);
+	double lo = s->quantile_min ? s->quantile_min : 1e-4, hi = s->quantile_max ? s->quantile_max : 100;
+	if (native)
+		lo = s->native_min ? s->native_min : 1e-4, hi = s->native_max ? s->native_max : 100;
+	if (!(lo > 2.3e-308) || !(hi > lo) || !isfinite(hi))
+		return shmet__err(SHMET_E_INVALID_ARG, "\"%s\": the bucket range needs 0 < min < max, both finite", name);
+	if (native && !(s->native_zero_threshold >= 0 && s->native_zero_threshold < lo))
+		return shmet__err(SHMET_E_INVALID_ARG, "\"%s\": the zero threshold must be in [0, min)", name);
+	struct shmet__sketch_rt probe = {schema, 0, 0, 0, {0}, {0}};
+	struct shmet__sketch_rt *t = schema > 0 ? shmet__sketch_rt_new(schema, 0, 0) : &probe;
+	if (!t)
+		return shmet__err(SHMET_E_SYS, "out of memory");
+	int64_t first = shmet__sketch_index(t, lo), last = shmet__sketch_index(t, hi);
+	if (t != &probe)
+		free(t);
+	if (last - first + 1 > (int64_t)SHMET_MAX_SKETCH_BUCKETS)
+		return shmet__err(SHMET_E_INVALID_ARG, "\"%s\": %lld buckets for %.3g%% over [%g, %g]; at most %u", name,
+				  (long long)(last - first + 1), 100 * shmet_sketch_rel_error(schema), lo, hi,
+				  SHMET_MAX_SKETCH_BUCKETS);
+	/* the SKETCH block's fixed part, as shmet_sketch_decode reads it */
+	struct shmet_rec_sketch_hdr {
+		int32_t schema, first;
+		uint32_t count;
+		uint16_t nobj, age;
+		uint64_t max_age_ns;
+		double zero_threshold;
+	};
+	if (native) {
+		struct shmet_rec_sketch_hdr nh = {schema, (int32_t)first, (uint32_t)(last - first + 1), 0, 0, 0,
+						  s->native_zero_threshold};
+		memcpy(blk, &nh, sizeof nh);
+		*len = 32;
+		return SHMET_OK;
+	}
+	const double *obj = s->nobjectives ? s->objectives : defobj;
+	size_t nobj = s->nobjectives ? s->nobjectives : 3;
+	double age = s->max_age ? s->max_age : 600;
+	uint32_t ab = s->age_buckets ? s->age_buckets : 5;
+	if (nobj > SHMET_MAX_OBJECTIVES || !obj)
+		return shmet__err(SHMET_E_INVALID_ARG, "\"%s\": at most %u objectives", name, SHMET_MAX_OBJECTIVES);
+	if (!(age >= 1 && age <= 7 * 86400.0) || ab > SHMET_MAX_AGE_BUCKETS)
+		return shmet__err(SHMET_E_INVALID_ARG, "\"%s\": max age 1 s .. 7 days, at most %u age buckets", name,
+				  SHMET_MAX_AGE_BUCKETS);
+	struct shmet_rec_sketch_hdr h = {schema, (int32_t)first, (uint32_t)(last - first + 1), (uint16_t)nobj, (uint16_t)ab,
+	       (uint64_t)(age * 1e9), 0};
+	memcpy(blk, &h, sizeof h);
+	for (size_t i = 0; i < nobj; i++)
+		memcpy(blk + 32 + 8 * i, &obj[i], 8);
+	*len = (uint32_t)(32 + 8 * nobj);
+	struct shmet_sketch sk;
+	if (!shmet_sketch_decode(blk, *len, SHMET_SUMMARY, &sk))
+		return shmet__err(SHMET_E_INVALID_ARG, "\"%s\": objectives must be strictly increasing, in (0, 1)", name);
+	return SHMET_OK;
+}
+
 /* Encode the FAMILY record of a validated spec into a new private buffer. */
 static unsigned char *shmet__encode_family(const struct shmet_family_spec *s, const char *name, const double *bounds,
-					   size_t nb, size_t *size_out)
+					   size_t nb, const unsigned char *sketch, uint32_t sketch_len,
+					   size_t *size_out)
 {
 	const char *help = s->help ? s->help : "";
 	size_t nlen = strlen(name), hlen = strlen(help);
-	size_t size = shmet__family_rec_size(s, name, nb);
+	size_t size = shmet__family_rec_size(s, name, nb) + sketch_len; /* the block ends the record */
 	unsigned char *rec = (unsigned char *)calloc(1, size);
 	if (!rec)
 		return NULL;
@@ -1312,12 +1630,16 @@ static unsigned char *shmet__encode_family(const struct shmet_family_spec *s, co
 	fr.fam_rec.rec_size = (uint32_t)size;
 	fr.fam_rec.rec_kind = SHMET_REC_FAMILY;
 	fr.fam_type = (uint8_t)s->type;
-	fr.fam_gauge_mode = (uint8_t)(s->type == SHMET_GAUGE ? s->gauge_mode : SHMET_GAUGE_SUM);
+	/* a counter's or histogram's mode byte says whether it keeps exemplars */
+	fr.fam_gauge_mode = (uint8_t)(s->type == SHMET_GAUGE ? s->gauge_mode : s->exemplars ? 1 : 0);
 	fr.fam_nlabels = (uint16_t)s->nlabels;
 	fr.fam_nbuckets = (uint32_t)nb;
 	fr.fam_name_len = (uint16_t)nlen;
 	fr.fam_help_len = (uint16_t)hlen;
+	fr.fam_sketch_len = sketch_len;
 	memcpy(rec, &fr, sizeof fr);
+	if (sketch_len)
+		memcpy(rec + size - sketch_len, sketch, sketch_len);
 	unsigned char *p = rec + sizeof fr;
 	if (nb)
 		memcpy(p, bounds, nb * 8);
@@ -1423,10 +1745,14 @@ static int shmet__register_locked(const struct shmet_family_spec *s, shmet_famil
 	char name[SHMET_MAX_NAME_LEN + 8];
 	const double *bounds = NULL;
 	size_t nb = 0, size = 0;
+	unsigned char sketch[SHMET_SKETCH_REC_MAX];
+	uint32_t sketch_len = 0;
 	int rc = shmet__validate_spec(s, name, &bounds, &nb);
+	if (rc == SHMET_OK)
+		rc = shmet__sketch_spec(s, name, sketch, &sketch_len);
 	if (rc != SHMET_OK)
 		return rc;
-	unsigned char *rec = shmet__encode_family(s, name, bounds, nb, &size);
+	unsigned char *rec = shmet__encode_family(s, name, bounds, nb, sketch, sketch_len, &size);
 	struct shmet_shape want, have;
 	if (!rec)
 		return shmet__err(SHMET_E_SYS, "out of memory");
@@ -1451,6 +1777,13 @@ static int shmet__register_locked(const struct shmet_family_spec *s, shmet_famil
 		}
 	}
 	rc = shmet__init_locked(NULL);
+	struct shmet_sketch sk;
+	shmet_sketch_decode(want.sketch, want.sketch_len, want.type, &sk); /* decoded once already */
+	uint64_t cells = shmet_cell_size_ex(s->type, (uint32_t)nb, sk.count, want.exemplars, 0);
+	/* a sketch or exemplars can be large: refuse a series that could never fit */
+	if (rc == SHMET_OK && (sk.count || want.exemplars) && cells + size + sizeof(struct shmet_rec_series) + sizeof(struct shmet_region_header) > shmet__st.region_size)
+		rc = shmet__err(SHMET_E_TOO_LONG, "\"%s\": a series needs %llu bytes of cells, more than a region (%llu) holds",
+				name, (unsigned long long)cells, (unsigned long long)shmet__st.region_size);
 	if (rc == SHMET_OK)
 		rc = shmet__registry_enter_locked(rec, size, &want);
 	if (rc != SHMET_OK) {
@@ -1479,6 +1812,13 @@ static int shmet__register_locked(const struct shmet_family_spec *s, shmet_famil
 	f->type = s->type;
 	f->mode = s->type == SHMET_GAUGE ? s->gauge_mode : SHMET_GAUGE_SUM;
 	f->nbuckets = (uint32_t)nb;
+	if (sk.count && !(f->sk = shmet__sketch_rt_new(sk.schema, sk.first, sk.count))) {
+		shmet__free_family(f);
+		return shmet__err(SHMET_E_SYS, "out of memory");
+	}
+	if (f->sk)
+		f->sk->zero_threshold = sk.zero_threshold;
+	f->exemplars = want.exemplars;
 	unsigned char *dst = shmet__reserve(size, 0, NULL);
 	if (!dst) {
 		shmet__free_family(f);
@@ -1542,6 +1882,28 @@ int shmet_summary_register(shmet_family **out, const char *name, const char *hel
 	struct shmet_family_spec s;
 	memset(&s, 0, sizeof s);
 	s.type = SHMET_SUMMARY, s.name = name, s.help = help, s.nlabels = nlabels, s.label_names = label_names;
+	return shmet_register(&s, out);
+}
+
+int shmet_histogram_register_native(shmet_family **out, const char *name, const char *help, const double *buckets,
+				    size_t nbuckets, int schema, double zero_threshold, size_t nlabels,
+				    const char *const *label_names)
+{
+	struct shmet_family_spec s;
+	memset(&s, 0, sizeof s);
+	s.type = SHMET_HISTOGRAM, s.name = name, s.help = help, s.nlabels = nlabels, s.label_names = label_names;
+	s.buckets = buckets, s.nbuckets = nbuckets;
+	s.native = true, s.native_schema = schema, s.native_zero_threshold = zero_threshold;
+	return shmet_register(&s, out);
+}
+
+int shmet_summary_register_quantiles(shmet_family **out, const char *name, const char *help, double rel_error,
+				     double min, double max, size_t nlabels, const char *const *label_names)
+{
+	struct shmet_family_spec s;
+	memset(&s, 0, sizeof s);
+	s.type = SHMET_SUMMARY, s.name = name, s.help = help, s.nlabels = nlabels, s.label_names = label_names;
+	s.quantile_error = rel_error, s.quantile_min = min, s.quantile_max = max;
 	return shmet_register(&s, out);
 }
 
@@ -1636,7 +1998,8 @@ static int shmet__create_series_locked(shmet_family *f, uint64_t h, const char *
 		n->lens[i] = lens[i];
 	}
 	uint32_t cell_off = 0;
-	unsigned char *rec = shmet__reserve(size, shmet_cell_size(f->type, f->nbuckets), &cell_off);
+	unsigned char *rec = shmet__reserve(
+		size, shmet_cell_size_ex(f->type, f->nbuckets, f->sk ? f->sk->count : 0, f->exemplars, 0), &cell_off);
 	if (!rec) {
 		for (uint32_t i = 0; i < f->nlabels; i++)
 			free(n->values[i]);
@@ -1741,7 +2104,9 @@ static uint32_t shmet__typed_off(shmet_family *f, enum shmet_type t, const char 
 
 shmet_counter shmet_counter_get(shmet_family *f, const char *const *values)
 {
-	shmet_counter c = {shmet__typed_off(f, SHMET_COUNTER, values)};
+	shmet_counter c = {shmet__typed_off(f, SHMET_COUNTER, values), 0};
+	if (c.off && f->exemplars)
+		c.ex = c.off + shmet_cell_size(SHMET_COUNTER, 0);
 	return c;
 }
 
@@ -1754,17 +2119,22 @@ shmet_gauge shmet_gauge_get(shmet_family *f, const char *const *values)
 
 shmet_histogram shmet_histogram_get(shmet_family *f, const char *const *values)
 {
-	shmet_histogram h = {shmet__typed_off(f, SHMET_HISTOGRAM, values), 0, NULL};
+	shmet_histogram h = {shmet__typed_off(f, SHMET_HISTOGRAM, values), 0, NULL, NULL, 0};
 	if (h.off) {
 		h.nbuckets = f->nbuckets;
 		h.bounds = f->bounds;
+		h.sk = f->sk;
+		if (f->exemplars)
+			h.ex = h.off + shmet_cell_size_sk(SHMET_HISTOGRAM, f->nbuckets, f->sk ? f->sk->count : 0, 0);
 	}
 	return h;
 }
 
 shmet_summary shmet_summary_get(shmet_family *f, const char *const *values)
 {
-	shmet_summary s = {shmet__typed_off(f, SHMET_SUMMARY, values)};
+	shmet_summary s = {shmet__typed_off(f, SHMET_SUMMARY, values), NULL};
+	if (s.off)
+		s.sk = f->sk;
 	return s;
 }
 
@@ -1788,8 +2158,10 @@ shmet_summary shmet_summary_get(shmet_family *f, const char *const *values)
 
 shmet_counter shmet_counter_labels(shmet_family *f, ...)
 {
-	shmet_counter c = {0};
+	shmet_counter c = {0, 0};
 	SHMET__LABELS_OFF(f, SHMET_COUNTER, c.off);
+	if (c.off && f->exemplars)
+		c.ex = c.off + shmet_cell_size(SHMET_COUNTER, 0);
 	return c;
 }
 
@@ -1803,19 +2175,24 @@ shmet_gauge shmet_gauge_labels(shmet_family *f, ...)
 
 shmet_histogram shmet_histogram_labels(shmet_family *f, ...)
 {
-	shmet_histogram h = {0, 0, NULL};
+	shmet_histogram h = {0, 0, NULL, NULL, 0};
 	SHMET__LABELS_OFF(f, SHMET_HISTOGRAM, h.off);
 	if (h.off) {
 		h.nbuckets = f->nbuckets;
 		h.bounds = f->bounds;
+		h.sk = f->sk;
+		if (f->exemplars)
+			h.ex = h.off + shmet_cell_size_sk(SHMET_HISTOGRAM, f->nbuckets, f->sk ? f->sk->count : 0, 0);
 	}
 	return h;
 }
 
 shmet_summary shmet_summary_labels(shmet_family *f, ...)
 {
-	shmet_summary s = {0};
+	shmet_summary s = {0, NULL};
 	SHMET__LABELS_OFF(f, SHMET_SUMMARY, s.off);
+	if (s.off)
+		s.sk = f->sk;
 	return s;
 }
 
@@ -1824,7 +2201,7 @@ shmet_summary shmet_summary_labels(shmet_family *f, ...)
 #define SHMET__MAX_REC                                                                                  \
 	(sizeof(struct shmet_rec_series) + SHMET_MAX_LABELS * (2 + SHMET_MAX_VALUE_LEN) +                \
 	 sizeof(struct shmet_rec_family) + 8 * SHMET_MAX_BUCKETS + SHMET_MAX_NAME_LEN + SHMET_MAX_HELP_LEN + \
-	 SHMET_MAX_LABELS * (2 + SHMET_MAX_NAME_LEN) + 8)
+	 SHMET_MAX_LABELS * (2 + SHMET_MAX_NAME_LEN) + 8 + SHMET_SKETCH_REC_MAX)
 
 /* Run a registration (family, or series of family f) that finds its record
  * at off already: it writes into a scratch buffer and publishes nothing. */

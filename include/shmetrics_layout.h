@@ -152,11 +152,23 @@
  * rg_dir_end is advanced with a release store, so a reader that acquires
  * rg_dir_end sees complete records only.  Records never change once published.
  *  header:  u32 rec_size | u16 rec_kind | u16 rec_flags(0)
- *  FAMILY (kind 1), 16-byte fixed part then variable part:
+ *  FAMILY (kind 1), 16-byte fixed part then variable part
+ *  (fam_gauge_mode of a counter or histogram: 1 when it keeps exemplars):
  *    u8 fam_type | u8 fam_gauge_mode | u16 fam_nlabels | u32 fam_nbuckets |
- *    u16 fam_name_len | u16 fam_help_len | u32 (zero)
+ *    u16 fam_name_len | u16 fam_help_len | u32 fam_sketch_len
  *    double bounds[fam_nbuckets] (histogram upper bounds, strictly increasing,
- *    finite; +Inf is implied), name, help, then per label name: u16 len, bytes.
+ *    finite; +Inf is implied), name, help, then per label name: u16 len, bytes,
+ *    then (fam_sketch_len bytes, the record's last) a SKETCH block.
+ *  SKETCH block (summaries with quantiles, native histograms; 0 bytes
+ *  without), 32 + 8*nobj (native histograms: nobj, age and max age 0):
+ *    i32 sk_schema (-4..8) | i32 sk_first (index of the first bucket) |
+ *    u32 sk_count (buckets, 1..SHMET_MAX_SKETCH_BUCKETS) |
+ *    u16 sk_nobjectives | u16 sk_age_buckets | u64 sk_max_age_ns |
+ *    double sk_zero_threshold (summaries 0) | double objectives[sk_nobjectives]
+ *    (strictly increasing, in (0, 1)).  Bucket i holds (g^(i-1), g^i] with
+ *    g = 2^(2^-schema): the native-histogram schema, and DDSketch with that
+ *    gamma, whose estimate 2g^i/(g+1) is within (g-1)/(g+1) of every value
+ *    in the bucket.  The block is part of the family's shape.
  *  SERIES (kind 2), 16-byte fixed part then variable part:
  *    u32 ser_family_off (offset of an earlier FAMILY record in this region) |
  *    u32 ser_cell_off | u16 ser_nvalues (== fam_nlabels) | u16 (zero) | u32 (zero)
@@ -172,8 +184,38 @@
  *             otherwise 0.
  *  histogram: u64 count per bucket, non-cumulative, nbuckets + 1 (+Inf last) |
  *             double sum (one writing thread, as a counter's).  _count is
- *             the sum of the buckets.
- *  summary:   u64 count | double sum (one writing thread).
+ *             the sum of the buckets.  A native one (SKETCH block) then has,
+ *             after the retired sum components, sk_count + 2 u64 counts: the
+ *             zero bucket (|v| <= threshold), the sk_count positive buckets
+ *             (values past either end of the window counted in its end
+ *             bucket), then every v < -threshold (exposed as one negative
+ *             bucket at the window's top index).  Same writer and orders as a
+ *             summary's sketch; the classic bucket is counted first.
+ *  summary:   u64 count | double sum (one writing thread).  With a SKETCH
+ *             block, then (after the two lower sum components in a retired
+ *             half) sk_count + 2 u64 counts: below the window (v <=
+ *             g^(sk_first-1), zero, negative), the sk_count buckets, above it
+ *             (+Inf too).  Only added to, by the one writing thread (relaxed
+ *             load and store); readers load them relaxed, sum them over
+ *             regions and the retired half (saturating) and subtract a
+ *             window's start (shmetricsd keeps those snapshots).  count is
+ *             written before the bucket: a reader may see it one observation
+ *             ahead, never behind.
+ *  exemplars: a counter or histogram registered with them has, after all of
+ *             the above (live regions only: a fold drops them), one SLOT per
+ *             series (counter) or per classic bucket (histogram, +Inf last)
+ *             of SHMET_EXEMPLAR_WORDS u64: seq | value (double) | timestamp
+ *             (double seconds, 0: none) | stamp (CLOCK_REALTIME ns of the
+ *             write: the latest across processes wins) | len | len bytes of
+ *             "name\0value\0" pairs (at most 128 UTF-8 characters in all).
+ *             A seqlock: its one writer (the thread whose cells they are)
+ *             makes seq odd, or finding it odd (a write that never finished)
+ *             drops its exemplar rather than wait; then it stores the words
+ *             with release stores and seq + 1 with a release store.
+ *             Readers acquire seq, copy the words with acquire loads, and
+ *             keep the copy only when seq read again is the same even value
+ *             (bounded retries), then validate it.  (No fences: sanitizers
+ *             do not model them; on x86 these are plain moves.)
  *  In a retired half, the cells of a counter, histogram or summary carry two
  *  more doubles after these (shmet_retired_cell_size): the float value
  *  (counter fractional part, _sum) is there the exact sum c0 + c1 + c2 of
@@ -248,6 +290,7 @@
 #ifndef SHMETRICS_LAYOUT_H
 #define SHMETRICS_LAYOUT_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -280,6 +323,18 @@ extern "C" {
 #define SHMET_RESERVED_PREFIX      "shmetricsd_"
 
 /* Limits a registration must respect; the reader enforces them too. */
+#define SHMET_MAX_SKETCH_BUCKETS 4096u
+#define SHMET_MAX_OBJECTIVES   16u
+#define SHMET_MAX_AGE_BUCKETS  60u
+#define SHMET_SKETCH_MIN_SCHEMA (-4)
+#define SHMET_SKETCH_MAX_SCHEMA 8
+/* bucket indexes stay well inside int32 arithmetic (a double's exponent
+ * range at schema 8 is about +-2^18) */
+#define SHMET_SKETCH_INDEX_LIMIT (1 << 20)
+#define SHMET_SKETCH_REC_MAX (32u + 8u * SHMET_MAX_OBJECTIVES)
+#define SHMET_EXEMPLAR_RUNES 128u
+#define SHMET_EXEMPLAR_BYTES 512u /* 128 characters of at most 4 bytes, names and values */
+#define SHMET_EXEMPLAR_WORDS (5u + SHMET_EXEMPLAR_BYTES / 8u)
 #define SHMET_MAX_NAME_LEN     200u
 #define SHMET_MAX_HELP_LEN     1024u
 #define SHMET_MAX_LABELS       16u
@@ -296,8 +351,8 @@ extern "C" {
  * a record into private memory before it validates it (a worker may change
  * the bytes between a check and a later use), so a larger one is corrupt. */
 #define SHMET_FAMILY_REC_MAX                                                                        \
-	((sizeof(struct shmet_rec_family) + 8u * SHMET_MAX_BUCKETS + SHMET_MAX_NAME_LEN + SHMET_MAX_HELP_LEN + \
-	  SHMET_MAX_LABELS * (2u + SHMET_MAX_NAME_LEN) + 7u) & ~(size_t)7)
+	(((sizeof(struct shmet_rec_family) + 8u * SHMET_MAX_BUCKETS + SHMET_MAX_NAME_LEN + SHMET_MAX_HELP_LEN + \
+	   SHMET_MAX_LABELS * (2u + SHMET_MAX_NAME_LEN) + 7u) & ~(size_t)7) + SHMET_SKETCH_REC_MAX)
 #define SHMET_SERIES_REC_MAX \
 	((sizeof(struct shmet_rec_series) + SHMET_MAX_LABELS * (2u + SHMET_MAX_VALUE_LEN) + 7u) & ~(size_t)7)
 
@@ -422,7 +477,7 @@ struct shmet_rec_family {
 	uint32_t fam_nbuckets;
 	uint16_t fam_name_len;
 	uint16_t fam_help_len;
-	uint32_t fam_zero;
+	uint32_t fam_sketch_len; /* bytes of the SKETCH block ending the record; 0: none */
 	/* double bounds[fam_nbuckets]; name; help; label names */
 };
 
@@ -474,6 +529,77 @@ static inline uint64_t shmet_state_gen(uint64_t gen, unsigned state)
 static inline unsigned shmet_state_of(uint64_t sg) { return (unsigned)(sg & 0xff); }
 static inline uint64_t shmet_gen_of(uint64_t sg) { return sg >> 8; }
 
+/* ---- log-bucket sketches (SKETCH block, summary cells) ---- */
+
+/* A SKETCH block, decoded; count == 0: the family has none. */
+struct shmet_sketch {
+	int32_t schema, first;
+	uint32_t count;
+	uint32_t nobjectives, age_buckets;
+	uint64_t max_age_ns;
+	double zero_threshold;
+	double objectives[SHMET_MAX_OBJECTIVES];
+};
+
+/* Decode and check a SKETCH block p of sketch_len bytes: 1 when it is one
+ * a writer makes for a family of this type, else 0.  sketch_len 0 decodes
+ * as "no sketch". */
+static inline int shmet_sketch_decode(const unsigned char *p, uint32_t sketch_len, unsigned type,
+				      struct shmet_sketch *sk)
+{
+	memset(sk, 0, sizeof *sk);
+	if (sketch_len == 0)
+		return 1;
+	if ((type != SHMET_SUMMARY && type != SHMET_HISTOGRAM) || sketch_len % 8 || sketch_len < 32 ||
+	    sketch_len > SHMET_SKETCH_REC_MAX)
+		return 0;
+	uint16_t nobj, age;
+	memcpy(&sk->schema, p, 4);
+	memcpy(&sk->first, p + 4, 4);
+	memcpy(&sk->count, p + 8, 4);
+	memcpy(&nobj, p + 12, 2);
+	memcpy(&age, p + 14, 2);
+	memcpy(&sk->max_age_ns, p + 16, 8);
+	memcpy(&sk->zero_threshold, p + 24, 8);
+	sk->nobjectives = nobj;
+	sk->age_buckets = age;
+	if (sk->schema < SHMET_SKETCH_MIN_SCHEMA || sk->schema > SHMET_SKETCH_MAX_SCHEMA || sk->count == 0 ||
+	    sk->count > SHMET_MAX_SKETCH_BUCKETS || sk->first < -SHMET_SKETCH_INDEX_LIMIT ||
+	    sk->first > SHMET_SKETCH_INDEX_LIMIT)
+		return 0;
+	if (type == SHMET_HISTOGRAM) /* native: a zero bucket, no objectives, no window */
+		return sketch_len == 32 && nobj == 0 && age == 0 && sk->max_age_ns == 0 && sk->zero_threshold >= 0 &&
+		       sk->zero_threshold < 1e300;
+	if (nobj == 0 || nobj > SHMET_MAX_OBJECTIVES ||
+	    sketch_len != 32u + 8u * nobj || age == 0 || age > SHMET_MAX_AGE_BUCKETS ||
+	    sk->max_age_ns < UINT64_C(1000000000) || sk->max_age_ns > UINT64_C(86400000000000) * 7 ||
+	    sk->zero_threshold != 0)
+		return 0;
+	for (uint32_t i = 0; i < nobj; i++) {
+		memcpy(&sk->objectives[i], p + 32 + 8 * i, 8);
+		if (!(sk->objectives[i] > 0 && sk->objectives[i] < 1) || (i && !(sk->objectives[i] > sk->objectives[i - 1])))
+			return 0;
+	}
+	return 1;
+}
+
+/* g^i, the upper edge of bucket i at a schema: exact powers of two at
+ * octave edges, the same doubles the writer compares with. */
+static inline double shmet_sketch_upper(int32_t schema, int64_t i)
+{
+	if (schema <= 0)
+		return ldexp(1.0, (int)(i * ((int64_t)1 << -schema)));
+	int64_t per = (int64_t)1 << schema, oct = i >= 0 ? i / per : -((-i + per - 1) / per);
+	return ldexp(exp2((double)(i - oct * per) / (double)per), (int)oct);
+}
+
+/* The relative error of a quantile estimated at a schema: (g-1)/(g+1). */
+static inline double shmet_sketch_rel_error(int32_t schema)
+{
+	double g = exp2(ldexp(1.0, -schema));
+	return (g - 1) / (g + 1);
+}
+
 /* Bytes of value cells a series of this family needs. */
 static inline uint32_t shmet_cell_size(unsigned type, uint32_t nbuckets)
 {
@@ -495,6 +621,34 @@ static inline uint32_t shmet_retired_cell_size(unsigned type, uint32_t nbuckets)
 {
 	uint32_t n = shmet_cell_size(type, nbuckets);
 	return n && type != SHMET_GAUGE ? n + 16 : n;
+}
+
+/* The same with a sketch of sk_count buckets (0: none) after them. */
+static inline uint32_t shmet_cell_size_sk(unsigned type, uint32_t nbuckets, uint32_t sk_count, int retired)
+{
+	uint32_t n = retired ? shmet_retired_cell_size(type, nbuckets) : shmet_cell_size(type, nbuckets);
+	return sk_count ? n + 8 * (sk_count + 2) : n;
+}
+
+/* Exemplar slots of a series: one for a counter, one per classic bucket. */
+static inline uint32_t shmet_exemplar_slots(unsigned type, uint32_t nbuckets, unsigned exemplars)
+{
+	return !exemplars ? 0 : type == SHMET_COUNTER ? 1 : type == SHMET_HISTOGRAM ? nbuckets + 1 : 0;
+}
+
+/* Every cell of a series: shmet_cell_size_sk plus, in a live region, its
+ * exemplar slots (which start at u64 index shmet_cell_size_sk(.., 0) / 8). */
+static inline uint32_t shmet_cell_size_ex(unsigned type, uint32_t nbuckets, uint32_t sk_count, unsigned exemplars,
+					  int retired)
+{
+	return shmet_cell_size_sk(type, nbuckets, sk_count, retired) +
+	       (retired ? 0 : 8 * SHMET_EXEMPLAR_WORDS * shmet_exemplar_slots(type, nbuckets, exemplars));
+}
+
+/* Index (in u64 cells) of a sketch's first count (the one below its window). */
+static inline uint32_t shmet_sketch_cell(unsigned type, uint32_t nbuckets, int retired)
+{
+	return (retired ? shmet_retired_cell_size(type, nbuckets) : shmet_cell_size(type, nbuckets)) / 8;
 }
 
 /* Index (in u64 cells) of the float value of a counter, histogram or summary. */
@@ -549,6 +703,9 @@ struct shmet_shape {
 	uint32_t name_len, help_len;
 	const char *label_names[SHMET_MAX_LABELS];
 	uint32_t label_lens[SHMET_MAX_LABELS];
+	const unsigned char *sketch; /* the SKETCH block's bytes, sketch_len of them */
+	uint32_t sketch_len;
+	unsigned exemplars; /* counters, histograms: 1 when they keep exemplars */
 };
 
 /* Decode a FAMILY record of size bytes (its 8-byte header included): 1 when
@@ -559,7 +716,8 @@ static inline int shmet_shape_decode(const unsigned char *rec, size_t size, stru
 {
 	uint32_t rec_size;
 	uint16_t kind, nlabels, name_len, help_len;
-	uint32_t nbuckets;
+	uint32_t nbuckets, sketch_len;
+	struct shmet_sketch sk;
 	if (size < 24)
 		return 0;
 	memcpy(&rec_size, rec, 4);
@@ -568,16 +726,20 @@ static inline int shmet_shape_decode(const unsigned char *rec, size_t size, stru
 	memcpy(&nbuckets, rec + 12, 4);
 	memcpy(&name_len, rec + 16, 2);
 	memcpy(&help_len, rec + 18, 2);
+	memcpy(&sketch_len, rec + 20, 4);
 	if (kind != SHMET_REC_FAMILY || rec_size > size || rec_size < 24 || rec[8] < SHMET_COUNTER ||
 	    rec[8] > SHMET_SUMMARY || rec[9] > SHMET_GAUGE_PER_WORKER || nlabels > SHMET_MAX_LABELS ||
-	    nbuckets > SHMET_MAX_BUCKETS || (nbuckets && rec[8] != SHMET_HISTOGRAM))
+	    (rec[8] != SHMET_GAUGE && rec[9] > 1) || (rec[8] == SHMET_SUMMARY && rec[9]) ||
+	    nbuckets > SHMET_MAX_BUCKETS || (nbuckets && rec[8] != SHMET_HISTOGRAM) || sketch_len > rec_size - 24 ||
+	    !shmet_sketch_decode(rec + rec_size - sketch_len, sketch_len, rec[8], &sk))
 		return 0;
-	const unsigned char *p = rec + 24, *end = rec + rec_size;
+	const unsigned char *p = rec + 24, *end = rec + rec_size - sketch_len;
 	if ((size_t)(end - p) < 8ull * nbuckets + name_len + help_len)
 		return 0;
 	memset(s, 0, sizeof *s);
 	s->type = rec[8];
 	s->mode = rec[8] == SHMET_GAUGE ? rec[9] : (unsigned)SHMET_GAUGE_SUM;
+	s->exemplars = rec[8] != SHMET_GAUGE && rec[9] == 1;
 	s->nlabels = nlabels;
 	s->nbuckets = nbuckets;
 	s->bounds = p;
@@ -587,6 +749,8 @@ static inline int shmet_shape_decode(const unsigned char *rec, size_t size, stru
 	p += name_len;
 	s->help = (const char *)p;
 	s->help_len = help_len;
+	s->sketch = end;
+	s->sketch_len = sketch_len;
 	p += help_len;
 	for (uint32_t i = 0; i < nlabels; i++) {
 		uint16_t l;
@@ -613,6 +777,9 @@ static inline int shmet_shape_same(const struct shmet_shape *a, const struct shm
 	for (uint32_t i = 0; i < a->nlabels; i++)
 		if (a->label_lens[i] != b->label_lens[i] || memcmp(a->label_names[i], b->label_names[i], a->label_lens[i]))
 			return 0;
+	if (a->sketch_len != b->sketch_len || (a->sketch_len && memcmp(a->sketch, b->sketch, a->sketch_len)) ||
+	    a->exemplars != b->exemplars)
+		return 0;
 	return a->nbuckets == 0 || memcmp(a->bounds, b->bounds, 8ull * a->nbuckets) == 0;
 }
 
@@ -684,7 +851,7 @@ static inline void shmet_shape_describe(const struct shmet_shape *s, char *buf, 
 		n += (size_t)w;                                              \
 	} while (0)
 	SHMET__PUT("%s%s", shmet_type_name(s->type), s->type == SHMET_GAUGE && s->mode <= 4 ? modes[s->mode] : "");
-	SHMET__PUT(" with labels {");
+	SHMET__PUT("%s with labels {", s->exemplars ? " with exemplars" : "");
 	for (uint32_t i = 0; i < s->nlabels; i++)
 		SHMET__PUT("%s%.*s", i ? "," : "", (int)s->label_lens[i], s->label_names[i]);
 	SHMET__PUT("}");
@@ -696,6 +863,17 @@ static inline void shmet_shape_describe(const struct shmet_shape *s, char *buf, 
 			SHMET__PUT("%s%.17g", i ? "," : "", d);
 		}
 		SHMET__PUT("}");
+	}
+	struct shmet_sketch sk;
+	if (s->sketch_len && shmet_sketch_decode(s->sketch, s->sketch_len, s->type, &sk) && s->type == SHMET_HISTOGRAM) {
+		SHMET__PUT(" and native schema %d, zero threshold %.17g, buckets %d..%d", sk.schema, sk.zero_threshold,
+			   sk.first, sk.first + (int)sk.count - 1);
+	} else if (s->sketch_len && shmet_sketch_decode(s->sketch, s->sketch_len, s->type, &sk)) {
+		SHMET__PUT(" and quantiles {");
+		for (uint32_t i = 0; i < sk.nobjectives; i++)
+			SHMET__PUT("%s%.17g", i ? "," : "", sk.objectives[i]);
+		SHMET__PUT("} over %.17g s in %u age buckets, schema %d, buckets %d..%d", (double)sk.max_age_ns / 1e9,
+			   sk.age_buckets, sk.schema, sk.first, sk.first + (int)sk.count - 1);
 	}
 #undef SHMET__PUT
 }
@@ -763,6 +941,29 @@ static inline int shmet_valid_utf8(const char *str, size_t n)
 		i += len;
 	}
 	return 1;
+}
+
+/* Exemplar label pairs "name\0value\0"...: valid label names, UTF-8
+ * values, at most SHMET_EXEMPLAR_RUNES characters in all.  1 when valid. */
+static inline int shmet_exemplar_valid(const char *p, size_t len)
+{
+	size_t pos = 0, runes = 0;
+	int field = 0;
+	if (len > SHMET_EXEMPLAR_BYTES)
+		return 0;
+	while (pos < len) {
+		const char *z = (const char *)memchr(p + pos, 0, len - pos);
+		if (!z)
+			return 0;
+		size_t n = (size_t)(z - (p + pos));
+		if (field % 2 == 0 ? !shmet_valid_label_name(p + pos, n) : !shmet_valid_utf8(p + pos, n))
+			return 0;
+		for (size_t i = 0; i < n; i++)
+			runes += ((unsigned char)p[pos + i] & 0xc0) != 0x80;
+		pos += n + 1;
+		field++;
+	}
+	return field % 2 == 0 && runes <= SHMET_EXEMPLAR_RUNES;
 }
 
 #ifdef __cplusplus

@@ -110,6 +110,9 @@ struct shmet_family_view {
 	uint32_t name_len, help_len;
 	const char *label_names[SHMET_MAX_LABELS];
 	uint32_t label_lens[SHMET_MAX_LABELS];
+	struct shmet_sketch sk;  /* sk.count == 0: no sketch */
+	uint32_t sketch_len;     /* bytes of the SKETCH block ending rec */
+	unsigned exemplars;      /* counters, histograms: exemplar slots in live cells */
 	unsigned char rec[SHMET_FAMILY_REC_MAX]; /* last: only rec_size bytes are written */
 };
 
@@ -321,6 +324,32 @@ void shmet_agg_add(struct shmet_agg *acc, enum shmet_type type, enum shmet_gauge
 /* The exposed value of a counter or gauge; the sum of a histogram/summary
  * (after shmet_agg_finish). */
 double shmet_agg_value(const struct shmet_agg *acc, enum shmet_type type);
+
+/* ---- log-bucket sketches (libshm/sketch.c) ---- */
+
+/* acc[i] += cells[i] for n counts (relaxed loads, saturating adds). */
+void shmet_sketch_load_add(uint64_t *acc, const uint64_t *cells, uint32_t n);
+/* out[i] = now[i] - start[i], or 0 where start is ahead (a window's start
+ * can only be ahead after hostile writes). */
+void shmet_sketch_window(const uint64_t *now, const uint64_t *start, uint64_t *out, uint32_t n);
+/* The q-quantile of the sk->count + 2 counts (below, buckets, above): the
+ * value of rank floor(q * (n - 1)) among the n counted, estimated as
+ * 2g^i/(g+1) in its bucket i, so within shmet_sketch_rel_error(schema) of
+ * it; the window's lower (upper) edge when that rank lies below (above) the
+ * window; NaN when nothing was counted. */
+double shmet_sketch_quantile(const struct shmet_sketch *sk, const uint64_t *counts, double q);
+
+/* An exemplar read from its slot (see exemplars in shmetrics_layout.h). */
+struct shmet_exemplar {
+	double value, ts; /* ts: seconds since the epoch, 0 for none */
+	uint64_t stamp_ns;
+	uint32_t len;     /* bytes of pairs */
+	char pairs[SHMET_EXEMPLAR_BYTES]; /* "name\0value\0"... */
+};
+/* Copy the slot (SHMET_EXEMPLAR_WORDS u64) without tearing: 1 when a whole,
+ * valid exemplar was read; 0 when none was ever written, a write was in
+ * progress through every retry, or the bytes are not a valid exemplar. */
+int shmet_exemplar_read(const uint64_t *slot, struct shmet_exemplar *e);
 
 /* ---- the family registry, as readers see it ---- */
 

@@ -71,7 +71,8 @@ extern "C" {
 	X(E_LOCKED, -19, "another collector holds the segment")                               \
 	X(E_TOO_LONG, -20, "text exceeds its length limit")                                   \
 	X(E_BUCKETS, -21, "invalid histogram buckets")                                       \
-	X(E_REGISTRY_FULL, -22, "the segment's family registry is full")
+	X(E_REGISTRY_FULL, -22, "the segment's family registry is full")                    \
+	X(E_BUSY, -23, "another thread was writing the exemplar slot; this exemplar was dropped")
 
 enum shmet_error {
 #define SHMET__ERR_ENUM(name, code, msg) SHMET_##name = code,

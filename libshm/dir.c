@@ -76,7 +76,12 @@ int shmet_parse_family(const struct shmet_area *a, uint64_t off, struct shmet_fa
 	f->rec_size = h.rec_size;
 	struct shmet_rec_family r;
 	memcpy(&r, f->rec, sizeof r);
-	const unsigned char *p = f->rec + sizeof r, *end = f->rec + h.rec_size;
+	if (r.fam_sketch_len > h.rec_size - sizeof r ||
+	    !shmet_sketch_decode(f->rec + h.rec_size - r.fam_sketch_len, r.fam_sketch_len, r.fam_type, &f->sk))
+		return shmet__fail(err, SHMET_E_CORRUPT, "family at %llu: bad sketch block", (unsigned long long)off);
+	f->sketch_len = r.fam_sketch_len;
+	/* the sketch block ends the record: the variable fields end before it */
+	const unsigned char *p = f->rec + sizeof r, *end = f->rec + h.rec_size - r.fam_sketch_len;
 	if (r.fam_type < SHMET_COUNTER || r.fam_type > SHMET_SUMMARY || r.fam_gauge_mode > SHMET_GAUGE_PER_WORKER ||
 	    r.fam_nlabels > SHMET_MAX_LABELS || r.fam_nbuckets > SHMET_MAX_BUCKETS ||
 	    (r.fam_nbuckets && r.fam_type != SHMET_HISTOGRAM))
@@ -84,6 +89,9 @@ int shmet_parse_family(const struct shmet_area *a, uint64_t off, struct shmet_fa
 				   (unsigned long long)off, r.fam_type, r.fam_gauge_mode, r.fam_nlabels, r.fam_nbuckets);
 	f->type = (enum shmet_type)r.fam_type;
 	f->mode = r.fam_type == SHMET_GAUGE ? (enum shmet_gauge_mode)r.fam_gauge_mode : SHMET_GAUGE_SUM;
+	if ((r.fam_type != SHMET_GAUGE && r.fam_gauge_mode > 1) || (r.fam_type == SHMET_SUMMARY && r.fam_gauge_mode))
+		return shmet__fail(err, SHMET_E_CORRUPT, "family at %llu: bad exemplar flag", (unsigned long long)off);
+	f->exemplars = r.fam_type != SHMET_GAUGE && r.fam_gauge_mode == 1;
 	f->nlabels = r.fam_nlabels;
 	f->nbuckets = r.fam_nbuckets;
 	if ((uint64_t)(end - p) < 8ull * r.fam_nbuckets + r.fam_name_len + r.fam_help_len)
@@ -165,8 +173,7 @@ static int parse_series(const struct shmet_area *a, uint64_t off, const struct s
 	s->family_off = r.ser_family_off;
 	s->nvalues = r.ser_nvalues;
 	s->cell_off = r.ser_cell_off;
-	s->cell_size = a->retired ? shmet_retired_cell_size(rec->fam.type, rec->fam.nbuckets)
-				  : shmet_cell_size(rec->fam.type, rec->fam.nbuckets);
+	s->cell_size = shmet_cell_size_ex(rec->fam.type, rec->fam.nbuckets, rec->fam.sk.count, rec->fam.exemplars, a->retired);
 	if (s->cell_off % 8 || s->cell_off < a->dir_end || s->cell_off > a->size || a->size - s->cell_off < s->cell_size)
 		return shmet__fail(err, SHMET_E_CORRUPT, "series at %llu of %.*s: cells at %u outside [%llu, %llu)",
 				   (unsigned long long)off, (int)rec->fam.name_len, rec->fam.name, s->cell_off,
@@ -235,6 +242,9 @@ static void shape_of(const struct shmet_family_view *f, struct shmet_shape *s)
 	s->bounds = f->bounds;
 	s->name = f->name;
 	s->name_len = f->name_len;
+	s->sketch = f->rec + f->rec_size - f->sketch_len;
+	s->sketch_len = f->sketch_len;
+	s->exemplars = f->exemplars;
 	for (uint32_t i = 0; i < f->nlabels && i < SHMET_MAX_LABELS; i++) {
 		s->label_names[i] = f->label_names[i];
 		s->label_lens[i] = f->label_lens[i];

@@ -102,7 +102,7 @@ static int fold_series(struct target *t, const struct shmet_area *src, const str
 		cell_off = (uint32_t)ser->val;
 	} else {
 		uint64_t rs = series_rec_size(&r->series);
-		uint32_t cs = shmet_retired_cell_size(rf->type, rf->nbuckets);
+		uint32_t cs = shmet_cell_size_sk(rf->type, rf->nbuckets, rf->sk.count, 1);
 		if (t->cell_low - t->dir_end < rs + cs)
 			return -1;
 		t->cell_low -= cs;
@@ -167,6 +167,11 @@ static int fold_series(struct target *t, const struct shmet_area *src, const str
 			res->inexact++;
 		break;
 	}
+	if (rf->sk.count) /* parse_series checked that the cells hold the sketch */
+		shmet_sketch_load_add(c + shmet_sketch_cell(rf->type, rf->nbuckets, 1),
+				      (const uint64_t *)(const void *)(src->base + r->series.cell_off) +
+					      shmet_sketch_cell(rf->type, rf->nbuckets, src->retired),
+				      rf->sk.count + 2);
 	return 0;
 }
 
@@ -191,7 +196,7 @@ static uint64_t room_needed(struct target *t, const struct shmet_area *src, cons
 		}
 		size_t klen = shmet_series_key(&r, key, KEY_CAP);
 		if (klen && !keymap_find(&t->series, key, klen) && !keymap_find(seen, key, klen)) {
-			need += series_rec_size(&r.series) + shmet_retired_cell_size(rf->type, rf->nbuckets);
+			need += series_rec_size(&r.series) + shmet_cell_size_sk(rf->type, rf->nbuckets, rf->sk.count, 1);
 			keymap_put(seen, key, klen, 0);
 		}
 	}

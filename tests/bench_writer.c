@@ -82,6 +82,12 @@ static NOINLINE void subj_histogram_observe(shmet_histogram h, long n)
 		shmet_histogram_observe(h, values[i & (NVALUES - 1)]);
 }
 
+static NOINLINE void subj_summary_observe(shmet_summary q, long n)
+{
+	for (long i = 0; i < n; i++)
+		shmet_summary_observe(q, values[i & (NVALUES - 1)]);
+}
+
 #define NCOMBOS 64
 static char combo[NCOMBOS][3][24];
 
@@ -212,6 +218,18 @@ static void run_base_store(void *cell, long n) { base_store((uint64_t *)cell, n)
 static void run_counter_inc(void *arg, long n) { (void)arg, subj_counter_inc(the_counter, n); }
 static void run_gauge_set(void *arg, long n) { (void)arg, subj_gauge_set(the_gauge, n); }
 static void run_histogram(void *arg, long n) { (void)arg, subj_histogram_observe(the_hist, n); }
+static shmet_summary the_summary; /* with quantiles: 2 % over 1e-4 .. 100 */
+static shmet_histogram the_native; /* the 12 classic buckets, and native schema 3 */
+static void run_native(void *arg, long n) { (void)arg, subj_histogram_observe(the_native, n); }
+static shmet_histogram the_exemplar_hist; /* the 12 classic buckets with exemplars */
+static NOINLINE void subj_observe_exemplar(shmet_histogram h, long n)
+{
+	const char *pairs[] = {"trace_id", "4bf92f3577b34da6a3ce929d0e0e4736", NULL};
+	for (long i = 0; i < n; i++)
+		shmet_histogram_observe_with_exemplar(h, values[i & (NVALUES - 1)], pairs, 0);
+}
+static void run_exemplar(void *arg, long n) { (void)arg, subj_observe_exemplar(the_exemplar_hist, n); }
+static void run_summary(void *arg, long n) { (void)arg, subj_summary_observe(the_summary, n); }
 static void run_label_lookup(void *arg, long n) { (void)arg, subj_label_lookup_inc(the_family, n); }
 
 /* ------------------------------------------------- two processes at once */
@@ -339,6 +357,24 @@ int main(void)
 		return 1;
 	}
 	the_hist = shmet_histogram_get(hf, NULL);
+	shmet_family *qf;
+	if (shmet_summary_register_quantiles(&qf, "bench_quantile_seconds", "Bench.", 0.02, 0, 0, 0, NULL) != SHMET_OK) {
+		fprintf(stderr, "bench_writer: register: %s\n", shmet_last_error());
+		return 1;
+	}
+	the_summary = shmet_summary_get(qf, NULL);
+	if (shmet_histogram_register_native(&qf, "bench_native_seconds", "Bench.", b12, 12, 3, 1e-9, 0, NULL) != SHMET_OK) {
+		fprintf(stderr, "bench_writer: register: %s\n", shmet_last_error());
+		return 1;
+	}
+	the_native = shmet_histogram_get(qf, NULL);
+	struct shmet_family_spec exs = {.type = SHMET_HISTOGRAM, .name = "bench_exemplar_seconds", .nbuckets = 12,
+					.buckets = b12, .exemplars = true};
+	if (shmet_register(&exs, &qf) != SHMET_OK) {
+		fprintf(stderr, "bench_writer: register: %s\n", shmet_last_error());
+		return 1;
+	}
+	the_exemplar_hist = shmet_histogram_get(qf, NULL);
 	/* values spread over all 13 buckets, in a scrambled order */
 	for (int i = 0; i < NVALUES; i++) {
 		unsigned k = (unsigned)(i * 7919u) % 13u;
@@ -401,6 +437,20 @@ int main(void)
 	r = measure((struct loop){run_histogram, NULL}, badd, cheap / 2);
 	print_line("histogram_observe_12", r);
 	print_target("histogram_observe_12", r, 1);
+
+	/* the histogram's values (over 1e-4 .. 100, every bucket) */
+	r = measure((struct loop){run_summary, NULL}, badd, cheap / 2);
+	print_line("summary_observe", r);
+	print_target("summary_observe", r, 4);
+
+	r = measure((struct loop){run_native, NULL}, badd, cheap / 2);
+	print_line("native_histogram_observe", r);
+	print_target("native_histogram_observe", r, 4);
+
+	/* a 32-character trace id each time: label checks and the seqlock write */
+	r = measure((struct loop){run_exemplar, NULL}, badd, cheap / 4);
+	print_line("histogram_observe_with_exemplar", r);
+	print_target("histogram_observe_with_exemplar", r, 15);
 
 	r = measure((struct loop){run_label_lookup, NULL}, badd, lookup);
 	print_line("label_lookup_inc_3", r);

@@ -92,6 +92,38 @@ static int probe(const char *path)
 		return 2;
 	}
 	shmet_summary s = shmet_summary_get(f, NULL);
+	/* quantile sketches at a fine and a coarse schema (the two index paths) */
+	shmet_family *fq, *fc;
+	struct shmet_family_spec coarse = {.type = SHMET_SUMMARY, .name = "probe_coarse_seconds", .quantile_error = 0.5};
+	if (shmet_summary_register_quantiles(&fq, "probe_quantile_seconds", "Quantiles.", 0.01, 0, 0, 0, NULL) !=
+		    SHMET_OK ||
+	    shmet_register(&coarse, &fc) != SHMET_OK) {
+		fprintf(stderr, "probe: register: %s\n", shmet_last_error());
+		return 2;
+	}
+	shmet_summary sq = shmet_summary_get(fq, NULL), sc = shmet_summary_get(fc, NULL);
+	shmet_family *fn;
+	if (shmet_histogram_register_native(&fn, "probe_native_seconds", "Native.", b12, 12, 3, 1e-9, 0, NULL) != SHMET_OK) {
+		fprintf(stderr, "probe: register: %s\n", shmet_last_error());
+		return 2;
+	}
+	shmet_histogram hn = shmet_histogram_get(fn, NULL);
+	shmet_family *fe, *ce;
+	struct shmet_family_spec hes = {.type = SHMET_HISTOGRAM, .name = "probe_ex_seconds", .nbuckets = 12,
+					.buckets = b12, .exemplars = true};
+	struct shmet_family_spec ces = {.type = SHMET_COUNTER, .name = "probe_ex_total", .exemplars = true};
+	if (shmet_register(&hes, &fe) != SHMET_OK || shmet_register(&ces, &ce) != SHMET_OK) {
+		fprintf(stderr, "probe: register: %s\n", shmet_last_error());
+		return 2;
+	}
+	shmet_histogram he = shmet_histogram_get(fe, NULL);
+	shmet_counter cex = shmet_counter_get(ce, NULL);
+	const char *trace[] = {"trace_id", "4bf92f3577b34da6a3ce929d0e0e4736", NULL};
+	const char *too_long[] = {"trace_id", "4bf92f3577b34da6a3ce929d0e0e4736", "a", "4bf92f3577b34da6a3ce929d0e0e47364bf92f3577b34da6a3ce929d0e0e47364bf92f3577b34da6a3ce929d0e0e47364bf92f3577b34da6a3ce929d0e0e4736", NULL};
+	if (!sq.sk || !sc.sk || sc.sk->schema > 0) {
+		fprintf(stderr, "probe: quantile handles: %s\n", shmet_last_error());
+		return 2;
+	}
 	shmet_counter c = shmet_counter_new("probe_plain_total", "Plain.");
 	shmet_gauge gsum = shmet_gauge_new("probe_gauge", "Sum gauge.", SHMET_GAUGE_SUM);
 	shmet_gauge grecent = shmet_gauge_new("probe_recent_seconds", "Most recent.", SHMET_GAUGE_MOSTRECENT);
@@ -138,6 +170,16 @@ static int probe(const char *path)
 		shmet_histogram_observe(h, b12[i % 12] * 0.9);
 		shmet_histogram_observe(h, 1e6); /* +Inf bucket */
 		shmet_summary_observe(s, i);
+		shmet_summary_observe(sq, b12[i % 12] * 0.9);
+		shmet_summary_observe(sq, i % 3 ? 1e6 : -1); /* above, below the window */
+		shmet_summary_observe(sc, b12[i % 12] * 0.9);
+		shmet_summary_observe(sc, 0);
+		shmet_histogram_observe(hn, b12[i % 12] * 0.9);
+		shmet_histogram_observe(hn, i % 3 ? 1e6 : -1); /* clamped to the window's top; a negative */
+		shmet_histogram_observe(hn, 0);
+		shmet_histogram_observe_with_exemplar(he, b12[i % 12] * 0.9, trace, 1700000000.5);
+		shmet_counter_inc_with_exemplar(cex, trace, 0);
+		shmet_counter_add_with_exemplar(cex, 2, too_long, 0); /* refused: dropped and counted */
 		shmet_timer t = shmet_timer_start();
 		shmet_histogram_observe_duration(h, t);
 		shmet_summary_observe_duration(s, t);

@@ -229,6 +229,9 @@ struct d_value {
 	double value;
 	uint64_t *buckets; /* histograms: nbuckets + 1, non-cumulative */
 	const struct shmet_snap_series *agg; /* per-worker gauges: this region's exposed series */
+	uint64_t *sketch;  /* summaries with quantiles: sk.count + 2 counts */
+	struct shmet_exemplar *ex; /* live cells of a family with exemplars: one per slot */
+	bool *has_ex;
 };
 
 struct d_series {
@@ -251,6 +254,8 @@ struct d_family {
 	char *label_names[SHMET_MAX_LABELS];
 	uint32_t label_lens[SHMET_MAX_LABELS];
 	double bounds[SHMET_MAX_BUCKETS];
+	struct shmet_sketch sk; /* sk.count 0: none */
+	unsigned exemplars;
 	int32_t first_area, conflict_area;
 	struct d_series **series;
 	size_t nseries, cap;
@@ -277,7 +282,7 @@ struct dump {
 static void d_series_free(struct d_series *s)
 {
 	for (size_t i = 0; i < s->nv; i++)
-		free(s->v[i].buckets);
+		free(s->v[i].buckets), free(s->v[i].sketch), free(s->v[i].ex), free(s->v[i].has_ex);
 	free(s->v);
 	free(s->key);
 	free(s);
@@ -365,6 +370,8 @@ static struct d_family *index_family(struct dump *d, const struct shmet_family_v
 	f->type = v->type;
 	f->mode = v->mode;
 	f->nbuckets = v->nbuckets;
+	f->sk = v->sk;
+	f->exemplars = v->exemplars;
 	for (uint32_t i = 0; i < v->nbuckets; i++)
 		f->bounds[i] = shmet_bound(v, i);
 	f->first_area = area;
@@ -446,6 +453,22 @@ static void index_value(struct dump *d, struct d_family *f, const struct shmet_a
 		if (!(dv->buckets = malloc(8ull * (f->nbuckets + 1))))
 			goto oom;
 		memcpy(dv->buckets, v.buckets, 8ull * (f->nbuckets + 1));
+	}
+	if (f->sk.count) { /* libshm checked that the series' cells hold them */
+		if (!(dv->sketch = calloc(f->sk.count + 2, 8)))
+			goto oom;
+		shmet_sketch_load_add(dv->sketch, (const uint64_t *)(const void *)(a->base + r->series.cell_off) +
+							  shmet_sketch_cell(f->type, f->nbuckets, a->retired),
+				      f->sk.count + 2);
+	}
+	uint32_t nex = a->retired ? 0 : shmet_exemplar_slots(f->type, f->nbuckets, f->exemplars);
+	if (nex) { /* libshm checked that the live cells hold the slots */
+		if (!(dv->ex = calloc(nex, sizeof *dv->ex)) || !(dv->has_ex = calloc(nex, sizeof *dv->has_ex)))
+			goto oom;
+		const uint64_t *slot = (const uint64_t *)(const void *)(a->base + r->series.cell_off) +
+				       shmet_cell_size_sk(f->type, f->nbuckets, f->sk.count, 0) / 8;
+		for (uint32_t k = 0; k < nex; k++)
+			dv->has_ex[k] = shmet_exemplar_read(slot + (size_t)k * SHMET_EXEMPLAR_WORDS, &dv->ex[k]);
 	}
 	s->nv++;
 	return;
@@ -529,7 +552,7 @@ static void walk_family(struct walk *w, const struct shmet_record *r)
 {
 	struct shmet_rec_family raw;
 	memcpy(&raw, r->fam.rec, sizeof raw); /* the copy libshm validated */
-	if (raw.fam_rec.rec_flags != 0 || raw.fam_zero != 0)
+	if (raw.fam_rec.rec_flags != 0) /* fam_sketch_len: libshm checked the block */
 		walk_problem(w, "family %.*s at %u: reserved fields are not zero", (int)r->fam.name_len, r->fam.name,
 			     r->fam.off);
 	if (w->nfam_offs == 0 || w->fam_offs[w->nfam_offs - 1] < r->fam.off) {
@@ -861,19 +884,75 @@ struct pvals {
 	uint64_t whole, stamp_ns;
 	double value;
 	const uint64_t *buckets;
+	const uint64_t *sketch;
+	const struct shmet_exemplar *ex;
+	const bool *has_ex;
 };
 
 static struct pvals pv_of_value(const struct d_value *v)
 {
-	struct pvals p = {v->whole, v->stamp_ns, v->value, v->buckets};
+	struct pvals p = {v->whole, v->stamp_ns, v->value, v->buckets, v->sketch, v->ex, v->has_ex};
 	return p;
+}
+
+/* A region's exemplars: slot, labels, value, timestamp. */
+static void t_exemplars(FILE *o, const struct d_family *f, const struct pvals *v)
+{
+	char b[40];
+	for (uint32_t k = 0; v->ex && k < shmet_exemplar_slots(f->type, f->nbuckets, f->exemplars); k++) {
+		if (!v->has_ex[k])
+			continue;
+		const struct shmet_exemplar *e = &v->ex[k];
+		if (f->type == SHMET_HISTOGRAM) {
+			if (k < f->nbuckets)
+				shmet_fmt_double(b, f->bounds[k]);
+			fprintf(o, "  exemplar le=%s {", k < f->nbuckets ? b : "+Inf");
+		} else {
+			fputs("  exemplar {", o);
+		}
+		for (uint32_t p = 0, field = 0; p < e->len; field++) {
+			const char *t = e->pairs + p;
+			if (field % 2)
+				fprintf(o, "=\"%s\"", t);
+			else
+				fprintf(o, "%s%s", field ? "," : "", t);
+			p += (uint32_t)strlen(t) + 1;
+		}
+		shmet_fmt_double(b, e->value);
+		fprintf(o, "} %s", b);
+		if (e->ts) {
+			shmet_fmt_double(b, e->ts);
+			fprintf(o, " %s", b);
+		}
+	}
+}
+
+/* A sketch's non-zero counts, by bucket upper edge, and its quantiles. */
+static void t_sketch(FILE *o, const struct d_family *f, const uint64_t *c)
+{
+	char b[40];
+	bool native = f->type == SHMET_HISTOGRAM;
+	fprintf(o, "  %s schema %d:", native ? "native" : "sketch", f->sk.schema);
+	if (c[0])
+		fprintf(o, " %s:%llu", native ? "zero" : "below", (unsigned long long)c[0]);
+	for (uint32_t i = 1; i <= f->sk.count; i++)
+		if (c[i]) {
+			shmet_fmt_double(b, shmet_sketch_upper(f->sk.schema, (int64_t)f->sk.first + i - 1));
+			fprintf(o, " le=%s:%llu", b, (unsigned long long)c[i]);
+		}
+	if (c[f->sk.count + 1])
+		fprintf(o, " %s:%llu", native ? "negative" : "above", (unsigned long long)c[f->sk.count + 1]);
+	for (uint32_t q = 0; q < f->sk.nobjectives; q++) {
+		shmet_fmt_double(b, shmet_sketch_quantile(&f->sk, c, f->sk.objectives[q]));
+		fprintf(o, "%s q%g=%s", q ? "" : "  all time:", f->sk.objectives[q], b);
+	}
 }
 
 /* An aggregate's counter value is one exact total, already rounded: shown
  * as the whole count when that is all it holds, else as the double. */
 static struct pvals pv_of_agg(const struct shmet_agg *a, enum shmet_type type)
 {
-	struct pvals p = {a->whole, a->stamp_ns, a->value, a->buckets};
+	struct pvals p = {a->whole, a->stamp_ns, a->value, a->buckets, NULL, NULL, NULL};
 	if (type == SHMET_COUNTER) {
 		if (a->value == (double)a->whole)
 			p.value = 0;
@@ -919,11 +998,15 @@ static void t_vals(FILE *o, const struct d_family *f, const struct pvals *v)
 				shmet_fmt_double(b, f->bounds[i]);
 			fprintf(o, "%sle=%s:%llu", i ? " " : "", i < f->nbuckets ? b : "+Inf", (unsigned long long)cum);
 		}
+		if (f->sk.count && v->sketch)
+			t_sketch(o, f, v->sketch);
 		break;
 	}
 	case SHMET_SUMMARY:
 		shmet_fmt_double(b, v->value);
 		fprintf(o, "count %llu sum %s", (unsigned long long)v->whole, b);
+		if (f->sk.count && v->sketch)
+			t_sketch(o, f, v->sketch);
 		break;
 	}
 }
@@ -1065,6 +1148,7 @@ static void print_text(FILE *o, const struct dump *d)
 				fprintf(o, "    %-22s ", label);
 				struct pvals p = pv_of_value(v);
 				t_vals(o, f, &p);
+				t_exemplars(o, f, &p);
 				fputc('\n', o);
 			}
 			if (per_worker(f)) {
@@ -1093,7 +1177,15 @@ static void print_text(FILE *o, const struct dump *d)
 				fputs("no value (only dead processes had it)", o);
 			else {
 				struct pvals p = pv_of_agg(&ss->agg, f->type);
+				/* the merged sketch: what the aggregate counts (no folded region twice) */
+				uint64_t *sk = f->sk.count ? calloc(f->sk.count + 2, 8) : NULL;
+				for (size_t k = 0; sk && k < s->nv; k++)
+					if (s->v[k].sketch && !s->v[k].folded)
+						for (uint32_t x = 0; x < f->sk.count + 2; x++)
+							sk[x] = shmet_sat_add(sk[x], s->v[k].sketch[x]);
+				p.sketch = sk;
 				t_vals(o, f, &p);
+				free(sk);
 			}
 			fputc('\n', o);
 		}

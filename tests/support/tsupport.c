@@ -183,6 +183,19 @@ int tsupport_daemon_start(struct tdaemon *d, const char *segment, const char *co
 	return -1;
 }
 
+int tsupport_daemon_log_clean(const struct tdaemon *d)
+{
+	FILE *f = fopen(d->log, "r");
+	char line[1024];
+	int clean = 1;
+	if (!f)
+		return 0;
+	while (clean && fgets(line, sizeof line, f))
+		clean = !strstr(line, "Sanitizer") && !strstr(line, "runtime error");
+	fclose(f);
+	return clean;
+}
+
 int tsupport_daemon_stop(struct tdaemon *d, int sig)
 {
 	if (d->pid <= 0)

@@ -53,6 +53,8 @@ struct tdaemon {
 /* Start build/bin/shmetricsd on segment with extra args (NULL-terminated),
  * listening on a free port; waits (bounded) until it serves.  0 on success. */
 int tsupport_daemon_start(struct tdaemon *d, const char *segment, const char *const *extra);
+/* 1 when the daemon's log so far holds no sanitizer report. */
+int tsupport_daemon_log_clean(const struct tdaemon *d);
 /* SIGTERM (or sig), then wait; returns the exit status as tsupport_wait. */
 int tsupport_daemon_stop(struct tdaemon *d, int sig);
 
