@@ -49,6 +49,9 @@ static void cleanup(void)
 
 /* ------------------------------------------------------------ loops */
 
+#define NVALUES 1024 /* a power of two */
+static double values[NVALUES];
+
 static NOINLINE void base_add(uint64_t *cell, long n)
 {
 	for (long i = 0; i < n; i++)
@@ -59,6 +62,21 @@ static NOINLINE void base_store(uint64_t *cell, long n)
 {
 	for (long i = 0; i < n; i++)
 		__atomic_store_n(cell, shmet__bits((double)i), __ATOMIC_RELAXED);
+}
+
+/* What every histogram observe does at least: add v to the sum, a double
+ * cell with one writer (relaxed load, add, relaxed store).  Each add waits
+ * for the previous one's store, so this is a latency chain (store-to-load
+ * forwarding plus the add), the floor of observe for one series. */
+static NOINLINE void base_sum(uint64_t *cell, long n)
+{
+	shmet__alias_double *d = (shmet__alias_double *)(void *)cell;
+	for (long i = 0; i < n; i++) {
+		double cur;
+		__atomic_load(d, &cur, __ATOMIC_RELAXED);
+		cur += values[i & (NVALUES - 1)];
+		__atomic_store(d, &cur, __ATOMIC_RELAXED);
+	}
 }
 
 static NOINLINE void subj_counter_inc(shmet_counter c, long n)
@@ -72,9 +90,6 @@ static NOINLINE void subj_gauge_set(shmet_gauge g, long n)
 	for (long i = 0; i < n; i++)
 		shmet_gauge_set(g, (double)i);
 }
-
-#define NVALUES 1024 /* a power of two */
-static double values[NVALUES];
 
 static NOINLINE void subj_histogram_observe(shmet_histogram h, long n)
 {
@@ -215,6 +230,7 @@ static shmet_family *the_family;
 
 static void run_base_add(void *cell, long n) { base_add((uint64_t *)cell, n); }
 static void run_base_store(void *cell, long n) { base_store((uint64_t *)cell, n); }
+static void run_base_sum(void *cell, long n) { base_sum((uint64_t *)cell, n); }
 static void run_counter_inc(void *arg, long n) { (void)arg, subj_counter_inc(the_counter, n); }
 static void run_gauge_set(void *arg, long n) { (void)arg, subj_gauge_set(the_gauge, n); }
 static void run_histogram(void *arg, long n) { (void)arg, subj_histogram_observe(the_hist, n); }
@@ -437,6 +453,11 @@ int main(void)
 	r = measure((struct loop){run_histogram, NULL}, badd, cheap / 2);
 	print_line("histogram_observe_12", r);
 	print_target("histogram_observe_12", r, 1);
+	/* how much of that target the sum's chain alone takes on this machine */
+	struct result floor = measure((struct loop){run_base_sum, shared + 4096 + 64}, badd, cheap / 2);
+	printf("# histogram_observe_12: the sum's load, add and store alone: %.3f ns/op, %.2fx the lock add "
+	       "(observe is %.2fx that floor)\n",
+	       floor.subj, floor.subj / floor.base, r.subj / floor.subj);
 
 	/* the histogram's values (over 1e-4 .. 100, every bucket) */
 	r = measure((struct loop){run_summary, NULL}, badd, cheap / 2);
