@@ -196,13 +196,14 @@ void collector_close(struct collector *c);
 bool collector_fresh_scan(struct collector *c, int timeout_ms);
 
 /* The collector's own metrics, sorted by name (render.c). */
+#define RENDER_OWN_VALUES 4 /* shmetricsd_regions: live, dead, free, history */
 struct render_own {
 	const char *name, *help;
 	enum shmet_expo_type type;
 	const char *label, *lvalue; /* at most one label per sample here */
-	double values[4];
-	const char *lvalues[4];
-	int n;
+	double values[RENDER_OWN_VALUES];
+	const char *lvalues[RENDER_OWN_VALUES];
+	int n; /* <= RENDER_OWN_VALUES */
 };
 #define RENDER_OWN_MAX 32
 size_t render_own_metrics(struct collector *c, const struct view *v, struct render_own *out);

@@ -380,7 +380,7 @@ static void encode_own(struct pool *pl, shmet_buf *b, const struct render_own *o
 		[SHMET_EXPO_GAUGE] = IO__PROMETHEUS__CLIENT__METRIC_TYPE__GAUGE,
 	};
 	Io__Prometheus__Client__MetricFamily mf = IO__PROMETHEUS__CLIENT__METRIC_FAMILY__INIT;
-	Io__Prometheus__Client__Metric *ms[3];
+	Io__Prometheus__Client__Metric *ms[RENDER_OWN_VALUES];
 	mf.name = (char *)o->name;
 	mf.help = (char *)o->help;
 	mf.has_type = true;
