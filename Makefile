@@ -25,7 +25,7 @@ DEBIAN_PACKAGES := build-essential pkg-config clang libclang-rt-14-dev \
 	liburcu-dev libmicrohttpd-dev libcmocka-dev zlib1g-dev libjansson-dev \
 	prometheus python3 python3-prometheus-client curl strace ltrace valgrind \
 	python3-dev gunicorn python3-fastapi python3-uvicorn python3-httpx \
-	chromium chromium-driver nodejs
+	chromium chromium-driver nodejs wrk
 
 ifeq ($(SANITIZER),)
   B := build
