@@ -33,6 +33,7 @@ struct view_ref {
 	const uint64_t *cells;
 	bool live;
 	bool retired; /* cells of a retired half: the float total has three components */
+	int32_t region; /* whose cells: a region's index, or -1 for the retired totals */
 };
 
 struct view_series {
@@ -62,12 +63,26 @@ struct view_stats {
 	uint64_t folds; /* regions folded into the retired totals, ever */
 };
 
+/* What the index had read of a region when a view was published: the slot
+ * word (state and generation), the directory end, and liveness. */
+struct view_stamp {
+	uint64_t state_gen, dir_end, alive;
+};
+
+/* A view is one allocation (this, the families array, the stamps); the
+ * series arrays, refs and strings it points to belong to the collector's
+ * index, which shares them between views and frees them only after a
+ * grace period in which no view points to them (view.c). */
 struct view {
 	uint32_t nfamilies;
 	struct view_family *families; /* sorted by name */
 	struct view_stats stats;
 	uint64_t built_ns;
-	struct arena *arena; /* everything above lives here */
+	uint32_t nstamps;
+	struct view_stamp *stamps; /* per region */
+	unsigned retired_half;     /* the retired half it reads, and its folds */
+	uint64_t retired_folds;
+	struct vindex *own; /* view_build's own index, freed with the view; NULL for the collector's */
 };
 
 struct collector_config {
@@ -121,7 +136,7 @@ struct collector {
 	uint64_t folds_inexact;   /* relaxed: float totals a fold had to round */
 	uint64_t writes_dropped;  /* relaxed: written by each scan, read by scrapes */
 	uint64_t registry_corrupt_logged;
-	struct builder *building; /* updater only: the view being built, for view_build_abandon */
+	struct vindex *building;  /* the index view_build is filling, for view_build_abandon */
 	uint64_t last_scan_ns;
 	uint64_t last_scrape_ns; /* duration of the last /metrics render */
 	/* Truncation (see collector_check_size): the file's size at the last
@@ -135,16 +150,46 @@ struct collector {
 	int bound_port;
 	struct stream *stream;   /* stream.c: the dashboard's frames and their clients */
 	struct history *history; /* history.c: the frames kept in the segment, or NULL */
+	struct vindex *index;     /* updater only: what the segment holds, read incrementally (view.c) */
+	uint64_t scan_no;         /* wake_mu: the scan running or last run */
+	uint64_t scans_published; /* wake_mu: the last scan whose view readers can load */
+	/* Renders shared by concurrent scrapes (collector_render), per format. */
+	pthread_mutex_t share_mu; /* guards share[] */
+	pthread_cond_t share_done;
+	struct render_share {
+		bool rendering;       /* a scrape is rendering this format now */
+		uint64_t started_ns;  /* when it started (CLOCK_MONOTONIC) */
+		uint64_t round;       /* renders finished */
+		bool ok;              /* the last one could read the segment */
+		bool shared;          /* body holds what it rendered */
+		uint32_t waiters;     /* scrapes waiting for the render running now */
+		shmet_buf body;
+	} share[2];
 };
 
 /* Test-only: the next N view builds fail as if memory ran out. */
 extern unsigned collector_test_fail_view_builds;
 
-/* Build a view of the segment as it is now (updater thread). */
+/* Build a view of the segment as it is now, from a fresh index of its own
+ * (for tests and tools: the collector's scans use the index below). */
 struct view *view_build(struct collector *c);
 /* Free what a build left when a SIGBUS ended it (siglongjmp). */
 void view_build_abandon(struct collector *c);
 void view_free(struct view *v);
+
+/* The collector's incremental index (updater thread only).
+ * view_index_update reads what the segment gained or lost since the last
+ * call and says whether a new view would differ; view_index_publish makes
+ * that view (NULL when out of memory); after the new view is published and
+ * a grace period has passed, view_index_collect frees what only older views
+ * pointed to. */
+bool view_index_update(struct collector *c);
+struct view *view_index_publish(struct collector *c);
+void view_index_collect(struct collector *c);
+void view_index_free(struct collector *c);
+/* Does v still hold everything the segment holds?  Reads only the region
+ * table, the region headers and the liveness locks (any thread). */
+bool view_current(const struct collector *c, const struct view *v);
 
 /* Open the segment, take the collector lock, build the first view. */
 int collector_open(struct collector *c, const struct collector_config *cfg, char *err, size_t errlen);
@@ -235,7 +280,14 @@ const struct shmet_seg_map *shmetd_writer_map(void); /* writer_impl.c */
 bool collector_check_size(struct collector *c, bool updater);
 
 /* Render /metrics from the current view under a guard (HTTP threads).
- * False when the segment could not be read (the body is then empty). */
+ * False when the segment could not be read (the body is then empty).
+ * A scrape that comes while another renders the same format, begun at
+ * most SHMET_SHARE_WINDOW_NS before, waits for that render and takes a copy
+ * of it: concurrent scrapes cost one render, and the values shown are at
+ * most that much older than the scrape.  A scrape never takes a render
+ * that had finished before it came, so a client that writes and then
+ * scrapes always sees its writes. */
+#define SHMET_SHARE_WINDOW_NS (UINT64_C(20) * 1000000u)
 bool collector_render(struct collector *c, shmet_buf *b, enum shmet_expo_format fmt);
 
 #endif
