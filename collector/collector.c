@@ -263,28 +263,49 @@ static struct shmet_fold_result fold_res;
 static uint64_t logged_dropped, logged_claims, logged_refused, loss_logged_ns;
 static bool loss_logged;
 
-static void log_losses(struct collector *c)
+uint64_t collector_writes_dropped(struct collector *c)
 {
-	struct shmet_segment *seg = &c->seg;
+	const struct shmet_segment *seg = &c->seg;
 	const struct shmet_retired_header *rh = shmet_retired_header(seg, shmet_retired_active(seg));
 	/* relaxed: statistics; every writer adds with relaxed atomics.  Only
-	 * this thread folds, so a region is counted either here or in rh_dropped. */
+	 * the updater folds, and a region is counted either here or in
+	 * rh_dropped (a scrape racing a fold may miss or repeat one region's
+	 * count: the maximum below keeps the figure from going down). */
+	uint64_t was = __atomic_load_n(&c->writes_dropped, __ATOMIC_RELAXED);
+	/* a truncated file: what lies past its end is not read (the figure
+	 * stays at the last one) */
+	const struct shmet_region_slot *slots = shmet_seg_slot(&seg->map, 0);
+	if (!collector_readable(seg->map.hdr, sizeof *seg->map.hdr) || !collector_readable(rh, sizeof *rh) ||
+	    !collector_readable(slots, (size_t)seg->regions * SHMET_CACHELINE))
+		return was;
 	uint64_t dropped = __atomic_load_n(&rh->rh_dropped, __ATOMIC_RELAXED) +
 			   __atomic_load_n(&seg->map.hdr->sh_dropped_orphan, __ATOMIC_RELAXED);
 	for (uint32_t i = 0; i < seg->regions; i++) {
-		struct shmet_region_info info;
-		shmet_region_info(seg, i, &info);
-		if (info.state == SHMET_REGION_LIVE &&
-		    __atomic_load_n(&rh->rh_folded_gen[i], __ATOMIC_RELAXED) != info.generation)
-			dropped += info.dropped;
+		/* acquire: pairs with the claimer's CAS, as in shmet_region_info */
+		uint64_t sg = __atomic_load_n(&shmet_seg_slot(&seg->map, i)->rs_state_gen, __ATOMIC_ACQUIRE);
+		const struct shmet_region_header *rg = (const struct shmet_region_header *)(const void *)(
+			seg->map.base + seg->regions_off + (uint64_t)i * seg->region_size);
+		if (!collector_readable(rg, sizeof *rg))
+			return was;
+		if (shmet_state_of(sg) == SHMET_REGION_LIVE &&
+		    __atomic_load_n(&rh->rh_folded_gen[i], __ATOMIC_RELAXED) != shmet_gen_of(sg))
+			dropped += __atomic_load_n(&rg->rg_dropped, __ATOMIC_RELAXED);
 	}
+	/* relaxed: the scrape's figure; never below one it showed (any worker
+	 * can write the sources) */
+	while (dropped > was &&
+	       !__atomic_compare_exchange_n(&c->writes_dropped, &was, dropped, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+	}
+	return dropped > was ? dropped : was;
+}
+
+static void log_losses(struct collector *c)
+{
+	struct shmet_segment *seg = &c->seg;
+	uint64_t dropped = collector_writes_dropped(c);
 	uint64_t claims = __atomic_load_n(&seg->map.hdr->sh_claim_failures, __ATOMIC_RELAXED);
 	uint64_t refused = __atomic_load_n(&seg->map.hdr->sh_registrations_refused, __ATOMIC_RELAXED);
 	uint64_t now = shmet__now_ns(CLOCK_MONOTONIC);
-	/* relaxed: the scrape's figure; never below one it showed (any worker
-	 * can write the sources) */
-	if (dropped > __atomic_load_n(&c->writes_dropped, __ATOMIC_RELAXED))
-		__atomic_store_n(&c->writes_dropped, dropped, __ATOMIC_RELAXED);
 	if (refused > logged_refused) {
 		collector_log("family registrations refused: %llu (+%llu): a process registered a family whose shape or "
 			      "sample names clash with one the segment already has (the application's error says which); "

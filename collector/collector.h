@@ -206,6 +206,10 @@ void collector_close(struct collector *c);
  * the view holds every series created before it.  False on timeout. */
 bool collector_fresh_scan(struct collector *c, int timeout_ms);
 
+/* Writes dropped so far, from the segment's counters now (any thread; the
+ * result never goes below one returned before). */
+uint64_t collector_writes_dropped(struct collector *c);
+
 /* Render /metrics from the current view (caller holds rcu_read_lock). */
 void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enum shmet_expo_format fmt);
 /* Aggregate one series' refs.  False when some of its cells lie past the

@@ -155,6 +155,8 @@ void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enu
 	struct history_stats hs;
 	stream_stats(c, &ss);
 	history_stats(c->history, &hs);
+	/* read now: a scrape that finds the view current triggers no scan */
+	double writes_dropped = (double)collector_writes_dropped(c);
 	const struct own own[] = {
 		{"shmetricsd_build_info", "Build of this collector; the value is always 1.", SHMET_EXPO_GAUGE,
 		 "version", SHMET_VERSION_STRING, {1}, {0}, 0},
@@ -211,7 +213,7 @@ void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enu
 		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)ss.refused}, {0}, 0},
 		{"shmetricsd_writes_dropped_total",
 		 "Writes refused on the hot path (fallback handles, NaN, negative counter increments) or made without a region.",
-		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)__atomic_load_n(&c->writes_dropped, __ATOMIC_RELAXED)}, {0}, 0},
+		 SHMET_EXPO_COUNTER, NULL, NULL, {writes_dropped}, {0}, 0},
 	};
 	size_t nown = sizeof own / sizeof *own, o = 0;
 	for (uint32_t i = 0; i < v->nfamilies; i++) {
