@@ -2,13 +2,29 @@
  * updater that builds it, and the HTTP side that renders it.
  *
  * Threads and what they may touch:
- *   updater (one)     scans regions, folds dead ones, builds and publishes a
- *                     new struct view with rcu_assign_pointer, waits a grace
- *                     period (synchronize_rcu), then frees the old view and
- *                     the folded regions.
- *   HTTP threads      rcu_read_lock(); v = rcu_dereference(c->view); render
- *                     from v, reading values straight from the cells;
- *                     rcu_read_unlock().  They never write the segment.
+ *   updater (one)     scans regions, folds dead ones, and keeps the index
+ *                     (view.c): per region it reads only the directory
+ *                     records appended since its last scan.  When what a
+ *                     scrape would show changed, it publishes a new struct
+ *                     view with a release store (view_publish) that shares
+ *                     every unchanged family's series array with the old
+ *                     one, lets waiting scrapes go (scans_published, under
+ *                     wake_mu), waits a grace period (synchronize_rcu), then
+ *                     frees the old view, what only it pointed to, and the
+ *                     folded regions.
+ *   HTTP threads      rcu_read_lock(); v = view_enter(c) (acquire load);
+ *                     if view_current(c, v) (the region table still matches
+ *                     the stamps v was built from: slot words, directory
+ *                     ends, liveness), render from v at once, reading values
+ *                     straight from the cells; otherwise ask the updater for
+ *                     a scan and wait until its view is published, which
+ *                     costs only the increment since.  So a scrape never
+ *                     waits for a whole rescan, nor for another scrape's
+ *                     render (the grace period comes after the wake-up).
+ *                     Scrapes of one format that arrive while a render of it
+ *                     begun less than SHMET_SHARE_WINDOW_NS ago runs wait
+ *                     for that render and copy it (share_mu).  They never
+ *                     write the segment.
  * RCU flavour: urcu-bp, because libmicrohttpd creates its threads without a
  * hook where they could register.  We call liburcu's functions rather than
  * its inline versions (no _LGPL_SOURCE): the inline read lock touches a

@@ -474,10 +474,13 @@ static void run_http_c16(void)
 	close_served(&coll, path);
 }
 
-/* argv: "render" or "http" runs only those lines (default: all). */
+/* argv: "render", "http", "churn" or "c16" runs only those lines (default: all). */
 int main(int argc, char **argv)
 {
-	bool render = argc < 2 || strcmp(argv[1], "render") == 0, http = argc < 2 || strcmp(argv[1], "http") == 0;
+	const char *only = argc < 2 ? NULL : argv[1];
+	bool render = !only || strcmp(only, "render") == 0;
+	bool churn = !only || strcmp(only, "http") == 0 || strcmp(only, "churn") == 0;
+	bool c16 = !only || strcmp(only, "http") == 0 || strcmp(only, "c16") == 0;
 	/* the holder tree reads stdin as its stop signal: give it a pipe */
 	int p[2];
 	if (pipe(p) == 0)
@@ -489,9 +492,9 @@ int main(int argc, char **argv)
 		run("scrape_100x1000_after_10000_recycled", 100, 128u << 10, 1000, 10000);
 	}
 	signal(SIGPIPE, SIG_IGN);
-	if (http) {
+	if (churn)
 		run_http_100000();
+	if (c16)
 		run_http_c16();
-	}
 	return 0;
 }
