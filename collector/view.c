@@ -49,7 +49,8 @@ struct iseries {
 	struct view_ref *refs;
 	struct view_ref *pub;        /* the refs the last published view shows (immutable) */
 	uint32_t npub;
-	bool dirty;                  /* refs differ from pub */
+	bool dirty;                  /* refs differ from pub: listed in its family's touched */
+	bool fresh;                  /* listed in its family's fresh, not yet in sorted */
 	struct ifamily *fam;
 	/* one malloc: this struct, the value pointers, the strings */
 };
@@ -61,6 +62,8 @@ struct ifamily {
 	uint32_t nsorted, cap;
 	struct iseries **fresh;      /* met since the last publication */
 	uint32_t nfresh, fresh_cap;
+	struct iseries **touched;    /* series whose refs changed since the last publication */
+	uint32_t ntouched, touched_cap;
 	bool dirty;                  /* a series came or changed its refs */
 	void *block;                 /* out's strings and arrays */
 };
@@ -157,6 +160,7 @@ static void vindex_free(struct vindex *x)
 		}
 		free(f->sorted);
 		free(f->fresh);
+		free(f->touched);
 		free(f->out.series);
 		keymap_free(&f->index);
 		free(f->block);
@@ -327,6 +331,7 @@ static struct iseries *series_for(struct vindex *x, struct ifamily *f, const str
 		return NULL;
 	}
 	s->fam = f;
+	s->fresh = true;
 	f->fresh[f->nfresh++] = s;
 	f->dirty = true;
 	return s;
@@ -358,9 +363,25 @@ static struct iregion *region_of(struct vindex *x, int region)
 
 static void mark(struct vindex *x, struct iseries *s)
 {
-	s->dirty = true;
-	s->fam->dirty = true;
+	struct ifamily *f = s->fam;
+	f->dirty = true;
 	x->changed = true;
+	if (s->dirty)
+		return;
+	if (f->ntouched == f->touched_cap) {
+		uint32_t cap = f->touched_cap ? 2 * f->touched_cap : 64;
+		struct iseries **n = realloc(f->touched, cap * sizeof *n);
+		if (!n) {
+			x->oom = true; /* publication then walks every series of the family */
+			f->ntouched = UINT32_MAX;
+			return;
+		}
+		f->touched = n;
+		f->touched_cap = cap;
+	}
+	if (f->ntouched != UINT32_MAX)
+		f->touched[f->ntouched++] = s;
+	s->dirty = true;
 }
 
 static bool per_worker_family(const struct view_family *f)
@@ -607,13 +628,181 @@ static int series_cmp(const void *a, const void *b)
 	return 0;
 }
 
-/* A changed family's new series array; the old one becomes garbage. */
-static bool family_publish(struct vindex *x, struct ifamily *f)
+static int values_cmp(const char *const *a, const char *const *b, uint32_t n)
 {
-	sort_nlabels = f->out.nlabels;
+	for (uint32_t i = 0; i < n; i++) {
+		int c = strcmp(a[i], b[i]);
+		if (c)
+			return c;
+	}
+	return 0;
+}
+
+/* The first position in a[0..n) whose values are not below v. */
+static uint32_t vs_lower_bound(const struct view_series *a, uint32_t n, const char *const *v, uint32_t nl)
+{
+	uint32_t lo = 0, hi = n;
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (values_cmp(a[mid].values, v, nl) < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static uint32_t is_lower_bound(struct iseries *const *a, uint32_t n, const char *const *v, uint32_t nl)
+{
+	uint32_t lo = 0, hi = n;
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (values_cmp(a[mid]->values, v, nl) < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static struct view_series series_entry(const struct iseries *s)
+{
+	return (struct view_series){
+		.labels = s->labels,
+		.labels_len = s->labels_len,
+		.nrefs = s->npub,
+		.refs = s->pub,
+		.values = s->values,
+	};
+}
+
+/* A touched series' refs as the next view shows them. */
+static bool series_repub(struct vindex *x, struct iseries *s)
+{
+	struct view_ref *p = NULL;
+	if (s->nrefs && !(p = malloc(s->nrefs * sizeof *p)))
+		return false;
+	if (s->nrefs)
+		memcpy(p, s->refs, s->nrefs * sizeof *p);
+	if (!garbage(x, s->pub)) {
+		free(p);
+		return false;
+	}
+	s->pub = p;
+	s->npub = s->nrefs;
+	s->dirty = false;
+	return true;
+}
+
+/* One change to the published array: at pos (of the old array), insert e
+ * before it, or replace or drop the entry there. */
+struct edit {
+	uint32_t pos;
+	char op; /* 'i' before 'r'/'d' at the same pos */
+	struct view_series e;
+};
+
+static __thread uint32_t edit_nlabels;
+static int edit_cmp(const void *a, const void *b)
+{
+	const struct edit *x = a, *y = b;
+	if (x->pos != y->pos)
+		return x->pos < y->pos ? -1 : 1;
+	if (x->op != 'i' || y->op != 'i')
+		return (x->op != 'i') - (y->op != 'i');
+	return values_cmp(x->e.values, y->e.values, edit_nlabels); /* two new ones in one gap */
+}
+
+/* A few series came or changed in a large family: the new array is the old
+ * one copied, with those edits, found by binary search.  O(n) copying and
+ * O(k log n) comparisons, never a comparison per series of the family.
+ * false: out of memory, nothing published changed. */
+static bool family_patch(struct vindex *x, struct ifamily *f)
+{
+	uint32_t nl = f->out.nlabels, n = f->out.nseries, k = f->nfresh + f->ntouched;
+	struct edit *ed = malloc((k + 1) * sizeof *ed);
+	uint32_t ne = 0;
+	if (!ed)
+		return false;
+	/* positions in the old array, by what the old view shows */
+	for (uint32_t i = 0; i < f->ntouched; i++) {
+		struct iseries *s = f->touched[i];
+		if (s->dirty && !series_repub(x, s)) {
+			free(ed);
+			return false;
+		}
+		if (s->fresh)
+			continue; /* placed below, with the new ones */
+		/* whether the old view shows it: found there, not taken from
+		 * npub (an earlier attempt that ran out of memory changed it) */
+		uint32_t p = vs_lower_bound(f->out.series, n, s->values, nl);
+		bool was = p < n && values_cmp(f->out.series[p].values, s->values, nl) == 0;
+		if (was && s->npub)
+			ed[ne++] = (struct edit){p, 'r', series_entry(s)};
+		else if (was)
+			ed[ne++] = (struct edit){p, 'd', {0}};
+		else if (s->npub)
+			ed[ne++] = (struct edit){p, 'i', series_entry(s)};
+	}
+	for (uint32_t i = 0; i < f->nfresh; i++)
+		if (f->fresh[i]->npub)
+			ed[ne++] = (struct edit){vs_lower_bound(f->out.series, n, f->fresh[i]->values, nl), 'i',
+						 series_entry(f->fresh[i])};
+	edit_nlabels = nl;
+	qsort(ed, ne, sizeof *ed, edit_cmp);
+	uint32_t shown = n;
+	for (uint32_t i = 0; i < ne; i++)
+		shown += ed[i].op == 'i' ? 1 : ed[i].op == 'd' ? (uint32_t)-1 : 0;
+	struct view_series *vs = malloc((shown + 1) * sizeof *vs);
+	/* the private sorted array, with the new series in place */
+	struct iseries **m = f->nfresh ? malloc((f->nsorted + f->nfresh) * sizeof *m) : NULL;
+	if (!vs || (f->nfresh && !m) || !garbage(x, f->out.series)) {
+		free(vs);
+		free(m);
+		free(ed);
+		return false;
+	}
+	uint32_t from = 0, out = 0;
+	for (uint32_t i = 0; i < ne; i++) {
+		memcpy(vs + out, f->out.series + from, (ed[i].pos - from) * sizeof *vs);
+		out += ed[i].pos - from;
+		from = ed[i].pos;
+		if (ed[i].op == 'i') {
+			vs[out++] = ed[i].e;
+		} else {
+			if (ed[i].op == 'r')
+				vs[out++] = ed[i].e;
+			from++;
+		}
+	}
+	memcpy(vs + out, f->out.series + from, (n - from) * sizeof *vs);
+	free(ed);
+	if (m) {
+		uint32_t at = 0, o = 0;
+		for (uint32_t j = 0; j < f->nfresh; j++) {
+			uint32_t p = is_lower_bound(f->sorted, f->nsorted, f->fresh[j]->values, nl);
+			memcpy(m + o, f->sorted + at, (p - at) * sizeof *m);
+			o += p - at;
+			at = p;
+			m[o++] = f->fresh[j];
+			f->fresh[j]->fresh = false;
+		}
+		memcpy(m + o, f->sorted + at, (f->nsorted - at) * sizeof *m);
+		free(f->sorted);
+		f->sorted = m;
+		f->nsorted = f->cap = f->nsorted + f->nfresh;
+		f->nfresh = 0;
+	}
+	f->out.series = vs;
+	f->out.nseries = shown;
+	return true;
+}
+
+/* Every series of the family walked: the first publication, or many changes. */
+static bool family_rebuild(struct vindex *x, struct ifamily *f)
+{
 	if (f->nfresh) {
-		/* the new series sorted, then merged: O(n + k log k) */
-		qsort(f->fresh, f->nfresh, sizeof *f->fresh, series_cmp);
+		/* the new series (sorted), merged: O(n + k log k) */
 		uint32_t n = f->nsorted + f->nfresh;
 		struct iseries **m = malloc(n * sizeof *m);
 		if (!m)
@@ -623,6 +812,8 @@ static bool family_publish(struct vindex *x, struct ifamily *f)
 			m[k++] = j == f->nfresh || (i < f->nsorted && series_cmp(&f->sorted[i], &f->fresh[j]) <= 0)
 					 ? f->sorted[i++]
 					 : f->fresh[j++];
+		for (j = 0; j < f->nfresh; j++)
+			f->fresh[j]->fresh = false;
 		free(f->sorted); /* the updater's own: no reader sees it */
 		f->sorted = m;
 		f->nsorted = f->cap = n;
@@ -631,20 +822,8 @@ static bool family_publish(struct vindex *x, struct ifamily *f)
 	uint32_t shown = 0;
 	for (uint32_t i = 0; i < f->nsorted; i++) {
 		struct iseries *s = f->sorted[i];
-		if (s->dirty) {
-			struct view_ref *p = NULL;
-			if (s->nrefs && !(p = malloc(s->nrefs * sizeof *p)))
-				return false;
-			if (s->nrefs)
-				memcpy(p, s->refs, s->nrefs * sizeof *p);
-			if (!garbage(x, s->pub)) {
-				free(p);
-				return false;
-			}
-			s->pub = p;
-			s->npub = s->nrefs;
-			s->dirty = false;
-		}
+		if (s->dirty && !series_repub(x, s))
+			return false;
 		shown += s->npub > 0;
 	}
 	struct view_series *vs = malloc((shown + 1) * sizeof *vs);
@@ -653,21 +832,33 @@ static bool family_publish(struct vindex *x, struct ifamily *f)
 		return false;
 	}
 	uint32_t k = 0;
-	for (uint32_t i = 0; i < f->nsorted; i++) {
-		const struct iseries *s = f->sorted[i];
-		if (s->npub)
-			vs[k++] = (struct view_series){
-				.labels = s->labels,
-				.labels_len = s->labels_len,
-				.nrefs = s->npub,
-				.refs = s->pub,
-				.values = s->values,
-			};
-	}
+	for (uint32_t i = 0; i < f->nsorted; i++)
+		if (f->sorted[i]->npub)
+			vs[k++] = series_entry(f->sorted[i]);
 	f->out.series = vs;
 	f->out.nseries = shown;
-	f->dirty = false;
 	return true;
+}
+
+/* A changed family's new series array; the old one becomes garbage. */
+static bool family_publish(struct vindex *x, struct ifamily *f)
+{
+	uint32_t nl = f->out.nlabels;
+	sort_nlabels = nl;
+	if (f->nfresh)
+		qsort(f->fresh, f->nfresh, sizeof *f->fresh, series_cmp);
+	bool ok;
+	if (f->out.series && f->ntouched != UINT32_MAX &&
+	    (uint64_t)(f->nfresh + f->ntouched) * 16 <= f->nsorted) {
+		ok = family_patch(x, f);
+	} else {
+		ok = family_rebuild(x, f);
+	}
+	if (ok) {
+		f->ntouched = 0;
+		f->dirty = false;
+	}
+	return ok;
 }
 
 /* A view of the index as it is; NULL when memory ran out (the index stays

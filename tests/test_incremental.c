@@ -23,7 +23,8 @@ struct writer {
 };
 
 struct wcmd {
-	char op;       /* c: counter series += n; m: n new series, +1 each; q: exit */
+	char op;       /* c: counter series += n; m: n new series, +1 each; g: gauge series := n;
+			  G: n gauge series label00.., := 1; q: exit */
 	char label[31];
 	uint32_t n;
 };
@@ -32,10 +33,11 @@ static void writer_loop(const char *seg, int cmd, int ack)
 {
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	struct shmet_options o = {seg, 0, 0, 0, false};
-	shmet_family *f, *g;
+	shmet_family *f, *g, *h;
 	const char *l[] = {"path"};
 	if (shmet_init(&o) != SHMET_OK ||
 	    shmet_counter_register(&f, "inc_requests_total", "Requests.", 1, l) != SHMET_OK ||
+	    shmet_gauge_register(&h, "inc_load", "Load.", SHMET_GAUGE_SUM, 1, l) != SHMET_OK ||
 	    shmet_gauge_register(&g, "inc_temperature", "Temperature.", SHMET_GAUGE_MOSTRECENT, 0, NULL) != SHMET_OK)
 		_exit(1);
 	shmet_gauge_set(shmet_gauge_get(g, NULL), 21.5);
@@ -48,6 +50,18 @@ static void writer_loop(const char *seg, int cmd, int ack)
 			shmet_counter c = shmet_counter_labels(f, w.label);
 			r = c.off != 0;
 			shmet_counter_add_u64(c, w.n);
+		} else if (w.op == 'g') {
+			shmet_gauge gg = shmet_gauge_labels(h, w.label);
+			r = gg.off != 0;
+			shmet_gauge_set(gg, w.n);
+		} else if (w.op == 'G') {
+			for (uint32_t i = 0; i < w.n && r; i++) {
+				char v[40];
+				snprintf(v, sizeof v, "%s%02u", w.label, i);
+				shmet_gauge gg = shmet_gauge_labels(h, v);
+				r = gg.off != 0;
+				shmet_gauge_set(gg, 1);
+			}
 		} else if (w.op == 'm') {
 			for (uint32_t i = 0; i < w.n && r; i++) {
 				char v[32];
@@ -425,6 +439,61 @@ static void test_incremental_record_rewritten_after_read_not_trusted(void **stat
 	collector_close(&c);
 }
 
+/* In a large family, a series that goes (its only worker died and was
+ * folded: a sum gauge keeps nothing) and comes back (another worker) is
+ * patched into the published array at its place, the rest copied. */
+static void check_load(struct collector *c, uint32_t want, double odd)
+{
+	const struct view_family *f = family(c->view, "inc_load");
+	assert_non_null(f);
+	assert_int_equal(f->nseries, want);
+	bool seen = false;
+	for (uint32_t k = 0; k < f->nseries; k++) {
+		if (k && strcmp(f->series[k - 1].values[0], f->series[k].values[0]) >= 0)
+			fail_msg("out of order: %s before %s", f->series[k - 1].values[0], f->series[k].values[0]);
+		struct shmet_agg acc;
+		view_series_agg(f, &f->series[k], &acc);
+		bool is_odd = strcmp(f->series[k].values[0], "/p31x") == 0;
+		seen |= is_odd;
+		assert_double_equal_exact(shmet_agg_value(&acc, SHMET_GAUGE), is_odd ? odd : 1);
+		if (is_odd)
+			assert_int_equal(k, 32);
+	}
+	assert_int_equal(seen, !isnan(odd));
+}
+
+static void test_incremental_series_gone_and_back_patched_in_place(void **state)
+{
+	(void)state;
+	static struct collector c;
+	const char *seg = tsupport_segment("inc-patch");
+	open_collector(&c, seg, 4);
+	struct writer w1, w2, w3;
+	writer_start(&w1, seg);
+	writer_start(&w2, seg);
+	writer_do(&w1, 'G', "/p", 64, true);
+	collector_scan(&c);
+	check_load(&c, 64, NAN);
+	writer_do(&w2, 'g', "/p31x", 5, true);
+	collector_scan(&c);
+	check_load(&c, 65, 5);
+	writer_kill(&w2);
+	collector_scan(&c); /* folded: its gauge is gone */
+	collector_scan(&c);
+	check_load(&c, 64, NAN);
+	writer_start(&w3, seg);
+	writer_do(&w3, 'g', "/p31x", 7, true);
+	collector_scan(&c);
+	check_load(&c, 65, 7);
+	char *body = render(&c);
+	assert_double_equal_exact(tsupport_sample(body, "inc_load{path=\"/p31x\"}"), 7);
+	assert_double_equal_exact(tsupport_sample(body, "inc_load{path=\"/p63\"}"), 1);
+	free(body);
+	writer_kill(&w1);
+	writer_kill(&w3);
+	collector_close(&c);
+}
+
 /* A scrape that finds the view current renders at once; one that finds a
  * region grown waits only for that increment. */
 static void test_incremental_view_current_tracks_segment(void **state)
@@ -463,6 +532,7 @@ int main(void)
 		cmocka_unit_test(test_incremental_appends_during_scans_none_lost),
 		cmocka_unit_test(test_incremental_region_reused_read_from_start),
 		cmocka_unit_test(test_incremental_record_rewritten_after_read_not_trusted),
+		cmocka_unit_test(test_incremental_series_gone_and_back_patched_in_place),
 		cmocka_unit_test(test_incremental_view_current_tracks_segment),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
