@@ -199,6 +199,7 @@ bool collector_render(struct collector *c, shmet_buf *b, enum shmet_expo_format 
 		sh->waiters--;
 		if (sh->round == round + 1 && sh->shared) {
 			bool ok = sh->ok;
+			shmet_buf_reserve(b, sh->body.len);
 			shmet_buf_append(b, sh->body.data, sh->body.len);
 			pthread_mutex_unlock(&c->share_mu);
 			return ok;
@@ -212,7 +213,11 @@ bool collector_render(struct collector *c, shmet_buf *b, enum shmet_expo_format 
 	}
 	sh->rendering = true;
 	sh->started_ns = now;
+	size_t expect = sh->last_len;
 	pthread_mutex_unlock(&c->share_mu);
+	/* room for what the last render wrote, and some: growing by doubling
+	 * would copy the body over and over */
+	shmet_buf_reserve(b, expect + expect / 8 + 4096);
 	bool ok = render_alone(c, b, fmt);
 	pthread_mutex_lock(&c->share_mu);
 	sh->shared = false;
@@ -222,6 +227,7 @@ bool collector_render(struct collector *c, shmet_buf *b, enum shmet_expo_format 
 		sh->shared = !sh->body.oom && !b->oom;
 	}
 	sh->ok = ok;
+	sh->last_len = b->len;
 	sh->rendering = false;
 	sh->round++;
 	pthread_cond_broadcast(&c->share_done);

@@ -58,6 +58,8 @@ struct view_series {
 	uint32_t nrefs;
 	struct view_ref *refs;
 	const char *const *values; /* raw label values, for the JSON API */
+	const char *line;          /* `name{labels} `: a counter's or gauge's sample line up to its value */
+	uint32_t line_len;
 };
 
 struct view_family {
@@ -179,6 +181,7 @@ struct collector {
 		bool ok;              /* the last one could read the segment */
 		bool shared;          /* body holds what it rendered */
 		uint32_t waiters;     /* scrapes waiting for the render running now */
+		size_t last_len;      /* bytes the last render wrote */
 		shmet_buf body;
 	} share[2];
 };

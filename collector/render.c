@@ -92,7 +92,11 @@ static void render_family(shmet_buf *b, enum shmet_expo_format fmt, const struct
 		switch (f->type) {
 		case SHMET_COUNTER:
 		case SHMET_GAUGE:
-			put_line(b, fmt, f->name, nl, "", 0, s, NULL, v, false);
+			/* the line up to its value was made with the series: one copy */
+			shmet_buf_reserve(b, s->line_len + SHMET_FMT_DOUBLE_MAX + 2);
+			shmet_buf_append(b, s->line, s->line_len);
+			put_value(b, fmt, v, false);
+			shmet_buf_putc(b, '\n');
 			break;
 		case SHMET_HISTOGRAM: {
 			uint64_t cum = 0;

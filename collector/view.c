@@ -45,12 +45,15 @@ struct iseries {
 	const char *const *values;   /* nlabels values (the last: worker for per-worker gauges) */
 	const char *labels;          /* pre-escaped `a="x",b="y"` (empty values left out) */
 	uint32_t labels_len;
+	uint32_t line_len;
+	const char *line;            /* `name{labels} `, made once: a render copies it whole */
 	uint32_t nrefs, cap;         /* working refs, changed by scans */
 	struct view_ref *refs;
 	struct view_ref *pub;        /* the refs the last published view shows (immutable) */
 	uint32_t npub;
 	bool dirty;                  /* refs differ from pub: listed in its family's touched */
 	bool fresh;                  /* listed in its family's fresh, not yet in sorted */
+	bool pub_packed;             /* pub lies in its family's packed block, not a block of its own */
 	struct ifamily *fam;
 	/* one malloc: this struct, the value pointers, the strings */
 };
@@ -66,6 +69,8 @@ struct ifamily {
 	uint32_t ntouched, touched_cap;
 	bool dirty;                  /* a series came or changed its refs */
 	void *block;                 /* out's strings and arrays */
+	void *packed;                /* refs and line text of every shown series, in their order */
+	uint32_t npatched;           /* entries patched in since the last packing */
 };
 
 struct iregion {
@@ -115,6 +120,23 @@ static bool garbage(struct vindex *x, void *p)
 	return true;
 }
 
+/* Room for n more garbage entries, so that the garbage() calls after it
+ * cannot fail half way through a change. */
+static bool garbage_reserve(struct vindex *x, uint32_t n)
+{
+	if (x->garbage_cap - x->ngarbage >= n)
+		return true;
+	uint32_t cap = x->garbage_cap ? x->garbage_cap : 256;
+	while (cap - x->ngarbage < n)
+		cap *= 2;
+	void **g = realloc(x->garbage, cap * sizeof *g);
+	if (!g)
+		return false;
+	x->garbage = g;
+	x->garbage_cap = cap;
+	return true;
+}
+
 static struct vindex *vindex_new(struct collector *c)
 {
 	struct vindex *x = calloc(1, sizeof *x);
@@ -150,17 +172,20 @@ static void vindex_free(struct vindex *x)
 		struct ifamily *f = x->fams[i];
 		for (uint32_t k = 0; k < f->nsorted; k++) {
 			free(f->sorted[k]->refs);
-			free(f->sorted[k]->pub);
+			if (!f->sorted[k]->pub_packed)
+				free(f->sorted[k]->pub);
 			free(f->sorted[k]);
 		}
 		for (uint32_t k = 0; k < f->nfresh; k++) {
 			free(f->fresh[k]->refs);
-			free(f->fresh[k]->pub);
+			if (!f->fresh[k]->pub_packed)
+				free(f->fresh[k]->pub);
 			free(f->fresh[k]);
 		}
 		free(f->sorted);
 		free(f->fresh);
 		free(f->touched);
+		free(f->packed);
 		free(f->out.series);
 		keymap_free(&f->index);
 		free(f->block);
@@ -278,7 +303,9 @@ static struct iseries *series_new(struct vindex *x, const struct ifamily *f, con
 	}
 	if (t->oom)
 		return NULL;
-	size_t size = sizeof(struct iseries) + (o->nlabels + 1) * sizeof(char *) + t->len + 1;
+	size_t name_len = strlen(o->name);
+	size_t line_len = name_len + (t->len ? t->len + 2 : 0) + 1;
+	size_t size = sizeof(struct iseries) + (o->nlabels + 1) * sizeof(char *) + t->len + 1 + line_len + 1;
 	for (uint32_t k = 0; k < r->series.nvalues; k++)
 		size += r->series.value_lens[k] + 1;
 	size += wl + 1;
@@ -302,6 +329,19 @@ static struct iseries *series_new(struct vindex *x, const struct ifamily *f, con
 	s->values = vals;
 	s->labels = p;
 	s->labels_len = (uint32_t)t->len;
+	p += t->len + 1;
+	s->line = p;
+	s->line_len = (uint32_t)line_len;
+	memcpy(p, o->name, name_len);
+	p += name_len;
+	if (t->len) {
+		*p++ = '{';
+		memcpy(p, s->labels, t->len);
+		p += t->len;
+		*p++ = '}';
+	}
+	*p++ = ' ';
+	*p = 0;
 	return s;
 }
 
@@ -673,6 +713,8 @@ static struct view_series series_entry(const struct iseries *s)
 		.nrefs = s->npub,
 		.refs = s->pub,
 		.values = s->values,
+		.line = s->line,
+		.line_len = s->line_len,
 	};
 }
 
@@ -684,10 +726,11 @@ static bool series_repub(struct vindex *x, struct iseries *s)
 		return false;
 	if (s->nrefs)
 		memcpy(p, s->refs, s->nrefs * sizeof *p);
-	if (!garbage(x, s->pub)) {
+	if (!s->pub_packed && !garbage(x, s->pub)) {
 		free(p);
 		return false;
 	}
+	s->pub_packed = false;
 	s->pub = p;
 	s->npub = s->nrefs;
 	s->dirty = false;
@@ -795,6 +838,7 @@ static bool family_patch(struct vindex *x, struct ifamily *f)
 	}
 	f->out.series = vs;
 	f->out.nseries = shown;
+	f->npatched += ne;
 	return true;
 }
 
@@ -819,22 +863,67 @@ static bool family_rebuild(struct vindex *x, struct ifamily *f)
 		f->nsorted = f->cap = n;
 		f->nfresh = 0;
 	}
-	uint32_t shown = 0;
+	/* Packed: the refs and line text of every shown series in one block, in
+	 * the order a render walks them, as the cells' pointers are chased
+	 * anyway: a render then reads memory in sequence, not one scattered
+	 * block per series. */
+	uint32_t shown = 0, loose = 0;
+	size_t bytes = 0;
 	for (uint32_t i = 0; i < f->nsorted; i++) {
-		struct iseries *s = f->sorted[i];
-		if (s->dirty && !series_repub(x, s))
-			return false;
-		shown += s->npub > 0;
+		const struct iseries *s = f->sorted[i];
+		uint32_t n = s->dirty ? s->nrefs : s->npub;
+		loose += s->pub && !s->pub_packed;
+		if (!n)
+			continue;
+		shown++;
+		bytes += n * sizeof(struct view_ref) + shmet_align8((uint64_t)s->line_len + 1) +
+			 shmet_align8((uint64_t)s->labels_len + 1);
 	}
+	unsigned char *blk = malloc(bytes ? bytes : 1);
 	struct view_series *vs = malloc((shown + 1) * sizeof *vs);
-	if (!vs || !garbage(x, f->out.series)) {
+	if (!blk || !vs || !garbage_reserve(x, loose + 2)) {
+		free(blk);
 		free(vs);
 		return false;
 	}
+	garbage(x, f->out.series);
+	garbage(x, f->packed);
+	unsigned char *p = blk;
 	uint32_t k = 0;
-	for (uint32_t i = 0; i < f->nsorted; i++)
-		if (f->sorted[i]->npub)
-			vs[k++] = series_entry(f->sorted[i]);
+	for (uint32_t i = 0; i < f->nsorted; i++) {
+		struct iseries *s = f->sorted[i];
+		uint32_t n = s->dirty ? s->nrefs : s->npub;
+		const struct view_ref *src = s->dirty ? s->refs : s->pub;
+		struct view_ref *refs = NULL;
+		if (n) {
+			refs = (struct view_ref *)(void *)p;
+			memcpy(refs, src, n * sizeof *refs);
+			p += n * sizeof *refs;
+			char *line = (char *)p;
+			memcpy(line, s->line, (size_t)s->line_len + 1);
+			p += shmet_align8((uint64_t)s->line_len + 1);
+			char *labels = (char *)p;
+			memcpy(labels, s->labels, (size_t)s->labels_len + 1);
+			p += shmet_align8((uint64_t)s->labels_len + 1);
+			vs[k++] = (struct view_series){
+				.labels = labels,
+				.labels_len = s->labels_len,
+				.nrefs = n,
+				.refs = refs,
+				.values = s->values,
+				.line = line,
+				.line_len = s->line_len,
+			};
+		}
+		if (s->pub && !s->pub_packed)
+			garbage(x, s->pub);
+		s->pub = refs;
+		s->npub = n;
+		s->pub_packed = n > 0;
+		s->dirty = false;
+	}
+	f->packed = blk;
+	f->npatched = 0;
 	f->out.series = vs;
 	f->out.nseries = shown;
 	return true;
@@ -848,8 +937,10 @@ static bool family_publish(struct vindex *x, struct ifamily *f)
 	if (f->nfresh)
 		qsort(f->fresh, f->nfresh, sizeof *f->fresh, series_cmp);
 	bool ok;
+	/* patched entries lie outside the packed block: pack again once they
+	 * are more than a sixteenth */
 	if (f->out.series && f->ntouched != UINT32_MAX &&
-	    (uint64_t)(f->nfresh + f->ntouched) * 16 <= f->nsorted) {
+	    ((uint64_t)f->nfresh + f->ntouched + f->npatched) * 16 <= f->nsorted) {
 		ok = family_patch(x, f);
 	} else {
 		ok = family_rebuild(x, f);
