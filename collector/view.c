@@ -120,6 +120,18 @@ static bool garbage(struct vindex *x, void *p)
 	return true;
 }
 
+/* A published array's allocation, rounded up to eight steps per power of
+ * two: one that grows by a series keeps its size class, so glibc serves it
+ * from the heap again instead of mapping (and faulting in) fresh pages for
+ * each publication once it passed the mmap threshold. */
+static void *alloc_rounded(size_t n)
+{
+	size_t step = 64;
+	while (step * 16 <= n)
+		step *= 2;
+	return malloc((n + step - 1) / step * step);
+}
+
 /* Room for n more garbage entries, so that the garbage() calls after it
  * cannot fail half way through a change. */
 static bool garbage_reserve(struct vindex *x, uint32_t n)
@@ -796,9 +808,9 @@ static bool family_patch(struct vindex *x, struct ifamily *f)
 	uint32_t shown = n;
 	for (uint32_t i = 0; i < ne; i++)
 		shown += ed[i].op == 'i' ? 1 : ed[i].op == 'd' ? (uint32_t)-1 : 0;
-	struct view_series *vs = malloc((shown + 1) * sizeof *vs);
+	struct view_series *vs = alloc_rounded((shown + 1) * sizeof *vs);
 	/* the private sorted array, with the new series in place */
-	struct iseries **m = f->nfresh ? malloc((f->nsorted + f->nfresh) * sizeof *m) : NULL;
+	struct iseries **m = f->nfresh ? alloc_rounded((f->nsorted + f->nfresh) * sizeof *m) : NULL;
 	if (!vs || (f->nfresh && !m) || !garbage(x, f->out.series)) {
 		free(vs);
 		free(m);
@@ -879,8 +891,8 @@ static bool family_rebuild(struct vindex *x, struct ifamily *f)
 		bytes += n * sizeof(struct view_ref) + shmet_align8((uint64_t)s->line_len + 1) +
 			 shmet_align8((uint64_t)s->labels_len + 1);
 	}
-	unsigned char *blk = malloc(bytes ? bytes : 1);
-	struct view_series *vs = malloc((shown + 1) * sizeof *vs);
+	unsigned char *blk = alloc_rounded(bytes ? bytes : 1);
+	struct view_series *vs = alloc_rounded((shown + 1) * sizeof *vs);
 	if (!blk || !vs || !garbage_reserve(x, loose + 2)) {
 		free(blk);
 		free(vs);
