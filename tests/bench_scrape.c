@@ -28,6 +28,25 @@
 #include <unistd.h>
 #include <urcu-bp.h>
 
+/* In a writer process: `series` counters of one family (exits on failure). */
+static shmet_family *fill_series(int series)
+{
+	shmet_family *f;
+	const char *l[] = {"method", "route", "status"};
+	if (shmet_counter_register(&f, "bench_requests_total", "Requests.", 3, l) != SHMET_OK)
+		_exit(1);
+	char route[32], status[8];
+	for (int s = 0; s < series; s++) {
+		snprintf(route, sizeof route, "/api/v1/item/%d", s / 5);
+		snprintf(status, sizeof status, "%d", 200 + s % 5);
+		shmet_counter c = shmet_counter_labels(f, "GET", route, status);
+		if (!c.off)
+			_exit(1);
+		shmet_counter_add_u64(c, (uint64_t)s * 7 + 1);
+	}
+	return f;
+}
+
 /* Children that register `series` counters each and stay alive holding
  * their region until the pipe closes. */
 static int spawn_holders(int n, int series, pid_t *pids)
@@ -39,18 +58,7 @@ static int spawn_holders(int n, int series, pid_t *pids)
 		pids[i] = fork();
 		if (pids[i] == 0) {
 			close(gate[1]);
-			shmet_family *f;
-			const char *l[] = {"method", "route", "status"};
-			shmet_counter_register(&f, "bench_requests_total", "Requests.", 3, l);
-			char route[32], status[8];
-			for (int s = 0; s < series; s++) {
-				snprintf(route, sizeof route, "/api/v1/item/%d", s / 5);
-				snprintf(status, sizeof status, "%d", 200 + s % 5);
-				shmet_counter c = shmet_counter_labels(f, "GET", route, status);
-				if (!c.off)
-					_exit(1);
-				shmet_counter_add_u64(c, (uint64_t)s * 7 + 1);
-			}
+			fill_series(series);
 			char ok = 1;
 			if (write(ready[1], &ok, 1) != 1)
 				_exit(1);
@@ -276,19 +284,8 @@ static pid_t spawn_churner(const char *path, int series, int *go_w, int *ready_r
 		struct shmet_options o = {path, 0, 0, 0, false};
 		if (shmet_init(&o) != SHMET_OK)
 			_exit(1);
-		shmet_family *f;
-		const char *l[] = {"method", "route", "status"};
-		if (shmet_counter_register(&f, "bench_requests_total", "Requests.", 3, l) != SHMET_OK)
-			_exit(1);
-		char route[32], status[8];
-		for (int s = 0; s < series; s++) {
-			snprintf(route, sizeof route, "/api/v1/item/%d", s / 5);
-			snprintf(status, sizeof status, "%d", 200 + s % 5);
-			shmet_counter c = shmet_counter_labels(f, "GET", route, status);
-			if (!c.off)
-				_exit(1);
-			shmet_counter_add_u64(c, (uint64_t)s * 7 + 1);
-		}
+		shmet_family *f = fill_series(series);
+		char route[32];
 		char b = 1;
 		if (write(ready[1], &b, 1) != 1 || read(go[0], &b, 1) != 1)
 			_exit(1);
