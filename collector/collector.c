@@ -424,7 +424,11 @@ static bool scan_guarded(struct collector *c)
 		if (nv) {
 			struct view *old = c->view;
 			view_publish(c, nv);
-			scan_published(c);
+			/* Waiting scrapes go now, unless regions are to be freed:
+			 * then at the end of the scan, so that a scrape after a
+			 * worker's death finds its region free for the next one. */
+			if (!fold_res.to_free)
+				scan_published(c);
 			view_grace_period(c);
 			view_index_collect(c);
 			view_free(old);

@@ -9,9 +9,11 @@
  *                     view with a release store (view_publish) that shares
  *                     every unchanged family's series array with the old
  *                     one, lets waiting scrapes go (scans_published, under
- *                     wake_mu), waits a grace period (synchronize_rcu), then
- *                     frees the old view, what only it pointed to, and the
- *                     folded regions.
+ *                     wake_mu; when folded regions are to be freed, only
+ *                     after they are, so the next worker finds them free),
+ *                     waits a grace period (synchronize_rcu), then frees the
+ *                     old view, what only it pointed to, and the folded
+ *                     regions.
  *   HTTP threads      rcu_read_lock(); v = view_enter(c) (acquire load);
  *                     if view_current(c, v) (the region table still matches
  *                     the stamps v was built from: slot words, directory
