@@ -359,11 +359,9 @@ static struct iseries *series_new(struct vindex *x, const struct ifamily *f, con
 
 static struct iseries *series_for(struct vindex *x, struct ifamily *f, const struct shmet_record *r, int worker)
 {
-	size_t klen = shmet_series_key(r, x->key, SHMET_SERIES_KEY_MAX - 16);
+	size_t klen = shmet_series_key_worker(r, worker, x->key, SHMET_SERIES_KEY_MAX);
 	if (!klen)
 		return NULL;
-	if (worker >= 0)
-		klen += (size_t)snprintf(x->key + klen, 16, "%d\xff", worker);
 	struct kv *kv = keymap_find(&f->index, x->key, klen);
 	if (kv)
 		return (struct iseries *)kv->val;
@@ -516,7 +514,8 @@ static void region_read(struct vindex *x, const struct shmet_area *area, int reg
 		}
 		/* the registry decides the shape; a record that disagrees was
 		 * written past the registry (a hostile or damaged writer) */
-		const struct shmet_family_view *rf = shmet_registry_check(&c->registry, &r.fam);
+		bool counts;
+		const struct shmet_family_view *rf = shmet_series_family(&c->registry, &r, live, &counts);
 		if (!rf) {
 			if (first_sighting(c, 'f', region, gen, r.fam.off) &&
 			    __atomic_fetch_add(&c->conflicts, 1, __ATOMIC_RELAXED) < 100)
@@ -525,11 +524,11 @@ static void region_read(struct vindex *x, const struct shmet_area *area, int reg
 			g->pos = it.pos;
 			continue;
 		}
-		bool per_worker = r.fam.type == SHMET_GAUGE && r.fam.mode == SHMET_GAUGE_PER_WORKER;
-		if (per_worker && !live) {
+		if (!counts) { /* a per-worker gauge of a process that is not live */
 			g->pos = it.pos;
 			continue;
 		}
+		bool per_worker = rf->type == SHMET_GAUGE && rf->mode == SHMET_GAUGE_PER_WORKER;
 		struct ifamily *f = family_for(x, rf);
 		struct iseries *s = f ? series_for(x, f, &r, per_worker ? region : -1) : NULL;
 		if (!s) {
@@ -585,39 +584,45 @@ static void vindex_update(struct vindex *x)
 		__atomic_fetch_add(&c->corrupt_records, c->registry.corrupt - c->registry_corrupt_logged, __ATOMIC_RELAXED);
 		c->registry_corrupt_logged = c->registry.corrupt;
 	}
-	unsigned active = shmet_retired_active(seg);
-	const struct shmet_retired_header *rh = shmet_retired_header(seg, active);
+	struct shmet_scan sc;
+	struct shmet_scan_area sa;
+	shmet_scan_begin(&sc, seg);
+	unsigned active = sc.active;
+	const struct shmet_retired_header *rh = sc.rh;
 	uint64_t folds = __atomic_load_n(&rh->rh_folds, __ATOMIC_RELAXED);
-	struct shmet_area area;
-	char why[SHMET_ERRBUF];
-	if (shmet_retired_area(seg, active, &area, why) != SHMET_OK)
-		collector_log("retired totals unreadable: %s", why);
-	/* The retired half changes only by a fold (this process's), which
-	 * copies it whole to the other half: read it again from its start. */
-	if (!x->retired_read || active != x->retired_half || folds != x->retired_folds ||
-	    area.dir_end != x->retired.seen.dir_end) {
-		region_forget(x, -1);
-		x->retired_half = active;
-		x->retired_folds = folds;
-		x->retired.seen.dir_end = area.dir_end;
-		x->retired_read = true;
-		x->changed = true;
-	}
-	region_read(x, &area, -1, folds << 1 | active, false);
 	st->dropped = __atomic_load_n(&rh->rh_dropped, __ATOMIC_RELAXED) +
 		      __atomic_load_n(&seg->map.hdr->sh_dropped_orphan, __ATOMIC_RELAXED);
 	st->folds = folds;
 	st->bytes_total = seg->map.size;
 	st->bytes_used = seg->regions_off + 2 * seg->retired_half_size;
-	for (uint32_t i = 0; i < seg->regions && i < x->nregions && !x->oom; i++) {
+	while (!x->oom && shmet_scan_next(&sc, &sa)) {
+		if (sa.region < 0) { /* the active retired half */
+			if (sa.rc != SHMET_OK)
+				collector_log("retired totals unreadable: %s", sa.err);
+			/* it changes only by a fold (this process's), which copies
+			 * it whole to the other half: read it again from its start */
+			if (!x->retired_read || active != x->retired_half || folds != x->retired_folds ||
+			    sa.area.dir_end != x->retired.seen.dir_end) {
+				region_forget(x, -1);
+				x->retired_half = active;
+				x->retired_folds = folds;
+				x->retired.seen.dir_end = sa.area.dir_end;
+				x->retired_read = true;
+				x->changed = true;
+			}
+			region_read(x, &sa.area, -1, folds << 1 | active, false);
+			continue;
+		}
+		uint32_t i = (uint32_t)sa.region;
+		if (i >= x->nregions)
+			break;
 		struct iregion *g = &x->regions[i];
-		struct shmet_region_info info;
-		shmet_region_info(seg, i, &info);
-		struct view_stamp now = {shmet_state_gen(info.generation, info.state), info.dir_end, info.alive};
+		const struct shmet_region_info *info = &sa.info;
+		struct view_stamp now = {shmet_state_gen(info->generation, info->state), info->dir_end, info->alive};
 		if (memcmp(&now, &g->seen, sizeof now) != 0)
 			x->changed = true; /* even when no series came: the view's stamp moves */
 		g->seen = now;
-		if (info.state != SHMET_REGION_LIVE) {
+		if (info->state != SHMET_REGION_LIVE) {
 			st->regions_free++;
 			if (g->gen) {
 				region_forget(x, (int)i);
@@ -625,44 +630,46 @@ static void vindex_update(struct vindex *x)
 			}
 			continue;
 		}
-		if (info.alive)
+		if (info->alive)
 			st->regions_live++;
 		else
 			st->regions_dead++;
-		if (info.generation != g->gen) {
+		if (info->generation != g->gen) {
 			/* a new owner: its directory starts over */
 			region_forget(x, (int)i);
-			g->gen = info.generation;
-			g->alive = info.alive;
+			g->gen = info->generation;
+			g->alive = sa.live;
 		}
-		if (__atomic_load_n(&rh->rh_folded_gen[i], __ATOMIC_RELAXED) == info.generation) {
+		if (sa.folded) {
 			if (!g->folded) {
 				region_forget(x, (int)i);
 				g->folded = true;
 			}
 			continue; /* already in the retired totals */
 		}
-		if (g->alive && !info.alive)
+		/* live: its owner runs and is not a thread region (shmet_scan) */
+		if (g->alive && !sa.live)
 			region_died(x, (int)i);
-		if (shmet_region_area(seg, i, &area, why) != SHMET_OK) {
-			if (first_sighting(c, 'h', (int)i, info.generation, 0) &&
+		if (sa.rc != SHMET_OK) {
+			if (first_sighting(c, 'h', (int)i, info->generation, 0) &&
 			    __atomic_fetch_add(&c->corrupt_records, 1, __ATOMIC_RELAXED) < 100)
-				collector_log("region %u: %s", i, why);
+				collector_log("region %u: %s", i, sa.err);
 			continue; /* what was read before stays: it was valid, and its cells are inside the region */
 		}
-		if (area.dir_end < g->pos) {
+		if (sa.area.dir_end < g->pos) {
 			/* an append-only directory that shrank: not its owner's doing */
-			if (first_sighting(c, 's', (int)i, info.generation, area.dir_end) &&
+			if (first_sighting(c, 's', (int)i, info->generation, sa.area.dir_end) &&
 			    __atomic_fetch_add(&c->corrupt_records, 1, __ATOMIC_RELAXED) < 100)
 				collector_log("region %u: its directory shrank from %llu to %llu bytes; read again", i,
-					      (unsigned long long)g->pos, (unsigned long long)area.dir_end);
+					      (unsigned long long)g->pos, (unsigned long long)sa.area.dir_end);
 			bool alive = g->alive;
 			region_forget(x, (int)i);
 			g->alive = alive;
 		}
-		st->bytes_used += (area.dir_end - sizeof(struct shmet_region_header)) + (area.size - area.cell_low);
-		st->dropped += info.dropped;
-		region_read(x, &area, (int)i, info.generation, g->alive);
+		st->bytes_used +=
+			(sa.area.dir_end - sizeof(struct shmet_region_header)) + (sa.area.size - sa.area.cell_low);
+		st->dropped += info->dropped;
+		region_read(x, &sa.area, (int)i, info->generation, g->alive);
 	}
 }
 
@@ -1085,7 +1092,6 @@ bool view_current(const struct collector *c, const struct view *v)
 bool view_series_agg(const struct view_family *f, const struct view_series *s, struct shmet_agg *acc)
 {
 	shmet_agg_init(acc, f->type == SHMET_HISTOGRAM ? f->nbuckets : 0);
-	uint32_t k = shmet_float_cell(f->type, f->nbuckets);
 	bool whole = true;
 	for (uint32_t i = 0; i < s->nrefs; i++) {
 		const uint64_t *c = s->refs[i].cells;
@@ -1096,34 +1102,7 @@ bool view_series_agg(const struct view_family *f, const struct view_series *s, s
 			whole = false; /* past the end of a truncated segment: never touched */
 			continue;
 		}
-		/* relaxed: each cell is one value; see shmet_read_cells. */
-		v.value_lo[0] = v.value_lo[1] = 0;
-		if (s->refs[i].retired && f->type != SHMET_GAUGE) {
-			v.value_lo[0] = shmet__double(__atomic_load_n(&c[k + 1], __ATOMIC_RELAXED));
-			v.value_lo[1] = shmet__double(__atomic_load_n(&c[k + 2], __ATOMIC_RELAXED));
-		}
-		switch (f->type) {
-		case SHMET_COUNTER:
-		case SHMET_SUMMARY:
-			v.whole = __atomic_load_n(&c[0], __ATOMIC_RELAXED);
-			if (f->type == SHMET_COUNTER && !s->refs[i].retired && v.whole > SHMET_COUNTER_WHOLE_MAX)
-				v.whole = SHMET_COUNTER_WHOLE_MAX; /* a saturating writer passes it for a moment */
-			v.value = shmet__double(__atomic_load_n(&c[1], __ATOMIC_RELAXED));
-			break;
-		case SHMET_HISTOGRAM:
-			v.whole = 0;
-			for (uint32_t b = 0; b <= f->nbuckets; b++) {
-				v.buckets[b] = __atomic_load_n(&c[b], __ATOMIC_RELAXED);
-				v.whole = shmet_sat_add(v.whole, v.buckets[b]);
-			}
-			v.value = shmet__double(__atomic_load_n(&c[k], __ATOMIC_RELAXED));
-			break;
-		case SHMET_GAUGE:
-			v.whole = 0;
-			v.value = shmet__double(__atomic_load_n(&c[0], __ATOMIC_RELAXED));
-			v.stamp_ns = __atomic_load_n(&c[1], __ATOMIC_RELAXED);
-			break;
-		}
+		shmet_read_cell_values(c, f->type, f->nbuckets, s->refs[i].retired, &v);
 		shmet_agg_add(acc, f->type, f->mode, f->nbuckets, &v, s->refs[i].live);
 	}
 	shmet_agg_finish(acc, f->type);
