@@ -516,6 +516,13 @@ static void region_read(struct vindex *x, const struct shmet_area *area, int reg
 		 * written past the registry (a hostile or damaged writer) */
 		bool counts;
 		const struct shmet_family_view *rf = shmet_series_family(&c->registry, &r, live, &counts);
+		if (!rf && !shmet_registry_find(&c->registry, r.fam.name, r.fam.name_len) &&
+		    shmet_registry_update(&c->seg, &c->registry) == SHMET_OK) {
+			/* Registered after this scan read the registry: a record is
+			 * read only once, so read the registry's new records now
+			 * rather than take the series for a conflict for ever. */
+			rf = shmet_series_family(&c->registry, &r, live, &counts);
+		}
 		if (!rf) {
 			if (first_sighting(c, 'f', region, gen, r.fam.off) &&
 			    __atomic_fetch_add(&c->conflicts, 1, __ATOMIC_RELAXED) < 100)

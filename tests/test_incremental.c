@@ -494,6 +494,29 @@ static void test_incremental_series_gone_and_back_patched_in_place(void **state)
 	collector_close(&c);
 }
 
+/* A worker registers a family and writes its series between the scan's
+ * read of the registry and its read of the region: the series is not a
+ * conflict, and since the record is read only once, it must count now. */
+static void test_incremental_family_registered_during_scan_counted(void **state)
+{
+	(void)state;
+	static struct collector c;
+	const char *seg = tsupport_segment("inc-latereg");
+	open_collector(&c, seg, 2);
+	struct writer w;
+	writer_start(&w, seg);
+	writer_do(&w, 'c', "/late", 2, true); /* after collector_open's scan read the registry */
+	view_index_update(&c);                /* the region, with the registry as that scan left it */
+	collector_scan(&c);
+	char *body = render(&c);
+	if (tsupport_sample(body, "inc_requests_total{path=\"/late\"}") != 2)
+		fail_msg("a series whose family was registered during the scan is missing:\n%s", body);
+	assert_double_equal_exact(tsupport_sample(body, "shmetricsd_family_conflicts_total"), 0);
+	free(body);
+	writer_kill(&w);
+	collector_close(&c);
+}
+
 /* A scrape that finds the view current renders at once; one that finds a
  * region grown waits only for that increment. */
 static void test_incremental_view_current_tracks_segment(void **state)
@@ -533,6 +556,7 @@ int main(void)
 		cmocka_unit_test(test_incremental_region_reused_read_from_start),
 		cmocka_unit_test(test_incremental_record_rewritten_after_read_not_trusted),
 		cmocka_unit_test(test_incremental_series_gone_and_back_patched_in_place),
+		cmocka_unit_test(test_incremental_family_registered_during_scan_counted),
 		cmocka_unit_test(test_incremental_view_current_tracks_segment),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
