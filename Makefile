@@ -188,7 +188,7 @@ $(PCFILE): Makefile
 	@mkdir -p $(dir $@)
 	printf '%s\n' 'prefix=$(PREFIX)' 'includedir=$${prefix}/include' 'libdir=$${prefix}/lib' '' \
 	  'Name: shmetrics' 'Description: Prometheus metrics for pre-forking servers (header-only writer)' \
-	  'Version: $(VERSION)' 'Cflags: -I$${includedir} -D_GNU_SOURCE' 'Libs: -pthread' > $@
+	  'Version: $(VERSION)' 'Cflags: -I$${includedir} -D_GNU_SOURCE' 'Libs: -pthread -lm' > $@
 	printf '%s\n' 'prefix=$(PREFIX)' 'includedir=$${prefix}/include' 'libdir=$${prefix}/lib' '' \
 	  'Name: shmetrics-reader' 'Description: shmetrics segment reader library (libshmetrics)' \
 	  'Version: $(VERSION)' 'Cflags: -I$${includedir} -D_GNU_SOURCE' 'Libs: -L$${libdir} -lshmetrics' \

@@ -173,7 +173,13 @@ traffic p1
 write_want
 if wait_total "$TMP/m1"; then ok "phase 1: the scrape reaches all $answered answered requests"; else not_ok "phase 1: scrape total $(sum "$TMP/m1" 'saler_http_requests_total{'), want $answered"; fi
 check_exact "$TMP/m1" "--preload, workers recycled"
-workers_after=$(pgrep -P "$app" | sort | tr '\n' ' ')
+# a worker past max_requests leaves at uvicorn's next 0.1 s tick, which may
+# come after the last answer: wait for it, bounded
+for i in $(seq 50); do
+  workers_after=$(pgrep -P "$app" | sort | tr '\n' ' ')
+  [ "$workers_before" != "$workers_after" ] && break
+  sleep 0.1
+done
 if [ "$workers_before" != "$workers_after" ]; then ok "workers were recycled (pids $workers_before-> $workers_after)"; else not_ok "workers were recycled"; fi
 
 # ---- kill -9 of an idle worker: its counts stay (folded by the collector)
