@@ -28,7 +28,7 @@ DEBIAN_PACKAGES := build-essential pkg-config clang libclang-rt-14-dev \
 	prometheus python3 python3-prometheus-client curl strace ltrace valgrind openssl \
 	victoria-metrics systemd \
 	python3-dev gunicorn python3-fastapi python3-uvicorn python3-httpx \
-	chromium chromium-driver nodejs \
+	chromium chromium-driver nodejs wrk \
 	libprotobuf-c-dev protobuf-c-compiler golang-github-prometheus-client-model-dev \
 	golang-github-golang-protobuf-1-3-dev
 

@@ -145,7 +145,7 @@ bool collector_check_size(struct collector *c, bool updater)
 	return true;
 }
 
-bool collector_render(struct collector *c, shmet_buf *b, enum shmet_expo_format fmt)
+static bool render_alone(struct collector *c, shmet_buf *b, enum shmet_expo_format fmt)
 {
 	for (int attempt = 0; attempt < 2; attempt++) {
 		sigjmp_buf jb;
@@ -164,6 +164,60 @@ bool collector_render(struct collector *c, shmet_buf *b, enum shmet_expo_format 
 		collector_check_size(c, false);
 	}
 	return false;
+}
+
+bool collector_render(struct collector *c, shmet_buf *b, enum shmet_expo_format fmt)
+{
+	struct render_share *sh = &c->share[fmt == SHMET_EXPO_OPENMETRICS];
+	pthread_mutex_lock(&c->share_mu);
+	uint64_t now = shmet__now_ns(CLOCK_MONOTONIC);
+	if (sh->rendering && now - sh->started_ns <= SHMET_SHARE_WINDOW_NS) {
+		/* join: wait for that render (bounded by the window and a second) */
+		uint64_t round = sh->round;
+		struct timespec until;
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += 1;
+		int rc = 0;
+		sh->waiters++;
+		while (sh->round == round && rc == 0)
+			rc = pthread_cond_timedwait(&c->share_done, &c->share_mu, &until);
+		sh->waiters--;
+		if (sh->round == round + 1 && sh->shared) {
+			bool ok = sh->ok;
+			shmet_buf_reserve(b, sh->body.len);
+			shmet_buf_append(b, sh->body.data, sh->body.len);
+			pthread_mutex_unlock(&c->share_mu);
+			return ok;
+		}
+		pthread_mutex_unlock(&c->share_mu);
+		return render_alone(c, b, fmt);
+	}
+	if (sh->rendering) { /* too old to join: its values would be stale */
+		pthread_mutex_unlock(&c->share_mu);
+		return render_alone(c, b, fmt);
+	}
+	sh->rendering = true;
+	sh->started_ns = now;
+	size_t expect = sh->last_len;
+	pthread_mutex_unlock(&c->share_mu);
+	/* room for what the last render wrote, and some: growing by doubling
+	 * would copy the body over and over */
+	shmet_buf_reserve(b, expect + expect / 8 + 4096);
+	bool ok = render_alone(c, b, fmt);
+	pthread_mutex_lock(&c->share_mu);
+	sh->shared = false;
+	if (sh->waiters) { /* a copy only for those who wait for one */
+		shmet_buf_reset(&sh->body);
+		shmet_buf_append(&sh->body, b->data, b->len);
+		sh->shared = !sh->body.oom && !b->oom;
+	}
+	sh->ok = ok;
+	sh->last_len = b->len;
+	sh->rendering = false;
+	sh->round++;
+	pthread_cond_broadcast(&c->share_done);
+	pthread_mutex_unlock(&c->share_mu);
+	return ok;
 }
 
 const struct view *view_enter(struct collector *c)
@@ -191,30 +245,7 @@ void view_grace_period(struct collector *c)
 	SHMET_TSAN_ACQUIRE(&c->grace);
 }
 
-/* Anything a view depends on: region states and generations, liveness,
- * directory ends, and the active retired half. */
-static uint64_t fingerprint(struct collector *c)
-{
-	struct shmet_segment *seg = &c->seg;
-	uint64_t h = 0xcbf29ce484222325ull;
-	unsigned active = shmet_retired_active(seg);
-	struct shmet_area a;
-	shmet_retired_area(seg, active, &a, NULL);
-	uint64_t parts[2] = {active, a.dir_end};
-	for (int k = 0; k < 2; k++)
-		h = (h ^ parts[k]) * 0x100000001b3ull;
-	for (uint32_t i = 0; i < seg->regions; i++) {
-		struct shmet_region_info info;
-		shmet_region_info(seg, i, &info);
-		uint64_t p[3] = {info.state | info.generation << 8, info.alive, info.dir_end};
-		for (int k = 0; k < 3; k++)
-			h = (h ^ p[k]) * 0x100000001b3ull;
-	}
-	return h;
-}
-
 static struct shmet_fold_result fold_res;
-static uint64_t last_fingerprint;
 
 /* Lost writes and failed claims, logged when they rise: at the first scan
  * that sees them (a restarted collector too), then at most once a minute,
@@ -223,28 +254,49 @@ static uint64_t last_fingerprint;
 static uint64_t logged_dropped, logged_claims, logged_refused, loss_logged_ns;
 static bool loss_logged;
 
-static void log_losses(struct collector *c)
+uint64_t collector_writes_dropped(struct collector *c)
 {
-	struct shmet_segment *seg = &c->seg;
+	const struct shmet_segment *seg = &c->seg;
 	const struct shmet_retired_header *rh = shmet_retired_header(seg, shmet_retired_active(seg));
 	/* relaxed: statistics; every writer adds with relaxed atomics.  Only
-	 * this thread folds, so a region is counted either here or in rh_dropped. */
+	 * the updater folds, and a region is counted either here or in
+	 * rh_dropped (a scrape racing a fold may miss or repeat one region's
+	 * count: the maximum below keeps the figure from going down). */
+	uint64_t was = __atomic_load_n(&c->writes_dropped, __ATOMIC_RELAXED);
+	/* a truncated file: what lies past its end is not read (the figure
+	 * stays at the last one) */
+	const struct shmet_region_slot *slots = shmet_seg_slot(&seg->map, 0);
+	if (!collector_readable(seg->map.hdr, sizeof *seg->map.hdr) || !collector_readable(rh, sizeof *rh) ||
+	    !collector_readable(slots, (size_t)seg->regions * SHMET_CACHELINE))
+		return was;
 	uint64_t dropped = __atomic_load_n(&rh->rh_dropped, __ATOMIC_RELAXED) +
 			   __atomic_load_n(&seg->map.hdr->sh_dropped_orphan, __ATOMIC_RELAXED);
 	for (uint32_t i = 0; i < seg->regions; i++) {
-		struct shmet_region_info info;
-		shmet_region_info(seg, i, &info);
-		if (info.state == SHMET_REGION_LIVE &&
-		    __atomic_load_n(&rh->rh_folded_gen[i], __ATOMIC_RELAXED) != info.generation)
-			dropped += info.dropped;
+		/* acquire: pairs with the claimer's CAS, as in shmet_region_info */
+		uint64_t sg = __atomic_load_n(&shmet_seg_slot(&seg->map, i)->rs_state_gen, __ATOMIC_ACQUIRE);
+		const struct shmet_region_header *rg = (const struct shmet_region_header *)(const void *)(
+			seg->map.base + seg->regions_off + (uint64_t)i * seg->region_size);
+		if (!collector_readable(rg, sizeof *rg))
+			return was;
+		if (shmet_state_of(sg) == SHMET_REGION_LIVE &&
+		    __atomic_load_n(&rh->rh_folded_gen[i], __ATOMIC_RELAXED) != shmet_gen_of(sg))
+			dropped += __atomic_load_n(&rg->rg_dropped, __ATOMIC_RELAXED);
 	}
+	/* relaxed: the scrape's figure; never below one it showed (any worker
+	 * can write the sources) */
+	while (dropped > was &&
+	       !__atomic_compare_exchange_n(&c->writes_dropped, &was, dropped, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+	}
+	return dropped > was ? dropped : was;
+}
+
+static void log_losses(struct collector *c)
+{
+	struct shmet_segment *seg = &c->seg;
+	uint64_t dropped = collector_writes_dropped(c);
 	uint64_t claims = __atomic_load_n(&seg->map.hdr->sh_claim_failures, __ATOMIC_RELAXED);
 	uint64_t refused = __atomic_load_n(&seg->map.hdr->sh_registrations_refused, __ATOMIC_RELAXED);
 	uint64_t now = shmet__now_ns(CLOCK_MONOTONIC);
-	/* relaxed: the scrape's figure; never below one it showed (any worker
-	 * can write the sources) */
-	if (dropped > __atomic_load_n(&c->writes_dropped, __ATOMIC_RELAXED))
-		__atomic_store_n(&c->writes_dropped, dropped, __ATOMIC_RELAXED);
 	if (refused > logged_refused) {
 		collector_warn("family registrations refused: %llu (+%llu): a process registered a family whose shape or "
 			      "sample names clash with one the segment already has (the application's error says which); "
@@ -308,7 +360,26 @@ static void note_fold(struct collector *c, int rc)
 	}
 }
 
-/* The scan proper: every access to segment memory of the updater. */
+/* Scrapes waiting in collector_fresh_scan may go once the view they need is
+ * published: before the grace period that follows, which waits for other
+ * scrapes' renders. */
+static void scan_published(struct collector *c)
+{
+	pthread_mutex_lock(&c->wake_mu);
+	if (c->scan_no > c->scans_published)
+		c->scans_published = c->scan_no;
+	pthread_cond_broadcast(&c->scanned);
+	pthread_mutex_unlock(&c->wake_mu);
+}
+
+/* The scan proper: every access to segment memory of the updater.
+ *
+ * The index reads only what changed since the last scan (view.c); a new
+ * view is published when something a scrape would show changed, sharing
+ * every unchanged family with the old one.  Then the grace period: readers
+ * of the old view may hold pointers into arrays the new one replaced, into
+ * the regions about to be freed and into the retired half the next fold
+ * will overwrite. */
 static bool scan_guarded(struct collector *c)
 {
 	/* After a flip, the published view still reads the previous half and
@@ -316,41 +387,43 @@ static bool scan_guarded(struct collector *c)
 	 * again would overwrite that half under its readers, and freeing the
 	 * regions would take their cells away.  So a flip waits for its view. */
 	log_losses(c);
+	/* the registry the view trusts: the fold and the index agree on every shape */
+	int rrc = shmet_registry_update(&c->seg, &c->registry);
 	if (!c->flip_unpublished) {
-		/* the registry the view trusts: both must agree on every shape */
-		int rc = shmet_registry_update(&c->seg, &c->registry);
+		int rc = rrc;
 		if (rc == SHMET_OK)
 			rc = shmet_fold_dead_with(&c->seg, &c->registry, &fold_res);
 		note_fold(c, rc);
 		if (fold_res.flipped)
 			c->flip_unpublished = true;
 	}
-	/* corrupt records the fold skipped were counted when the view met them */
-	uint64_t fp = fingerprint(c);
+	/* corrupt records the fold skipped are counted when the index meets them */
+	bool need = view_index_update(c);
 	bool changed = false;
-	if (fp != last_fingerprint || fold_res.to_free || c->flip_unpublished || !c->view) {
+	if (need || fold_res.to_free || c->flip_unpublished || !c->view) {
 		struct view *nv = NULL;
 		if (collector_test_fail_view_builds)
 			collector_test_fail_view_builds--;
 		else
-			nv = view_build(c);
+			nv = view_index_publish(c);
 		if (nv) {
 			struct view *old = c->view;
 			view_publish(c, nv);
-			/* Readers of the old view may hold pointers into the regions we
-			 * are about to free and into the retired half the next fold will
-			 * overwrite: wait them out. */
+			/* Waiting scrapes go now, unless regions are to be freed:
+			 * then at the end of the scan, so that a scrape after a
+			 * worker's death finds its region free for the next one. */
+			if (!fold_res.to_free)
+				scan_published(c);
 			view_grace_period(c);
+			view_index_collect(c);
 			view_free(old);
-			last_fingerprint = fp;
 			changed = true;
 			c->flip_unpublished = false;
 		}
 	}
 	if (fold_res.to_free && changed) {
 		shmet_free_folded(&c->seg, &fold_res);
-		fold_res.to_free = 0;
-		last_fingerprint = 0; /* the freed regions change the counts: rebuild next scan */
+		fold_res.to_free = 0; /* the next scan sees them free, and publishes that */
 	}
 	sketchwin_tick(c, c->view, shmet__now_ns(CLOCK_MONOTONIC));
 	return changed;
@@ -367,12 +440,12 @@ bool collector_scan(struct collector *c)
 			collector_guard_leave();
 		} else {
 			/* The file shrank during the scan: nothing new was published
-			 * (or what was is complete); the next scan's size check
-			 * reports it. */
+			 * (or what was is complete); the index is whole at every
+			 * segment read (view.c), so the next scan carries on from
+			 * where this one stopped, and its size check reports it. */
 			static uint64_t scan_faults; /* updater only */
 			collector_guard_leave();
-			view_build_abandon(c); /* if the fault came while building */
-			last_fingerprint = 0;
+			view_build_abandon(c); /* if the fault came in view_build */
 			if (worth_logging(++scan_faults))
 				collector_warn("segment %s: a read past its end was caught during a scan (%llu so far)",
 					      c->seg.path, (unsigned long long)scan_faults);
@@ -390,6 +463,7 @@ static void *updater(void *arg)
 		pthread_mutex_lock(&c->wake_mu);
 		c->scanning = true;
 		c->wake_requested = false;
+		c->scan_no = c->scans + 1;
 		pthread_mutex_unlock(&c->wake_mu);
 		collector_scan(c);
 		watch_scan(c);
@@ -407,6 +481,8 @@ static void *updater(void *arg)
 		pthread_mutex_lock(&c->wake_mu);
 		c->scanning = false;
 		c->scans++;
+		if (c->scans > c->scans_published)
+			c->scans_published = c->scans;
 		pthread_cond_broadcast(&c->scanned);
 		if (!c->stop && !c->wake_requested)
 			pthread_cond_timedwait(&c->wake, &c->wake_mu, &until);
@@ -416,8 +492,18 @@ static void *updater(void *arg)
 	return NULL;
 }
 
+/* A scrape's wait for the series created before it.  Usually there is
+ * none: when the published view's stamps still match the region table
+ * (every region's generation, directory end and liveness), the view holds
+ * everything and the scrape renders at once.  Otherwise the updater indexes
+ * what was appended (only that: the index is incremental), and the scrape
+ * goes as soon as that view is published. */
 bool collector_fresh_scan(struct collector *c, int timeout_ms)
 {
+	bool current = view_current(c, view_enter(c));
+	view_leave(c);
+	if (current)
+		return true;
 	struct timespec until;
 	clock_gettime(CLOCK_REALTIME, &until);
 	until.tv_sec += timeout_ms / 1000;
@@ -432,9 +518,9 @@ bool collector_fresh_scan(struct collector *c, int timeout_ms)
 	c->wake_requested = true;
 	pthread_cond_signal(&c->wake);
 	int rc = 0;
-	while (c->scans < want && !c->stop && rc == 0)
+	while (c->scans_published < want && !c->stop && rc == 0)
 		rc = pthread_cond_timedwait(&c->scanned, &c->wake_mu, &until);
-	bool fresh = c->scans >= want;
+	bool fresh = c->scans_published >= want;
 	pthread_mutex_unlock(&c->wake_mu);
 	return fresh;
 }
@@ -531,6 +617,10 @@ int collector_open(struct collector *c, const struct collector_config *cfg, char
 	pthread_mutex_init(&c->wake_mu, NULL);
 	pthread_cond_init(&c->wake, NULL);
 	pthread_cond_init(&c->scanned, NULL);
+	pthread_mutex_init(&c->share_mu, NULL);
+	pthread_cond_init(&c->share_done, NULL);
+	for (int i = 0; i < 2; i++)
+		shmet_buf_init(&c->share[i].body);
 	struct shmet_seg_config sc;
 	memset(&sc, 0, sizeof sc);
 	sc.regions = cfg->regions;
@@ -622,6 +712,9 @@ void collector_close(struct collector *c)
 	view_free(c->view);
 	c->view = NULL;
 	sketchwin_close(c);
+	view_index_free(c);
+	for (int i = 0; i < 2; i++)
+		shmet_buf_free(&c->share[i].body);
 	guard_map_set(0, NULL);
 	guard_map_set(1, NULL);
 	watch_close(c);

@@ -2,13 +2,31 @@
  * updater that builds it, and the HTTP side that renders it.
  *
  * Threads and what they may touch:
- *   updater (one)     scans regions, folds dead ones, builds and publishes a
- *                     new struct view with rcu_assign_pointer, waits a grace
- *                     period (synchronize_rcu), then frees the old view and
- *                     the folded regions.
- *   HTTP threads      rcu_read_lock(); v = rcu_dereference(c->view); render
- *                     from v, reading values straight from the cells;
- *                     rcu_read_unlock().  They never write the segment.
+ *   updater (one)     scans regions, folds dead ones, and keeps the index
+ *                     (view.c): per region it reads only the directory
+ *                     records appended since its last scan.  When what a
+ *                     scrape would show changed, it publishes a new struct
+ *                     view with a release store (view_publish) that shares
+ *                     every unchanged family's series array with the old
+ *                     one, lets waiting scrapes go (scans_published, under
+ *                     wake_mu; when folded regions are to be freed, only
+ *                     after they are, so the next worker finds them free),
+ *                     waits a grace period (synchronize_rcu), then frees the
+ *                     old view, what only it pointed to, and the folded
+ *                     regions.
+ *   HTTP threads      rcu_read_lock(); v = view_enter(c) (acquire load);
+ *                     if view_current(c, v) (the region table still matches
+ *                     the stamps v was built from: slot words, directory
+ *                     ends, liveness), render from v at once, reading values
+ *                     straight from the cells; otherwise ask the updater for
+ *                     a scan and wait until its view is published, which
+ *                     costs only the increment since.  So a scrape never
+ *                     waits for a whole rescan, nor for another scrape's
+ *                     render (the grace period comes after the wake-up).
+ *                     Scrapes of one format that arrive while a render of it
+ *                     begun less than SHMET_SHARE_WINDOW_NS ago runs wait
+ *                     for that render and copy it (share_mu).  They never
+ *                     write the segment.
  * RCU flavour: urcu-bp, because libmicrohttpd creates its threads without a
  * hook where they could register.  We call liburcu's functions rather than
  * its inline versions (no _LGPL_SOURCE): the inline read lock touches a
@@ -34,6 +52,7 @@ struct view_ref {
 	const uint64_t *cells;
 	bool live;
 	bool retired; /* cells of a retired half: the float total has three components */
+	int32_t region; /* whose cells: a region's index, or -1 for the retired totals */
 };
 
 struct view_series {
@@ -42,6 +61,8 @@ struct view_series {
 	uint32_t nrefs;
 	struct view_ref *refs;
 	const char *const *values; /* raw label values, for the JSON API */
+	const char *line;          /* `name{labels} `: a counter's or gauge's sample line up to its value */
+	uint32_t line_len;
 };
 
 struct view_family {
@@ -66,12 +87,26 @@ struct view_stats {
 	uint64_t folds; /* regions folded into the retired totals, ever */
 };
 
+/* What the index had read of a region when a view was published: the slot
+ * word (state and generation), the directory end, and liveness. */
+struct view_stamp {
+	uint64_t state_gen, dir_end, alive;
+};
+
+/* A view is one allocation (this, the families array, the stamps); the
+ * series arrays, refs and strings it points to belong to the collector's
+ * index, which shares them between views and frees them only after a
+ * grace period in which no view points to them (view.c). */
 struct view {
 	uint32_t nfamilies;
 	struct view_family *families; /* sorted by name */
 	struct view_stats stats;
 	uint64_t built_ns;
-	struct arena *arena; /* everything above lives here */
+	uint32_t nstamps;
+	struct view_stamp *stamps; /* per region */
+	unsigned retired_half;     /* the retired half it reads, and its folds */
+	uint64_t retired_folds;
+	struct vindex *own; /* view_build's own index, freed with the view; NULL for the collector's */
 };
 
 struct collector_config {
@@ -135,7 +170,7 @@ struct collector {
 	uint64_t folds_inexact;   /* relaxed: float totals a fold had to round */
 	uint64_t writes_dropped;  /* relaxed: written by each scan, read by scrapes */
 	uint64_t registry_corrupt_logged;
-	struct builder *building; /* updater only: the view being built, for view_build_abandon */
+	struct vindex *building;  /* the index view_build is filling, for view_build_abandon */
 	uint64_t last_scan_ns;
 	uint64_t last_scrape_ns; /* duration of the last /metrics render */
 	/* Truncation (see collector_check_size): the file's size at the last
@@ -153,6 +188,22 @@ struct collector {
 	unsigned nhttpd;
 	struct segment_watch *watch;  /* watch.c: the segment's path, its writers */
 	struct sketchwin *sketchwin; /* summaries' quantile windows (sketchwin.c) */
+	struct vindex *index;     /* updater only: what the segment holds, read incrementally (view.c) */
+	uint64_t scan_no;         /* wake_mu: the scan running or last run */
+	uint64_t scans_published; /* wake_mu: the last scan whose view readers can load */
+	/* Renders shared by concurrent scrapes (collector_render), per format. */
+	pthread_mutex_t share_mu; /* guards share[] */
+	pthread_cond_t share_done;
+	struct render_share {
+		bool rendering;       /* a scrape is rendering this format now */
+		uint64_t started_ns;  /* when it started (CLOCK_MONOTONIC) */
+		uint64_t round;       /* renders finished */
+		bool ok;              /* the last one could read the segment */
+		bool shared;          /* body holds what it rendered */
+		uint32_t waiters;     /* scrapes waiting for the render running now */
+		size_t last_len;      /* bytes the last render wrote */
+		shmet_buf body;
+	} share[2];
 };
 
 /* ---- summary quantiles over a sliding window (sketchwin.c) ----
@@ -174,11 +225,26 @@ bool sketch_series_counts(const struct view_family *f, const struct view_series 
 /* Test-only: the next N view builds fail as if memory ran out. */
 extern unsigned collector_test_fail_view_builds;
 
-/* Build a view of the segment as it is now (updater thread). */
+/* Build a view of the segment as it is now, from a fresh index of its own
+ * (for tests and tools: the collector's scans use the index below). */
 struct view *view_build(struct collector *c);
 /* Free what a build left when a SIGBUS ended it (siglongjmp). */
 void view_build_abandon(struct collector *c);
 void view_free(struct view *v);
+
+/* The collector's incremental index (updater thread only).
+ * view_index_update reads what the segment gained or lost since the last
+ * call and says whether a new view would differ; view_index_publish makes
+ * that view (NULL when out of memory); after the new view is published and
+ * a grace period has passed, view_index_collect frees what only older views
+ * pointed to. */
+bool view_index_update(struct collector *c);
+struct view *view_index_publish(struct collector *c);
+void view_index_collect(struct collector *c);
+void view_index_free(struct collector *c);
+/* Does v still hold everything the segment holds?  Reads only the region
+ * table, the region headers and the liveness locks (any thread). */
+bool view_current(const struct collector *c, const struct view *v);
 
 /* Open the segment, take the collector lock, build the first view. */
 int collector_open(struct collector *c, const struct collector_config *cfg, char *err, size_t errlen);
@@ -224,6 +290,9 @@ bool protobuf_wanted(const char *accept);
 /* Render every family (the collector's own too) as delimited MetricFamily
  * messages under a guard, as collector_render does for text. */
 bool collector_render_protobuf(struct collector *c, shmet_buf *b);
+/* Writes dropped so far, from the segment's counters now (any thread; the
+ * result never goes below one returned before). */
+uint64_t collector_writes_dropped(struct collector *c);
 
 /* Render /metrics from the current view (caller holds rcu_read_lock). */
 void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enum shmet_expo_format fmt);
@@ -298,7 +367,14 @@ const struct shmet_seg_map *shmetd_writer_map(void); /* writer_impl.c */
 bool collector_check_size(struct collector *c, bool updater);
 
 /* Render /metrics from the current view under a guard (HTTP threads).
- * False when the segment could not be read (the body is then empty). */
+ * False when the segment could not be read (the body is then empty).
+ * A scrape that comes while another renders the same format, begun at
+ * most SHMET_SHARE_WINDOW_NS before, waits for that render and takes a copy
+ * of it: concurrent scrapes cost one render, and the values shown are at
+ * most that much older than the scrape.  A scrape never takes a render
+ * that had finished before it came, so a client that writes and then
+ * scrapes always sees its writes. */
+#define SHMET_SHARE_WINDOW_NS (UINT64_C(20) * 1000000u)
 bool collector_render(struct collector *c, shmet_buf *b, enum shmet_expo_format fmt);
 
 #endif

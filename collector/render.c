@@ -102,7 +102,11 @@ static void render_family(struct collector *c, shmet_buf *b, enum shmet_expo_for
 		switch (f->type) {
 		case SHMET_COUNTER:
 		case SHMET_GAUGE:
-			put_line(b, fmt, f->name, nl, "", 0, s, NULL, v, false);
+			/* the line up to its value was made with the series: one copy */
+			shmet_buf_reserve(b, s->line_len + SHMET_FMT_DOUBLE_MAX + 2);
+			shmet_buf_append(b, s->line, s->line_len);
+			put_value(b, fmt, v, false);
+			shmet_buf_putc(b, '\n');
 			if (om && f->exemplars && view_exemplar(f, s, 0, &ex)) /* text 0.0.4 has none */
 				exemplar_append_om(b, &ex);
 			break;
@@ -165,6 +169,8 @@ size_t render_own_metrics(struct collector *c, const struct view *v, struct rend
 	struct history_stats hs;
 	stream_stats(c, &ss);
 	history_stats(c->history, &hs);
+	/* read now: a scrape that finds the view current triggers no scan */
+	double writes_dropped = (double)collector_writes_dropped(c);
 	const struct render_own own[] = {
 		{"shmetricsd_corrupt_records_total", "Segment records skipped because they failed validation.",
 		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)__atomic_load_n(&c->corrupt_records, __ATOMIC_RELAXED)}, {0}, 0},
@@ -220,7 +226,7 @@ size_t render_own_metrics(struct collector *c, const struct view *v, struct rend
 		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)ss.refused}, {0}, 0},
 		{"shmetricsd_writes_dropped_total",
 		 "Writes refused on the hot path (fallback handles, NaN, negative counter increments) or made without a region.",
-		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)__atomic_load_n(&c->writes_dropped, __ATOMIC_RELAXED)}, {0}, 0},
+		 SHMET_EXPO_COUNTER, NULL, NULL, {writes_dropped}, {0}, 0},
 	};
 	_Static_assert(sizeof own / sizeof *own <= RENDER_OWN_MAX, "RENDER_OWN_MAX");
 	memcpy(out, own, sizeof own);
