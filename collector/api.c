@@ -262,7 +262,7 @@ static enum MHD_Result health(struct collector *c, struct MHD_Connection *conn)
 
 /* ---- GET /api/v1/metrics/summary[?family=NAME] ---- */
 
-static json_t *family_summary(const struct view_family *f)
+static json_t *family_summary(const struct view *v, const struct view_family *f)
 {
 	json_t *o = json_object();
 	json_t *labels = json_array();
@@ -278,6 +278,11 @@ static json_t *family_summary(const struct view_family *f)
 		json_array_append_new(labels, json_string(f->label_names[i]));
 	json_object_set_new(o, "labels", labels);
 	json_object_set_new(o, "series", json_integer(f->nseries));
+	/* SERIES LIMIT: what the family costs, and whether a process met its limit */
+	json_object_set_new(o, "bytes", json_integer((json_int_t)view_family_bytes(f)));
+	double routed = view_overflowed(v, f->name);
+	json_object_set_new(o, "at_series_limit", json_boolean(routed >= 0));
+	json_object_set_new(o, "overflowed_lookups", api_num(routed >= 0 ? routed : 0));
 	struct shmet_agg acc;
 	double total = 0, sum = 0;
 	uint64_t count = 0;
@@ -328,11 +333,11 @@ static enum MHD_Result summary(struct collector *c, struct MHD_Connection *conn)
 	const struct view *v = view_enter(c);
 	for (uint32_t i = 0; i < v->nfamilies; i++) {
 		const struct view_family *f = &v->families[i];
-		if (f->nseries == 0 || strncmp(f->name, "shmetricsd_", 11) == 0)
+		if (f->nseries == 0 || !view_family_exposed(f))
 			continue; /* as /metrics: the collector's namespace is its own */
 		if (want && strcmp(want, f->name) != 0)
 			continue;
-		json_t *o = family_summary(f);
+		json_t *o = family_summary(v, f);
 		if (o)
 			json_array_append_new(fams, o);
 		found = true;
@@ -353,6 +358,7 @@ static enum MHD_Result summary(struct collector *c, struct MHD_Connection *conn)
 
 static const char *const allow_get[] = {MHD_HTTP_HEADER_ALLOW, "GET, HEAD", NULL};
 static const char *const allow_post[] = {MHD_HTTP_HEADER_ALLOW, "POST", NULL};
+static const char *const allow_post_delete[] = {MHD_HTTP_HEADER_ALLOW, "POST, DELETE", NULL};
 
 enum MHD_Result api_handle(struct collector *c, struct MHD_Connection *conn, const char *url, const char *method,
 			   const char *upload_data, size_t *upload_data_size, void **con_cls)
@@ -361,9 +367,14 @@ enum MHD_Result api_handle(struct collector *c, struct MHD_Connection *conn, con
 	const char *ep = strncmp(url, prefix, sizeof prefix - 1) == 0 ? url + sizeof prefix - 1 : NULL;
 	int push = !ep ? 0 : strcmp(ep, "custom") == 0 ? API_EP_CUSTOM : strcmp(ep, "batch") == 0 ? API_EP_BATCH : 0;
 	if (push) {
-		if (strcmp(method, "POST") != 0)
+		/* DELETE /api/v1/metrics/custom?name=...: REMOVAL of pushed series */
+		bool del = push == API_EP_CUSTOM && strcmp(method, "DELETE") == 0;
+		if (strcmp(method, "POST") != 0 && !del)
 			return api_send(conn, MHD_HTTP_METHOD_NOT_ALLOWED,
-					json_pack("{s:s}", "error", "method not allowed: use POST"), allow_post);
+					json_pack("{s:s}", "error",
+						  push == API_EP_CUSTOM ? "method not allowed: use POST or DELETE"
+									: "method not allowed: use POST"),
+					push == API_EP_CUSTOM ? allow_post_delete : allow_post);
 		return api_push_handle(c->api, conn, push, method, upload_data, upload_data_size, con_cls);
 	}
 	bool get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;

@@ -512,7 +512,6 @@ static bool is_json_type(const char *ct)
 enum MHD_Result api_push_handle(struct api *a, struct MHD_Connection *conn, int endpoint, const char *method,
 				const char *upload_data, size_t *upload_data_size, void **con_cls)
 {
-	(void)method;
 	const struct collector_config *cfg = &a->c->cfg;
 	struct api_req *rq = *con_cls;
 	if (!rq) {
@@ -550,6 +549,8 @@ enum MHD_Result api_push_handle(struct api *a, struct MHD_Connection *conn, int 
 			return api_send(conn, MHD_HTTP_UNAUTHORIZED,
 					json_pack("{s:s, s:s}", "error", why, "field", "Authorization"), hdr);
 		}
+		if (strcmp(method, "DELETE") == 0)
+			return push_delete(a, conn); /* no body: the query names the series */
 		const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
 		if (ct && !is_json_type(ct))
 			return push_reject(a, conn, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE,

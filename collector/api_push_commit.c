@@ -87,6 +87,7 @@ static void push_spec(const struct push_family *f, struct shmet_family_spec *spe
 	spec->gauge_mode = SHMET_GAUGE_MOSTRECENT;
 	spec->nbuckets = f->nbuckets;
 	spec->buckets = f->bounds;
+	spec->series_limit = SHMET_SERIES_UNLIMITED; /* the push API bounds its series itself */
 }
 
 int push_adopt_index(struct api *a)
@@ -720,3 +721,73 @@ out:
 	return ret;
 }
 
+
+/* ---- DELETE: REMOVAL of pushed series ---- */
+
+struct delete_args {
+	const struct push_family *f;
+	const char *unknown; /* a query key that is neither name nor a label */
+	uint32_t nlabels;    /* label arguments given */
+};
+
+static enum MHD_Result delete_arg(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+	(void)kind;
+	(void)value;
+	struct delete_args *d = cls;
+	if (strcmp(key, "name") == 0)
+		return MHD_YES;
+	for (uint32_t i = 0; i < d->f->nlabels; i++)
+		if (strcmp(key, d->f->label_names[i]) == 0) {
+			d->nlabels++;
+			return MHD_YES;
+		}
+	if (!d->unknown)
+		d->unknown = key;
+	return MHD_YES;
+}
+
+enum MHD_Result push_delete(struct api *a, struct MHD_Connection *conn)
+{
+	const char *name = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "name");
+	if (!name || !*name)
+		return push_reject(a, conn, MHD_HTTP_BAD_REQUEST,
+				   json_pack("{s:s, s:s}", "error", "DELETE needs ?name=FAMILY (and every label, or none)",
+					     "field", "name"));
+	char canon[SHMET_MAX_NAME_LEN + 8];
+	int cl = snprintf(canon, sizeof canon, "%s_total", name);
+	pthread_mutex_lock(&a->push_mu);
+	struct kv *kv = strlen(name) <= SHMET_MAX_NAME_LEN ? keymap_find(&a->fam_index, name, strlen(name)) : NULL;
+	if (!kv && cl > 0 && (size_t)cl < sizeof canon) /* a counter's family is named with _total */
+		kv = keymap_find(&a->fam_index, canon, (size_t)cl);
+	const struct push_family *f = kv ? a->fams[kv->val] : NULL;
+	enum MHD_Result ret;
+	if (!f || !f->fam) {
+		pthread_mutex_unlock(&a->push_mu);
+		return push_reject(a, conn, MHD_HTTP_NOT_FOUND,
+				   json_pack("{s:s, s:s}", "error", "no family of that name was pushed to this collector",
+					     "field", "name"));
+	}
+	struct delete_args d = {f, NULL, 0};
+	MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, delete_arg, &d);
+	if (d.unknown || (d.nlabels && d.nlabels != f->nlabels)) {
+		char want[SHMET_MAX_LABELS * (SHMET_MAX_NAME_LEN + 2) + 8], msg[sizeof want + 200];
+		label_list(f, want, sizeof want);
+		snprintf(msg, sizeof msg, "give every label of %s (%s) to remove one series, or none to remove all", f->name,
+			 want);
+		pthread_mutex_unlock(&a->push_mu);
+		return push_reject(a, conn, MHD_HTTP_BAD_REQUEST, json_pack("{s:s, s:s}", "error", msg, "field", "labels"));
+	}
+	const char *values[SHMET_MAX_LABELS];
+	for (uint32_t i = 0; i < d.nlabels; i++)
+		values[i] = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, f->label_names[i]);
+	int rc = d.nlabels ? shmet_series_remove(f->fam, values) : shmet_family_clear(f->fam);
+	json_t *j = rc == SHMET_OK ? json_pack("{s:s, s:s}", "removed", f->name, "scope", d.nlabels ? "series" : "family")
+				   : json_pack("{s:s}", "error", shmet_last_error());
+	pthread_mutex_unlock(&a->push_mu);
+	ret = rc == SHMET_OK ? api_send(conn, MHD_HTTP_OK, j, NULL)
+			     : push_reject(a, conn, rc == SHMET_E_REGISTRY_FULL ? MHD_HTTP_INSUFFICIENT_STORAGE
+										 : MHD_HTTP_BAD_REQUEST,
+					   j);
+	return ret;
+}

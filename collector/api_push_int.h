@@ -107,6 +107,9 @@ bool push_depth_ok(const char *s, size_t n, int max, size_t *where);
 int push_commit_init(char *err, size_t errlen);
 /* Take back the families and series of the adopted push region. */
 int push_adopt_index(struct api *a);
+/* DELETE ?name=FAMILY[&label=value...]: every label, or none (the whole
+ * family), of a family this collector has pushed to; REMOVAL. */
+enum MHD_Result push_delete(struct api *a, struct MHD_Connection *conn);
 /* Apply samples[0..n), whole or not at all, and answer. */
 enum MHD_Result push_samples(struct api *a, struct MHD_Connection *conn, json_t *const *samples, uint32_t n);
 

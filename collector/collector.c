@@ -372,6 +372,51 @@ static void scan_published(struct collector *c)
 	pthread_mutex_unlock(&c->wake_mu);
 }
 
+/* REMOVAL and RETENTION (shmetrics_layout.h): removals not applied yet,
+ * at every scan; retired-only series past --retired-ttl, looked for at
+ * most every quarter of the TTL (and every minute at most). */
+static void rewrite_retired(struct collector *c)
+{
+	const struct shmet_registry *reg = &c->registry;
+	const struct shmet_retired_header *rh = shmet_retired_header(&c->seg, shmet_retired_active(&c->seg));
+	uint64_t applied = __atomic_load_n(&rh->rh_removals_end, __ATOMIC_RELAXED);
+	bool removals = reg->nrm && reg->rm[reg->nrm - 1].end > applied;
+	uint64_t now = shmet__now_ns(CLOCK_MONOTONIC);
+	uint32_t ttl = 0;
+	if (c->cfg.retired_ttl > 0 && now >= c->rewrite_next_ns) {
+		double every = c->cfg.retired_ttl / 4 < 60 ? c->cfg.retired_ttl / 4 : 60;
+		c->rewrite_next_ns = now + (uint64_t)(every * 1e9);
+		ttl = c->cfg.retired_ttl < 1 ? 1 : (uint32_t)c->cfg.retired_ttl;
+	}
+	if (!removals && !ttl)
+		return;
+	static struct shmet_rewrite_result res; /* updater only; large */
+	int rc = shmet_retired_rewrite(&c->seg, reg, ttl, &res);
+	if (rc != SHMET_OK) {
+		if (!c->rewrite_failed)
+			collector_warn("removals and retention wait: %s", res.err[0] ? res.err : shmet_strerror(rc));
+		c->rewrite_failed = true;
+		return;
+	}
+	if (c->rewrite_failed)
+		collector_log("removals and retention: the retired totals were rewritten again");
+	c->rewrite_failed = false;
+	if (!res.flipped)
+		return;
+	c->flip_unpublished = true;
+	__atomic_fetch_add(&c->removals_applied, res.removals, __ATOMIC_RELAXED);
+	if (res.inexact)
+		__atomic_fetch_add(&c->folds_inexact, res.inexact, __ATOMIC_RELAXED);
+	if (res.removals)
+		collector_log("applied %u series removal%s: %llu series start afresh from a baseline, %llu retired totals "
+			      "dropped",
+			      res.removals, res.removals == 1 ? "" : "s", (unsigned long long)res.baselines,
+			      (unsigned long long)res.dropped_removed);
+	if (res.expired)
+		collector_log("retention: dropped %llu series that only dead workers' totals held, unwritten for %u s",
+			      (unsigned long long)res.expired, ttl);
+}
+
 /* The scan proper: every access to segment memory of the updater.
  *
  * The index reads only what changed since the last scan (view.c); a new
@@ -396,6 +441,8 @@ static bool scan_guarded(struct collector *c)
 		note_fold(c, rc);
 		if (fold_res.flipped)
 			c->flip_unpublished = true;
+		else if (rrc == SHMET_OK && !fold_res.blocked)
+			rewrite_retired(c); /* the same rule: one flip per published view */
 	}
 	/* corrupt records the fold skipped are counted when the index meets them */
 	bool need = view_index_update(c);
@@ -628,6 +675,12 @@ int collector_open(struct collector *c, const struct collector_config *cfg, char
 	sc.allow_owner = cfg->allow_owner;
 	sc.owner_uid = cfg->owner_uid;
 	sc.retired_size = cfg->retired_size;
+	sc.series_limit = cfg->series_limit;
+	if (!sc.series_limit && shmet_env_series_limit(&sc.series_limit) != 0) {
+		snprintf(err, errlen, "%s=\"%s\": want a number of series, 1 to %u", SHMET_ENV_SERIES_LIMIT,
+			 getenv(SHMET_ENV_SERIES_LIMIT), UINT32_MAX);
+		return SHMET_E_INVALID_ARG;
+	}
 	sc.mode = cfg->segment_mode;
 	sc.set_group = cfg->set_group;
 	sc.group = cfg->segment_group;

@@ -52,6 +52,7 @@ struct view_ref {
 	const uint64_t *cells;
 	bool live;
 	bool retired; /* cells of a retired half: the float total has three components */
+	bool baseline; /* a removal's baseline (REMOVAL in shmetrics_layout.h): subtracted */
 	int32_t region; /* whose cells: a region's index, or -1 for the retired totals */
 };
 
@@ -116,6 +117,8 @@ struct collector_config {
 	uint32_t regions;
 	uint64_t region_size;
 	uint64_t retired_size; /* bytes per retired half, if this process creates the segment; 0: default */
+	uint32_t series_limit; /* sh_series_limit of a segment this process creates; 0: $SHMETRICS_SERIES_LIMIT, 2000 */
+	double retired_ttl;    /* seconds; 0: retired-only series are kept for ever */
 	double scan_interval;
 	const char *push_token_file;
 	uint32_t push_max_batch;
@@ -168,6 +171,9 @@ struct collector {
 	bool flip_unpublished;    /* updater only: a fold flipped; its view is not published yet */
 	bool fold_blocked;        /* relaxed: the active retired half is damaged, folding stopped */
 	uint64_t folds_inexact;   /* relaxed: float totals a fold had to round */
+	uint64_t removals_applied; /* relaxed: REMOVE records applied by this process's rewrites */
+	uint64_t rewrite_next_ns;  /* updater only: the next retention check (CLOCK_MONOTONIC) */
+	bool rewrite_failed;       /* updater only: the last rewrite's failure was logged */
 	uint64_t writes_dropped;  /* relaxed: written by each scan, read by scrapes */
 	uint64_t registry_corrupt_logged;
 	struct vindex *building;  /* the index view_build is filling, for view_build_abandon */
@@ -298,7 +304,18 @@ uint64_t collector_writes_dropped(struct collector *c);
 void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enum shmet_expo_format fmt);
 /* Aggregate one series' refs.  False when some of its cells lie past the
  * end of a truncated segment and were left out (acc is then partial). */
+/* The series' aggregate; false when it must not be shown: partly past a
+ * truncated segment's end (a partial sum would read as a reset), or
+ * removed with nothing added since (acc->gone; a gauge's has is false). */
 bool view_series_agg(const struct view_family *f, const struct view_series *s, struct shmet_agg *acc);
+/* Whether a segment family is exposed: not one of the collector's own
+ * names, unless it is the writers' SHMET_OVERFLOW_FAMILY in its shape. */
+bool view_family_exposed(const struct view_family *f);
+bool view_family_is_overflow(const struct view_family *f);
+/* SERIES LIMIT: SHMET_OVERFLOW_FAMILY{family=<family>} in v; -1: none. */
+double view_overflowed(const struct view *v, const char *family);
+/* Segment bytes the family's series take: records and cells, every copy. */
+uint64_t view_family_bytes(const struct view_family *f);
 
 /* Reading the view: view_enter/view_leave bracket a read-side critical
  * section; the pointer is loaded with acquire order (what rcu_dereference

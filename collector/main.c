@@ -46,6 +46,11 @@ static void usage(FILE *out)
 		"      --region-size BYTES     bytes per region, if this process creates the segment (default %llu)\n"
 		"      --retired-size BYTES    bytes for the totals of dead workers, if this process creates the\n"
 		"                              segment (default twice the region size)\n"
+		"      --series-limit N        series one process may hold per family, the default of a segment this\n"
+		"                              process creates (default $SHMETRICS_SERIES_LIMIT, then 2000); past\n"
+		"                              it new label sets go to the family's overflow series\n"
+		"      --retired-ttl SECONDS   drop series that only dead workers' totals hold and that no live\n"
+		"                              process has written for SECONDS (default 0: keep them)\n"
 		"      --scan-interval SECONDS how often to look for new series and dead workers (default 1)\n"
 		"      --segment-owner UID     also accept a segment owned by this uid (default: only our own)\n"
 		"      --segment-mode MODE     mode of a segment this process creates: 0600 (default), 0640 or 0660\n"
@@ -158,7 +163,7 @@ int main(int argc, char **argv)
 		OPT_REGIONS = 256, OPT_REGION_SIZE, OPT_RETIRED_SIZE, OPT_SCAN, OPT_TOKEN, OPT_BATCH, OPT_SERIES, OPT_RATE,
 		OPT_OWNER, OPT_HTTP_MAX, OPT_HTTP_PER_CLIENT, OPT_HTTP_IDLE, OPT_HTTP_REQUEST, OPT_TELEMETRY,
 		OPT_WEB_CONFIG, OPT_LOG_LEVEL, OPT_LOG_FORMAT, OPT_HOST, OPT_NO_WRITER, OPT_SEG_MODE, OPT_SEG_GROUP,
-		OPT_STREAM_INTERVAL, OPT_STREAM_CLIENTS,
+		OPT_STREAM_INTERVAL, OPT_STREAM_CLIENTS, OPT_SERIES_LIMIT, OPT_RETIRED_TTL,
 	};
 	static const struct option opts[] = {
 		{"segment", required_argument, NULL, 's'},
@@ -173,6 +178,8 @@ int main(int argc, char **argv)
 		{"regions", required_argument, NULL, OPT_REGIONS},
 		{"region-size", required_argument, NULL, OPT_REGION_SIZE},
 		{"retired-size", required_argument, NULL, OPT_RETIRED_SIZE},
+		{"series-limit", required_argument, NULL, OPT_SERIES_LIMIT},
+		{"retired-ttl", required_argument, NULL, OPT_RETIRED_TTL},
 		{"scan-interval", required_argument, NULL, OPT_SCAN},
 		{"segment-owner", required_argument, NULL, OPT_OWNER},
 		{"segment-mode", required_argument, NULL, OPT_SEG_MODE},
@@ -273,6 +280,20 @@ int main(int argc, char **argv)
 				return 2;
 			}
 			cfg.retired_size = u;
+			break;
+		case OPT_SERIES_LIMIT:
+			if (parse_u64(optarg, UINT32_MAX, &u) != 0 || u == 0) {
+				collector_error("--series-limit wants 1..%u series", UINT32_MAX);
+				return 2;
+			}
+			cfg.series_limit = (uint32_t)u;
+			break;
+		case OPT_RETIRED_TTL:
+			cfg.retired_ttl = strtod(optarg, &end);
+			if (*end || !(cfg.retired_ttl >= 0 && cfg.retired_ttl <= 365 * 86400.0)) {
+				collector_error("--retired-ttl wants seconds between 0 (off) and 31536000");
+				return 2;
+			}
 			break;
 		case OPT_SCAN:
 			cfg.scan_interval = strtod(optarg, &end);

@@ -542,8 +542,7 @@ static void render_protobuf(struct collector *c, const struct view *v, shmet_buf
 	 * the collector's two lists of its own merged in */
 	for (uint32_t i = 0; i <= v->nfamilies && !pl->oom; i++) {
 		const struct view_family *f = i < v->nfamilies ? &v->families[i] : NULL;
-		if (f && (strncmp(f->name, SHMET_RESERVED_PREFIX, sizeof SHMET_RESERVED_PREFIX - 1) == 0 ||
-			  self_family_name(f->name)))
+		if (f && !view_family_exposed(f))
 			continue;
 		for (;;) {
 			bool own_next = o < nown && (!f || strcmp(own[o].name, f->name) < 0);

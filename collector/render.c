@@ -171,6 +171,8 @@ size_t render_own_metrics(struct collector *c, const struct view *v, struct rend
 	history_stats(c->history, &hs);
 	/* read now: a scrape that finds the view current triggers no scan */
 	double writes_dropped = (double)collector_writes_dropped(c);
+	const struct shmet_retired_header *rh = shmet_retired_header(&c->seg, shmet_retired_active(&c->seg));
+	double expired = collector_readable(rh, sizeof *rh) ? (double)__atomic_load_n(&rh->rh_expired, __ATOMIC_RELAXED) : 0;
 	const struct render_own own[] = {
 		{"shmetricsd_corrupt_records_total", "Segment records skipped because they failed validation.",
 		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)__atomic_load_n(&c->corrupt_records, __ATOMIC_RELAXED)}, {0}, 0},
@@ -206,6 +208,12 @@ size_t render_own_metrics(struct collector *c, const struct view *v, struct rend
 		{"shmetricsd_registrations_refused_total",
 		 "Family registrations the segment's family registry refused (a clashing shape or sample name, or a full registry).",
 		 SHMET_EXPO_COUNTER, NULL, NULL, {refused}, {0}, 0},
+		{"shmetricsd_removals_applied_total",
+		 "Series removals (shmet_series_remove, shmet_family_clear, DELETE) this collector applied.",
+		 SHMET_EXPO_COUNTER, NULL, NULL, {(double)__atomic_load_n(&c->removals_applied, __ATOMIC_RELAXED)}, {0}, 0},
+		{"shmetricsd_retired_series_expired_total",
+		 "Series that only dead workers' totals held, dropped after --retired-ttl without a write, since the segment was created.",
+		 SHMET_EXPO_COUNTER, NULL, NULL, {expired}, {0}, 0},
 		{"shmetricsd_scrape_duration_seconds", "Time the previous /metrics render took.", SHMET_EXPO_GAUGE, NULL,
 		 NULL, {last_scrape}, {0}, 0},
 		{"shmetricsd_segment_bus_errors_total",
@@ -240,8 +248,8 @@ void render_metrics(struct collector *c, const struct view *v, shmet_buf *b, enu
 	unsigned e = 0; /* selfmetrics.c's families: a second sorted list */
 	for (uint32_t i = 0; i <= v->nfamilies; i++) {
 		const struct view_family *f = i < v->nfamilies ? &v->families[i] : NULL;
-		if (f && (strncmp(f->name, "shmetricsd_", 11) == 0 || self_family_name(f->name)))
-			continue; /* the collector's own names; a writer may not shadow them */
+		if (f && !view_family_exposed(f))
+			continue;
 		for (;;) {
 			bool own_next = o < nown && (!f || strcmp(own[o].name, f->name) < 0);
 			bool self_next = e < self_nfamilies && (!f || strcmp(self_families[e].name, f->name) < 0);

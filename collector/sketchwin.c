@@ -93,7 +93,19 @@ bool sketch_series_counts(const struct view_family *f, const struct view_series 
 			whole = false; /* past the end of a truncated segment: never touched */
 			continue;
 		}
-		shmet_sketch_load_add(acc, s->refs[i].cells + shmet_sketch_cell(f->type, f->nbuckets, ret), sk->count + 2);
+		if (!s->refs[i].baseline)
+			shmet_sketch_load_add(acc, s->refs[i].cells + shmet_sketch_cell(f->type, f->nbuckets, ret), sk->count + 2);
+	}
+	/* a removal's baseline (REMOVAL), after every count it is part of */
+	for (uint32_t i = 0; i < s->nrefs; i++) {
+		if (!s->refs[i].baseline ||
+		    !collector_readable(s->refs[i].cells, shmet_cell_size_sk(f->type, f->nbuckets, sk->count, true)))
+			continue;
+		const uint64_t *c = s->refs[i].cells + shmet_sketch_cell(f->type, f->nbuckets, true);
+		for (uint32_t k = 0; k < sk->count + 2; k++) {
+			uint64_t b = __atomic_load_n(&c[k], __ATOMIC_RELAXED); /* as shmet_sketch_load_add's loads */
+			acc[k] = acc[k] > b ? acc[k] - b : 0;
+		}
 	}
 	return whole;
 }

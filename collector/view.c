@@ -34,6 +34,7 @@
  */
 #include "collector.h"
 #include "keymap.h"
+#include "selfmetrics.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -363,6 +364,19 @@ static struct iseries *series_new(struct vindex *x, const struct ifamily *f, con
 	return s;
 }
 
+/* SERIES LIMIT: the writer-made counter of routed lookups has one series
+ * per family that went past its limit somewhere; its first sighting is
+ * the one log line about that family. */
+static void note_overflow(const struct ifamily *f, const struct shmet_record *r)
+{
+	if (!view_family_is_overflow(&f->out) || r->series.nvalues != 1)
+		return;
+	collector_warn("family %.*s reached its series limit in a process: new label sets go to its overflow series "
+		       "(values \"" SHMET_OVERFLOW_VALUE "\"), counted in " SHMET_OVERFLOW_FAMILY "{family=\"%.*s\"}",
+		       (int)r->series.value_lens[0], r->series.values[0], (int)r->series.value_lens[0],
+		       r->series.values[0]);
+}
+
 static struct iseries *series_for(struct vindex *x, struct ifamily *f, const struct shmet_record *r, int worker)
 {
 	size_t klen = shmet_series_key_worker(r, worker, x->key, SHMET_SERIES_KEY_MAX);
@@ -390,6 +404,7 @@ static struct iseries *series_for(struct vindex *x, struct ifamily *f, const str
 	s->fresh = true;
 	f->fresh[f->nfresh++] = s;
 	f->dirty = true;
+	note_overflow(f, r);
 	return s;
 }
 
@@ -573,6 +588,7 @@ static void region_read(struct vindex *x, const struct shmet_area *area, int reg
 			.cells = (const uint64_t *)(const void *)(area->base + r.series.cell_off),
 			.live = live,
 			.retired = area->retired,
+			.baseline = (r.series.flags & SHMET_SER_BASELINE) != 0, /* only ever set in a retired half */
 			.region = region,
 		};
 		mark(x, s);
@@ -1110,6 +1126,58 @@ bool view_current(const struct collector *c, const struct view *v)
 	}
 	return true;
 }
+bool view_family_is_overflow(const struct view_family *f)
+{
+	return strcmp(f->name, SHMET_OVERFLOW_FAMILY) == 0 && f->type == SHMET_COUNTER && f->nlabels == 1 &&
+	       strcmp(f->label_names[0], "family") == 0;
+}
+
+double view_overflowed(const struct view *v, const char *family)
+{
+	uint32_t lo = 0, hi = v->nfamilies;
+	while (lo < hi) { /* families are sorted by name */
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (strcmp(v->families[mid].name, SHMET_OVERFLOW_FAMILY) < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo == v->nfamilies || !view_family_is_overflow(&v->families[lo]))
+		return -1;
+	const struct view_family *f = &v->families[lo];
+	const char *want[1] = {family};
+	uint32_t p = vs_lower_bound(f->series, f->nseries, want, 1);
+	if (p == f->nseries || strcmp(f->series[p].values[0], family) != 0)
+		return -1;
+	struct shmet_agg acc;
+	view_series_agg(f, &f->series[p], &acc);
+	return shmet_agg_value(&acc, SHMET_COUNTER);
+}
+
+uint64_t view_family_bytes(const struct view_family *f)
+{
+	uint64_t n = 0;
+	for (uint32_t i = 0; i < f->nseries; i++) {
+		const struct view_series *s = &f->series[i];
+		uint64_t rec = sizeof(struct shmet_rec_series);
+		for (uint32_t k = 0; k < f->nlabels - per_worker_family(f) && s->values[k]; k++)
+			rec += 2 + strlen(s->values[k]);
+		for (uint32_t r = 0; r < s->nrefs; r++)
+			n += shmet_align8(rec) + shmet_cell_size_ex(f->type, f->nbuckets, f->sketch ? f->sketch->count : 0,
+								   f->exemplars, s->refs[r].retired);
+	}
+	return n;
+}
+
+bool view_family_exposed(const struct view_family *f)
+{
+	/* the collector's own names, which a writer may not shadow, except the
+	 * one family writers make themselves (SERIES LIMIT), in its one shape */
+	if (strncmp(f->name, SHMET_RESERVED_PREFIX, sizeof SHMET_RESERVED_PREFIX - 1) == 0)
+		return view_family_is_overflow(f);
+	return !self_family_name(f->name);
+}
+
 bool view_series_agg(const struct view_family *f, const struct view_series *s, struct shmet_agg *acc)
 {
 	shmet_agg_init(acc, f->type == SHMET_HISTOGRAM ? f->nbuckets : 0);
@@ -1124,8 +1192,13 @@ bool view_series_agg(const struct view_family *f, const struct view_series *s, s
 			continue;
 		}
 		shmet_read_cell_values(c, f->type, f->nbuckets, s->refs[i].retired, &v);
-		shmet_agg_add(acc, f->type, f->mode, f->nbuckets, &v, s->refs[i].live);
+		if (s->refs[i].baseline)
+			shmet_agg_sub(acc, f->type, f->nbuckets, &v);
+		else
+			shmet_agg_add(acc, f->type, f->mode, f->nbuckets, &v, s->refs[i].live);
 	}
 	shmet_agg_finish(acc, f->type);
-	return whole;
+	if (acc->gone)
+		acc->has = false; /* a gauge's "no value": every caller skips it */
+	return whole && !acc->gone;
 }

@@ -123,6 +123,8 @@ struct shmet_options {
 	bool no_create;          /* attach only; fail when the segment is absent */
 	const char *group;       /* group of a segment this process creates, a name or a gid
 				    (NULL: $SHMETRICS_SEGMENT_GROUP, then the process's own) */
+	uint32_t series_limit;   /* the default series limit of a segment this process creates
+				    (0: $SHMETRICS_SERIES_LIMIT, then 2000; SHMET_SERIES_UNLIMITED: none) */
 };
 
 struct shmet_family_spec {
@@ -153,6 +155,12 @@ struct shmet_family_spec {
 	int native_schema;
 	double native_zero_threshold;
 	double native_min, native_max;
+	/* Series of this family one process may hold (SERIES LIMIT in
+	 * shmetrics_layout.h); past it, new label sets share the overflow
+	 * series, all of whose values are SHMET_OVERFLOW_VALUE.  0: the
+	 * segment's default (2000 unless its creator said otherwise);
+	 * SHMET_SERIES_UNLIMITED: no limit. */
+	uint32_t series_limit;
 };
 
 /* Attach (creating the segment when absent) and claim this process's region.
@@ -193,6 +201,15 @@ SHMET__API int shmet_summary_register_quantiles(shmet_family **out, const char *
 /* Series lookup by label values (an array of family's nlabels strings; NULL
  * for a family without labels).  Lock-free when the series exists. */
 SHMET__API int shmet_series_lookup(shmet_family *f, const char *const *values, uint32_t *off);
+/* REMOVAL (shmetrics_layout.h): the series of f with these label values,
+ * or every series of f, leaves the exposition for good: in every process,
+ * and after dead workers are folded.  The collector applies it at its next
+ * scan; a write after that starts the series afresh from zero (as client
+ * libraries do).  Handles stay valid.  Per-worker gauges cannot be removed
+ * (they leave with their process).  Each call takes room in the segment's
+ * family registry (SHMET_E_REGISTRY_FULL when there is none). */
+SHMET__API int shmet_series_remove(shmet_family *f, const char *const *values);
+SHMET__API int shmet_family_clear(shmet_family *f);
 SHMET__API shmet_counter shmet_counter_get(shmet_family *f, const char *const *values);
 SHMET__API shmet_gauge shmet_gauge_get(shmet_family *f, const char *const *values);
 SHMET__API shmet_histogram shmet_histogram_get(shmet_family *f, const char *const *values);
@@ -728,6 +745,12 @@ struct shmet_family {
 	char **label_names;
 	struct shmet__sketch_rt *sk; /* summaries with quantiles, else NULL */
 	unsigned exemplars;          /* counters, histograms: exemplar slots after the cells */
+	/* SERIES LIMIT; only the registration mutex's holder reads or writes these */
+	uint32_t limit;              /* series this process may hold */
+	uint32_t nseries;            /* series it holds (the overflow series not counted) */
+	uint32_t routed_off;         /* its SHMET_OVERFLOW_FAMILY series' cells, 0 until the first */
+	unsigned internal;           /* SHMET_OVERFLOW_FAMILY itself: no limit, reserved name allowed */
+	uint32_t reg_off;            /* its FAMILY record in the segment's registry (REMOVE records name it) */
 };
 
 /* A writing thread's cells: the process's own region (region == -1, the
@@ -781,8 +804,11 @@ static struct {
 	pthread_key_t own_key;   /* per thread: its struct shmet__own, for the exit destructor */
 	int own_key_done;
 	int said_own; /* the stderr notice of a thread without a region, once (atomic) */
+	uint32_t series_limit;   /* the segment's default (sh_series_limit, copied once at attach) */
+	shmet_family *overflow_family; /* SHMET_OVERFLOW_FAMILY, once a family overflowed */
+	int said_overflow;       /* the stderr notice of the first overflow, once (atomic) */
 } shmet__st = {PTHREAD_MUTEX_INITIALIZER, 0, 0, {-1, 0, 0, NULL, 0, NULL, 0, 0, 0, 0, 0, 0, 0, 0}, -1, 0, 0, 0, 0, NULL, 0,
-	       NULL, 0, SHMET_NO_PARENT, NULL, 0, 0, 0, 0, {0}, 0, 0, NULL, 0, NULL, 0, 0, 0};
+	       NULL, 0, SHMET_NO_PARENT, NULL, 0, 0, 0, 0, {0}, 0, 0, NULL, 0, NULL, 0, 0, 0, 0, NULL, 0};
 
 static __thread char shmet__errmsg[SHMET_ERRBUF];
 
@@ -1271,7 +1297,11 @@ static int shmet__init_locked(const struct shmet_options *o)
 		cfg.regions = o->regions;
 		cfg.region_size = o->region_size;
 		cfg.mode = o->mode;
+		cfg.series_limit = o->series_limit;
 	}
+	if (!cfg.series_limit && shmet_env_series_limit(&cfg.series_limit) != 0)
+		return shmet__err(SHMET_E_INVALID_ARG, "%s=\"%s\": want a number of series, 1 to %u", SHMET_ENV_SERIES_LIMIT,
+				  getenv(SHMET_ENV_SERIES_LIMIT), UINT32_MAX);
 	const char *env_mode = getenv(SHMET_ENV_SEGMENT_MODE);
 	if (!cfg.mode && env_mode && *env_mode && shmet_parse_mode(env_mode, &cfg.mode) != 0)
 		return shmet__err(SHMET_E_INVALID_ARG, "%s=\"%s\": want 0600, 0640 or 0660", SHMET_ENV_SEGMENT_MODE,
@@ -1295,6 +1325,10 @@ static int shmet__init_locked(const struct shmet_options *o)
 		return shmet__err(rc, "%s", why);
 	strcpy(shmet__st.path, path);
 	shmet__st.region_size = shmet__st.map.region_size; /* validated at attach; never the live header */
+	/* read once: only this process's routing depends on it, and any value is one */
+	shmet__st.series_limit = __atomic_load_n(&shmet__st.map.hdr->sh_series_limit, __ATOMIC_RELAXED);
+	if (!shmet__st.series_limit)
+		shmet__st.series_limit = SHMET_SERIES_LIMIT_DEFAULT;
 	/* Enough buckets for every series a region can hold, at ~64 bytes each. */
 	size_t want = (size_t)(shmet__st.region_size / 64), n = 64;
 	while (n < want && n < ((size_t)1 << 20))
@@ -1429,6 +1463,9 @@ static void shmet__free_family(shmet_family *f)
 	free(f);
 }
 
+/* 1 while this process registers SHMET_OVERFLOW_FAMILY (under the mutex) */
+static int shmet__overflow_registering;
+
 static int shmet__validate_spec(const struct shmet_family_spec *s, char *name, const double **bounds,
 				size_t *nb)
 {
@@ -1444,7 +1481,8 @@ static int shmet__validate_spec(const struct shmet_family_spec *s, char *name, c
 	if (!valid || strcmp(name, "_total") == 0)
 		return shmet__err(SHMET_E_INVALID_NAME, "metric name \"%s\" does not match [a-zA-Z_:][a-zA-Z0-9_:]*",
 				  s->name);
-	if (strncmp(name, SHMET_RESERVED_PREFIX, sizeof SHMET_RESERVED_PREFIX - 1) == 0)
+	if (strncmp(name, SHMET_RESERVED_PREFIX, sizeof SHMET_RESERVED_PREFIX - 1) == 0 &&
+	    !(s->type == SHMET_COUNTER && strcmp(name, SHMET_OVERFLOW_FAMILY) == 0 && shmet__overflow_registering))
 		return shmet__err(SHMET_E_INVALID_NAME, "\"%s\": the prefix %s is the collector's own", name,
 				  SHMET_RESERVED_PREFIX);
 	if (s->type != SHMET_COUNTER && n >= 6 && strcmp(name + n - 6, "_total") == 0)
@@ -1675,27 +1713,30 @@ static int shmet__shape_check(const struct shmet_shape *have, const struct shmet
  * there when it is new (see FAMILY REGISTRY in shmetrics_layout.h).  The
  * registry lock is an OFD lock: a holder that dies releases it, and a
  * holder that never lets go costs a bounded wait and an error, not a hang. */
-static int shmet__registry_enter_locked(const unsigned char *rec, size_t size, const struct shmet_shape *want)
+static int shmet__registry_lock(struct shmet_seg_map *m)
 {
-	struct shmet_seg_map *m = &shmet__st.map;
-	int locked = 0;
 	for (int tries = 0; tries < 2000; tries++) {
-		if (shmet__ofd_lock(m->fd, SHMET_REGISTRY_LOCK_OFF, F_WRLCK, F_OFD_SETLK) == 0) {
-			locked = 1;
-			break;
-		}
+		if (shmet__ofd_lock(m->fd, SHMET_REGISTRY_LOCK_OFF, F_WRLCK, F_OFD_SETLK) == 0)
+			return SHMET_OK;
 		struct timespec ms = {0, 1000000};
 		nanosleep(&ms, NULL);
 	}
-	if (!locked)
-		return shmet__err(SHMET_E_TIMEOUT, "%s: the family registry stayed locked for 2 s", shmet__st.path);
+	return shmet__err(SHMET_E_TIMEOUT, "%s: the family registry stayed locked for 2 s", shmet__st.path);
+}
+
+static int shmet__registry_enter_locked(const unsigned char *rec, size_t size, const struct shmet_shape *want,
+					uint32_t *reg_off)
+{
+	struct shmet_seg_map *m = &shmet__st.map;
+	if (shmet__registry_lock(m) != SHMET_OK)
+		return SHMET_E_TIMEOUT;
 	unsigned char *base = m->base + shmet__st.map.registry_off;
 	struct shmet_region_header *rh = (struct shmet_region_header *)(void *)base;
 	/* acquire: pairs with the release below in whichever process appended
 	 * last, so every record under the end is complete. */
 	uint64_t end = __atomic_load_n(&rh->rg_dir_end, __ATOMIC_ACQUIRE), pos = sizeof *rh;
 	int rc = SHMET_OK, found = 0;
-	static unsigned char copy[SHMET_FAMILY_REC_MAX]; /* under shmet__st.mu */
+	static unsigned char copy[SHMET_REGISTRY_REC_MAX]; /* under shmet__st.mu */
 	if (end < sizeof *rh || end > shmet__st.map.registry_size || end % 8) {
 		rc = shmet__err(SHMET_E_CORRUPT, "%s: the family registry is damaged (end %llu)", shmet__st.path,
 				(unsigned long long)end);
@@ -1718,6 +1759,8 @@ static int shmet__registry_enter_locked(const unsigned char *rec, size_t size, c
 			rc = shmet__shape_check(&have, want, "in the segment");
 			found = rc == SHMET_OK && have.name_len == want->name_len &&
 				memcmp(have.name, want->name, want->name_len) == 0;
+			if (found)
+				*reg_off = (uint32_t)pos;
 		}
 		pos += rs;
 	}
@@ -1728,6 +1771,7 @@ static int shmet__registry_enter_locked(const unsigned char *rec, size_t size, c
 					(unsigned long long)shmet__st.map.registry_size);
 		} else {
 			memcpy(base + end, rec, size);
+			*reg_off = (uint32_t)end;
 			/* release: the record's bytes before the end that exposes them */
 			__atomic_store_n(&rh->rg_dir_end, end + size, __ATOMIC_RELEASE);
 		}
@@ -1784,8 +1828,9 @@ static int shmet__register_locked(const struct shmet_family_spec *s, shmet_famil
 	if (rc == SHMET_OK && (sk.count || want.exemplars) && cells + size + sizeof(struct shmet_rec_series) + sizeof(struct shmet_region_header) > shmet__st.region_size)
 		rc = shmet__err(SHMET_E_TOO_LONG, "\"%s\": a series needs %llu bytes of cells, more than a region (%llu) holds",
 				name, (unsigned long long)cells, (unsigned long long)shmet__st.region_size);
+	uint32_t reg_off = 0;
 	if (rc == SHMET_OK)
-		rc = shmet__registry_enter_locked(rec, size, &want);
+		rc = shmet__registry_enter_locked(rec, size, &want, &reg_off);
 	if (rc != SHMET_OK) {
 		free(rec);
 		return rc;
@@ -1819,6 +1864,9 @@ static int shmet__register_locked(const struct shmet_family_spec *s, shmet_famil
 	if (f->sk)
 		f->sk->zero_threshold = sk.zero_threshold;
 	f->exemplars = want.exemplars;
+	f->internal = (unsigned)shmet__overflow_registering;
+	f->reg_off = reg_off;
+	f->limit = f->internal ? SHMET_SERIES_UNLIMITED : s->series_limit ? s->series_limit : shmet__st.series_limit;
 	unsigned char *dst = shmet__reserve(size, 0, NULL);
 	if (!dst) {
 		shmet__free_family(f);
@@ -1964,6 +2012,61 @@ size_t shmet__series_bytes(unsigned type, uint32_t nbuckets, uint32_t nvalues, c
 	       shmet_cell_size(type, nbuckets);
 }
 
+/* Every value SHMET_OVERFLOW_VALUE: the family's overflow series. */
+static int shmet__is_overflow(const shmet_family *f, const char *const *values, const size_t *lens)
+{
+	for (uint32_t i = 0; i < f->nlabels; i++)
+		if (lens[i] != sizeof SHMET_OVERFLOW_VALUE - 1 || memcmp(values[i], SHMET_OVERFLOW_VALUE, lens[i]) != 0)
+			return 0;
+	return f->nlabels > 0;
+}
+
+static int shmet__create_series_locked(shmet_family *f, uint64_t h, const char *const *values,
+				       const size_t *lens, uint32_t *off);
+
+/* SERIES LIMIT: a new label set of f past its limit.  *off := the overflow
+ * series, and *routed := the cells of f's SHMET_OVERFLOW_FAMILY series (0
+ * when it could not be made), which the caller counts once it has let the
+ * mutex go (a counter cell is its thread's own: see WRITING THREADS). */
+static int shmet__overflow_locked(shmet_family *f, uint32_t *off, uint32_t *routed)
+{
+	const char *ov[SHMET_MAX_LABELS];
+	size_t ol[SHMET_MAX_LABELS];
+	for (uint32_t i = 0; i < f->nlabels; i++)
+		ov[i] = SHMET_OVERFLOW_VALUE;
+	int rc = shmet__create_series_locked(f, shmet__hash(f->id, ov, ol, f->nlabels), ov, ol, off);
+	if (rc != SHMET_OK)
+		return rc;
+	if (!f->routed_off) {
+		if (!shmet__st.overflow_family) {
+			static const char *const label[] = {"family"};
+			struct shmet_family_spec spec;
+			memset(&spec, 0, sizeof spec);
+			spec.type = SHMET_COUNTER;
+			spec.name = SHMET_OVERFLOW_FAMILY;
+			spec.help = "Lookups of a new label set past the family's series limit, each routed to its overflow "
+				    "series (all label values " SHMET_OVERFLOW_VALUE ").";
+			spec.nlabels = 1;
+			spec.label_names = label;
+			shmet__overflow_registering = 1;
+			shmet__register_locked(&spec, &shmet__st.overflow_family);
+			shmet__overflow_registering = 0;
+		}
+		shmet_family *of = shmet__st.overflow_family;
+		if (of) {
+			const char *v[1] = {f->name};
+			size_t l[1];
+			shmet__create_series_locked(of, shmet__hash(of->id, v, l, 1), v, l, &f->routed_off);
+		}
+	}
+	*routed = f->routed_off;
+	shmet__notice(&shmet__st.said_overflow,
+		      "\"%s\" reached its limit of %u series in this process: new label sets go to its overflow "
+		      "series (values \"" SHMET_OVERFLOW_VALUE "\"), counted in " SHMET_OVERFLOW_FAMILY,
+		      f->name, f->limit);
+	return SHMET_OK;
+}
+
 static int shmet__create_series_locked(shmet_family *f, uint64_t h, const char *const *values,
 				       const size_t *lens, uint32_t *off)
 {
@@ -1972,6 +2075,7 @@ static int shmet__create_series_locked(shmet_family *f, uint64_t h, const char *
 		*off = n->off;
 		return SHMET_OK;
 	}
+	int overflow = shmet__is_overflow(f, values, lens);
 	for (uint32_t i = 0; i < f->nlabels; i++) {
 		if (lens[i] > SHMET_MAX_VALUE_LEN)
 			return shmet__err(SHMET_E_TOO_LONG, "\"%s\": label value longer than %u bytes", f->name,
@@ -2012,6 +2116,7 @@ static int shmet__create_series_locked(shmet_family *f, uint64_t h, const char *
 	memset(&sr, 0, sizeof sr);
 	sr.ser_rec.rec_size = (uint32_t)shmet_align8(size);
 	sr.ser_rec.rec_kind = SHMET_REC_SERIES;
+	sr.ser_rec.rec_flags = overflow ? (uint16_t)SHMET_SER_OVERFLOW : (uint16_t)0;
 	sr.ser_family_off = f->rec_off;
 	sr.ser_cell_off = cell_off;
 	sr.ser_nvalues = (uint16_t)f->nlabels;
@@ -2020,6 +2125,8 @@ static int shmet__create_series_locked(shmet_family *f, uint64_t h, const char *
 	for (uint32_t i = 0; i < f->nlabels; i++)
 		p = shmet__put_str(p, values[i], lens[i], 1);
 	shmet__publish(size, 1);
+	if (!overflow)
+		f->nseries++;
 	n->hash = h;
 	n->fam = f;
 	n->off = cell_off;
@@ -2076,11 +2183,28 @@ int shmet_series_lookup(shmet_family *f, const char *const *values, uint32_t *of
 	uint64_t h = shmet__hash(f->id, values, lens, f->nlabels);
 	n = shmet__find(f, h, values, lens);
 	if (!n) {
+		uint32_t routed = 0;
+		int rc, over = 0;
 		pthread_mutex_lock(&shmet__st.mu);
-		int rc = shmet__create_series_locked(f, h, values, lens, off);
+		/* past the limit only a label set not seen yet: its node is absent
+		 * (checked again under the mutex, which orders the creators) */
+		if (f->nseries >= f->limit && !shmet__st.adopt_rec && !shmet__find(f, h, values, lens) &&
+		    !shmet__is_overflow(f, values, lens)) {
+			over = 1;
+			rc = shmet__overflow_locked(f, off, &routed);
+		} else {
+			rc = shmet__create_series_locked(f, h, values, lens, off);
+		}
 		pthread_mutex_unlock(&shmet__st.mu);
 		if (rc != SHMET_OK)
 			return rc;
+		if (over) {
+			/* not remembered in the pointer cache: every lookup of a label
+			 * set past the limit is routed, and counted, anew */
+			if (routed)
+				shmet_counter_inc((shmet_counter){routed, 0});
+			return SHMET_OK;
+		}
 		n = shmet__find(f, h, values, lens);
 		if (!n)
 			return SHMET_OK; /* an adopted series' scratch lookup: nothing to remember */
@@ -2090,6 +2214,75 @@ int shmet_series_lookup(shmet_family *f, const char *const *values, uint32_t *of
 	*off = n->off;
 	return SHMET_OK;
 }
+
+/* Append a REMOVE record to the registry (REMOVAL in shmetrics_layout.h). */
+static int shmet__remove(shmet_family *f, const char *const *values, int whole)
+{
+	if (!f)
+		return shmet__err(SHMET_E_INVALID_ARG, "no family (its registration failed)");
+	if (f->type == SHMET_GAUGE && f->mode == SHMET_GAUGE_PER_WORKER)
+		return shmet__err(SHMET_E_INVALID_ARG, "\"%s\": a per-worker gauge leaves with its process; it cannot be removed",
+				  f->name);
+	uint32_t nv = whole ? 0 : f->nlabels;
+	size_t lens[SHMET_MAX_LABELS], size = sizeof(struct shmet_rec_remove);
+	for (uint32_t i = 0; i < nv; i++) {
+		if (!values || !values[i])
+			return shmet__err(SHMET_E_LABEL_COUNT, "\"%s\" needs %u label values", f->name, f->nlabels);
+		lens[i] = strlen(values[i]);
+		if (lens[i] > SHMET_MAX_VALUE_LEN)
+			return shmet__err(SHMET_E_TOO_LONG, "\"%s\": label value longer than %u bytes", f->name,
+					  SHMET_MAX_VALUE_LEN);
+		if (!shmet_valid_utf8(values[i], lens[i]))
+			return shmet__err(SHMET_E_INVALID_UTF8, "\"%s\": value of label \"%s\" is not valid UTF-8", f->name,
+					  f->label_names[i]);
+		size += 2 + lens[i];
+	}
+	size = (size_t)shmet_align8(size);
+	unsigned char *rec = (unsigned char *)calloc(1, size);
+	if (!rec)
+		return shmet__err(SHMET_E_SYS, "out of memory");
+	struct shmet_rec_remove rm;
+	memset(&rm, 0, sizeof rm);
+	rm.rm_rec.rec_size = (uint32_t)size;
+	rm.rm_rec.rec_kind = SHMET_REC_REMOVE;
+	rm.rm_rec.rec_flags = whole ? (uint16_t)SHMET_REMOVE_FAMILY : (uint16_t)0;
+	rm.rm_family_off = f->reg_off;
+	rm.rm_nvalues = (uint16_t)nv;
+	rm.rm_stamp_ns = shmet__now_ns(CLOCK_REALTIME);
+	memcpy(rec, &rm, sizeof rm);
+	unsigned char *p = rec + sizeof rm;
+	for (uint32_t i = 0; i < nv; i++)
+		p = shmet__put_str(p, values[i], lens[i], 1);
+	pthread_mutex_lock(&shmet__st.mu);
+	struct shmet_seg_map *m = &shmet__st.map;
+	int rc = m->base ? shmet__registry_lock(m)
+			 : shmet__err(SHMET_E_INVALID_ARG, "not attached to a segment (register a family first)");
+	if (rc == SHMET_OK) {
+		unsigned char *base = m->base + m->registry_off;
+		struct shmet_region_header *rh = (struct shmet_region_header *)(void *)base;
+		/* acquire: pairs with the release of whoever appended last */
+		uint64_t end = __atomic_load_n(&rh->rg_dir_end, __ATOMIC_ACQUIRE);
+		if (end < sizeof *rh || end > m->registry_size || end % 8) {
+			rc = shmet__err(SHMET_E_CORRUPT, "%s: the family registry is damaged (end %llu)", shmet__st.path,
+					(unsigned long long)end);
+		} else if (m->registry_size - end < size) {
+			rc = shmet__err(SHMET_E_REGISTRY_FULL, "%s: no room for a removal of \"%s\" in the family registry",
+					shmet__st.path, f->name);
+		} else {
+			memcpy(base + end, rec, size);
+			/* release: the record's bytes before the end that exposes them */
+			__atomic_store_n(&rh->rg_dir_end, end + size, __ATOMIC_RELEASE);
+		}
+		shmet__ofd_lock(m->fd, SHMET_REGISTRY_LOCK_OFF, F_UNLCK, F_OFD_SETLK);
+	}
+	pthread_mutex_unlock(&shmet__st.mu);
+	free(rec);
+	return rc;
+}
+
+int shmet_series_remove(shmet_family *f, const char *const *values) { return shmet__remove(f, values, 0); }
+
+int shmet_family_clear(shmet_family *f) { return shmet__remove(f, NULL, 1); }
 
 static uint32_t shmet__typed_off(shmet_family *f, enum shmet_type t, const char *const *values)
 {

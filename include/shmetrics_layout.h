@@ -36,7 +36,8 @@
  *  144    8  sh_retired_active    folder only, release store collector, acquire
  *  152    8  sh_registrations_refused
  *                                 any process, relaxed add   collector, relaxed
- *  160  ...  (reserved, zero, to 3968)
+ *  160    4  sh_series_limit      creator (0: 2000)          attachers, once, after magic
+ *  164  ...  (reserved, zero, to 3968)
  * 3968    4  sh_collector_pid     the collector holding the  another collector,
  *                                 collector lock, relaxed    relaxed; informational
  * 3972    4  (reserved, zero)
@@ -46,6 +47,8 @@
  *
  *  sh_registrations_refused counts registrations the family registry refused
  *  (a clashing shape or sample name, or a full registry).
+ *  sh_series_limit is the segment's default series limit per family and
+ *  process (SERIES LIMIT below); a family's registration may set its own.
  *  sh_claim_failures counts processes that found no free region (or no tmpfs
  *  space) when they claimed; sh_dropped_orphan counts writes dropped by a
  *  process that has no region.  sh_retired_active is the index (0 or 1) of
@@ -171,8 +174,59 @@
  *    in the bucket.  The block is part of the family's shape.
  *  SERIES (kind 2), 16-byte fixed part then variable part:
  *    u32 ser_family_off (offset of an earlier FAMILY record in this region) |
- *    u32 ser_cell_off | u16 ser_nvalues (== fam_nlabels) | u16 (zero) | u32 (zero)
+ *    u32 ser_cell_off | u16 ser_nvalues (== fam_nlabels) | u16 (zero) |
+ *    u32 ser_folded_s (zero in a region; in a retired half, the time of the
+ *    last fold that added to the series, CLOCK_REALTIME seconds)
  *    per label value: u16 len, bytes (valid UTF-8).
+ *  rec_flags of a SERIES: SHMET_SER_OVERFLOW marks a family's overflow
+ *  series (every value SHMET_OVERFLOW_VALUE); readers use the flag for
+ *  reports only, the values are what make it one series across processes;
+ *  a fold keeps it on the retired series it creates.
+ *  SHMET_SER_BASELINE (retired halves only) marks a removal's baseline:
+ *  its cells are what the series held when it was removed, and readers
+ *  subtract them (REMOVAL below).
+ *  REMOVE (kind 3, the family registry only), 24-byte fixed part:
+ *    u32 rec_size | u16 kind | u16 rec_flags (SHMET_REMOVE_FAMILY: every
+ *    series of the family) | u32 rm_family_off (its FAMILY record in the
+ *    registry) | u16 rm_nvalues (fam_nlabels, or 0 with SHMET_REMOVE_FAMILY)
+ *    | u16 (zero) | u64 rm_stamp_ns (CLOCK_REALTIME, informational)
+ *    then per label value: u16 len, bytes.
+ *
+ * REMOVAL.  shmet_series_remove / shmet_family_clear append a REMOVE record
+ * to the registry; no cell changes (each has one writer, and it is not the
+ * remover).  The folder applies removals in registry order when it writes
+ * the inactive retired half: for each series they name, it drops the
+ * series' retired totals and any earlier baseline, and writes a BASELINE
+ * record whose cells are the exact sum of every region that counts now
+ * (live, or dead and not folded yet); then it sets rh_removals_end to the
+ * registry end it applied and flips.  A reader shows a series as the sum
+ * of its cells minus its baseline (integer parts and buckets subtract,
+ * floats exactly), and not at all while nothing was added since (a
+ * gauge: while its value is the one it had at removal).  A region of the
+ * baseline that dies later folds into the retired totals as any other, so
+ * the difference stays exactly what was written after the removal: the
+ * series starts afresh, as in a client library, and never goes down.
+ * Writes between the call and the fold that applies it (a scan interval)
+ * count towards the removed series.  Per-worker gauges are not removable
+ * (they leave with their process).
+ *
+ * RETENTION.  A retired series records the last fold that added to it
+ * (ser_folded_s).  With shmetricsd --retired-ttl, the folder drops from
+ * the inactive half every series no region holds whose ser_folded_s is
+ * that old, with its cells, and flips: the series ends (it is not reset:
+ * it leaves the exposition), and its space is reused.
+ *
+ * SERIES LIMIT.  A process holds at most `limit` series of a family with
+ * labels (the registration's series_limit, else sh_series_limit, else
+ * 2000; inherited series of a fork child and a thread's mirrored directory
+ * count as the process's).  A lookup of a new label set beyond it gets the
+ * family's overflow series instead, whose label values are all
+ * SHMET_OVERFLOW_VALUE: every write still counts, merged into that series.
+ * Each such lookup adds one to the writer-made counter
+ * SHMET_OVERFLOW_FAMILY{family="<name>"}, an ordinary counter family of the
+ * segment (folded and exact like any other) that the collector shows as
+ * its own.  The limit is per process: N processes that meet different label
+ * sets can hold up to N x limit series of a family between them.
  *
  * VALUE CELLS (8-byte aligned, inside [rg_cell_low, region_size)):
  *  counter:   u64 whole increments | double fractional part, each a
@@ -249,7 +303,9 @@
  *  OFF  SIZE FIELD              meaning
  *    0    8  rh_folds           regions folded into this half, in total
  *    8    8  rh_dropped         rg_dropped of every folded region, summed
- *   16   48  (reserved)
+ *   16    8  rh_removals_end    registry bytes whose REMOVE records this half applied
+ *   24    8  rh_expired         series dropped by RETENTION, in total
+ *   32   32  (reserved)
  *   64  8*N  rh_folded_gen[N]   for region i, the generation whose values this
  *                               half includes (0: none)
  *  Only the folder (the process holding the collector lock) writes a half,
@@ -302,7 +358,7 @@ extern "C" {
 
 #define SHMET_MAGIC          UINT64_C(0x43495254454d4853) /* "SHMETRIC" little-endian */
 #define SHMET_VERSION_MAJOR  2u
-#define SHMET_VERSION_MINOR  1u
+#define SHMET_VERSION_MINOR  2u
 #define SHMET_CACHELINE      64u
 #define SHMET_PAGE           4096u
 #define SHMET_NO_PARENT      UINT32_C(0xffffffff)
@@ -321,6 +377,15 @@ extern "C" {
 #define SHMET_REGISTRY_LOCK_OFF    16
 /* The collector's own metrics: refused at registration. */
 #define SHMET_RESERVED_PREFIX      "shmetricsd_"
+/* SERIES LIMIT: the default, "no limit", the overflow series' label value,
+ * its SERIES flag, and the counter of lookups routed to it (the one family
+ * with the reserved prefix that writers make, themselves). */
+#define SHMET_SERIES_LIMIT_DEFAULT 2000u
+#define SHMET_SERIES_UNLIMITED     UINT32_MAX
+#define SHMET_ENV_SERIES_LIMIT     "SHMETRICS_SERIES_LIMIT"
+#define SHMET_OVERFLOW_VALUE       "__overflow__"
+#define SHMET_SER_OVERFLOW         1u
+#define SHMET_OVERFLOW_FAMILY      "shmetricsd_series_overflow_total"
 
 /* Limits a registration must respect; the reader enforces them too. */
 #define SHMET_MAX_SKETCH_BUCKETS 4096u
@@ -355,6 +420,9 @@ extern "C" {
 	   SHMET_MAX_LABELS * (2u + SHMET_MAX_NAME_LEN) + 7u) & ~(size_t)7) + SHMET_SKETCH_REC_MAX)
 #define SHMET_SERIES_REC_MAX \
 	((sizeof(struct shmet_rec_series) + SHMET_MAX_LABELS * (2u + SHMET_MAX_VALUE_LEN) + 7u) & ~(size_t)7)
+/* A registry record: a FAMILY, or a REMOVE (as large as a SERIES). */
+#define SHMET_REGISTRY_REC_MAX \
+	(SHMET_FAMILY_REC_MAX > SHMET_SERIES_REC_MAX ? SHMET_FAMILY_REC_MAX : SHMET_SERIES_REC_MAX)
 
 enum shmet_type {
 	SHMET_COUNTER = 1,
@@ -374,7 +442,11 @@ enum shmet_gauge_mode {
 
 enum shmet_region_state { SHMET_REGION_FREE = 0, SHMET_REGION_LIVE = 1 };
 
-enum shmet_rec_kind { SHMET_REC_FAMILY = 1, SHMET_REC_SERIES = 2 };
+enum shmet_rec_kind { SHMET_REC_FAMILY = 1, SHMET_REC_SERIES = 2, SHMET_REC_REMOVE = 3 };
+/* rec_flags of a REMOVE record: the whole family */
+#define SHMET_REMOVE_FAMILY 1u
+/* rec_flags of a SERIES in a retired half: a removal's baseline */
+#define SHMET_SER_BASELINE 2u
 
 struct shmet_seg_header {
 	uint64_t sh_magic;
@@ -398,7 +470,8 @@ struct shmet_seg_header {
 	uint64_t sh_dropped_orphan;
 	uint64_t sh_retired_active;
 	uint64_t sh_registrations_refused;
-	uint8_t sh_reserved1[SHMET_PAGE - 160 - 128];
+	uint32_t sh_series_limit;
+	uint8_t sh_reserved1[SHMET_PAGE - 164 - 128];
 	uint32_t sh_collector_pid;
 	uint32_t sh_reserved2;
 	char sh_collector_addr[120];
@@ -459,7 +532,9 @@ struct shmet_region_header {
 struct shmet_retired_header {
 	uint64_t rh_folds;
 	uint64_t rh_dropped;
-	uint8_t rh_reserved[48];
+	uint64_t rh_removals_end;
+	uint64_t rh_expired;
+	uint8_t rh_reserved[32];
 	uint64_t rh_folded_gen[]; /* sh_region_count entries */
 };
 
@@ -481,13 +556,22 @@ struct shmet_rec_family {
 	/* double bounds[fam_nbuckets]; name; help; label names */
 };
 
+struct shmet_rec_remove {
+	struct shmet_rec_header rm_rec;
+	uint32_t rm_family_off;
+	uint16_t rm_nvalues;
+	uint16_t rm_zero16;
+	uint64_t rm_stamp_ns;
+	/* per value: u16 len, bytes */
+};
+
 struct shmet_rec_series {
 	struct shmet_rec_header ser_rec;
 	uint32_t ser_family_off;
 	uint32_t ser_cell_off;
 	uint16_t ser_nvalues;
 	uint16_t ser_zero16;
-	uint32_t ser_zero32;
+	uint32_t ser_folded_s; /* retired halves only: see SERIES */
 	/* per value: u16 len, bytes */
 };
 
@@ -503,6 +587,7 @@ SHMET_LAYOUT_ASSERT(offsetof(struct shmet_seg_header, sh_total_size) == 64, "lay
 SHMET_LAYOUT_ASSERT(offsetof(struct shmet_seg_header, sh_registry_off) == 88, "layout table");
 SHMET_LAYOUT_ASSERT(offsetof(struct shmet_seg_header, sh_registry_size) == 96, "layout table");
 SHMET_LAYOUT_ASSERT(offsetof(struct shmet_seg_header, sh_registrations_refused) == 152, "layout table");
+SHMET_LAYOUT_ASSERT(offsetof(struct shmet_seg_header, sh_series_limit) == 160, "layout table");
 SHMET_LAYOUT_ASSERT(offsetof(struct shmet_seg_header, sh_collector_pid) == 3968, "layout table");
 SHMET_LAYOUT_ASSERT(offsetof(struct shmet_seg_header, sh_collector_addr) == 3976, "layout table");
 SHMET_LAYOUT_ASSERT(sizeof(struct shmet_region_slot) == SHMET_CACHELINE, "slot is a cache line");
@@ -512,6 +597,7 @@ SHMET_LAYOUT_ASSERT(sizeof(struct shmet_history_header) == SHMET_HISTORY_SLOTS_O
 SHMET_LAYOUT_ASSERT(sizeof(struct shmet_history_slot) == 32, "history slot header");
 SHMET_LAYOUT_ASSERT(sizeof(struct shmet_rec_family) == 24, "family record fixed part");
 SHMET_LAYOUT_ASSERT(sizeof(struct shmet_rec_series) == 24, "series record fixed part");
+SHMET_LAYOUT_ASSERT(sizeof(struct shmet_rec_remove) == 24, "remove record fixed part");
 
 /* The signature folds the sizes a build depends on, so two builds that
  * disagree on the layout refuse to share a file instead of misreading it. */

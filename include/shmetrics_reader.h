@@ -123,6 +123,8 @@ struct shmet_series_view {
 	uint32_t cell_off, cell_size;
 	uint32_t nvalues;
 	uint32_t rec_size;
+	uint32_t flags;     /* rec_flags: SHMET_SER_OVERFLOW; SHMET_SER_BASELINE in a retired half only */
+	uint32_t folded_s;  /* retired halves: ser_folded_s (RETENTION); 0 elsewhere */
 	const char *values[SHMET_MAX_LABELS];
 	uint32_t value_lens[SHMET_MAX_LABELS];
 	unsigned char rec[SHMET_SERIES_REC_MAX];
@@ -201,6 +203,23 @@ int shmet_fold_dead(struct shmet_segment *seg, struct shmet_fold_result *res);
 /* The same, trusting the registry reg the caller keeps up to date (the
  * collector's, so the fold and the view agree on every family's shape). */
 int shmet_fold_dead_with(struct shmet_segment *seg, const struct shmet_registry *reg, struct shmet_fold_result *res);
+/* REMOVAL and RETENTION (shmetrics_layout.h): write the inactive retired
+ * half anew from the active one, applying the registry's REMOVE records
+ * not applied yet and dropping retired-only series older than ttl_s (0:
+ * none), then flip.  Does nothing (flipped false) when neither has work.
+ * The caller is the folder, under the same rules as a fold: no flip while
+ * readers may still read the inactive half. */
+struct shmet_rewrite_result {
+	bool flipped;
+	uint32_t removals;        /* REMOVE records applied */
+	uint64_t baselines;       /* baseline records written */
+	uint64_t dropped_removed; /* retired series dropped by a removal */
+	uint64_t expired;         /* retired-only series dropped by retention */
+	uint64_t inexact;         /* baseline float totals rounded (as a fold's) */
+	char err[SHMET_ERRBUF];
+};
+int shmet_retired_rewrite(struct shmet_segment *seg, const struct shmet_registry *reg, uint32_t ttl_s,
+			  struct shmet_rewrite_result *res);
 /* Zero and free the regions shmet_fold_dead listed (after the grace period). */
 void shmet_free_folded(struct shmet_segment *seg, const struct shmet_fold_result *res);
 /* What a fold would leave for want of room in the retired area, by the
@@ -298,8 +317,21 @@ struct shmet_agg {
 	__extension__ unsigned __int128 whole_exact; /* counter: every whole part, exactly
 							 (4096 regions of 2^64 fit) */
 	uint64_t buckets[SHMET_MAX_BUCKETS + 1];
+	/* REMOVAL: a baseline took part (shmet_agg_sub); what it takes away */
+	uint32_t nbuckets; /* as at shmet_agg_init */
+	bool based;
+	bool gone;       /* after shmet_agg_finish: removed, and nothing added since: not shown */
+	__extension__ unsigned __int128 whole_neg;
+	uint64_t count_neg;
+	uint64_t buckets_neg[SHMET_MAX_BUCKETS + 1];
+	double base_value; /* gauges: the value at removal, and its stamp (has, or most-recent time) */
+	uint64_t base_stamp;
 };
 
+/* Take a removal's baseline (REMOVAL in shmetrics_layout.h) out of acc:
+ * counters, histograms and summaries subtract exactly at shmet_agg_finish;
+ * a gauge keeps the value it had, to tell whether it was set since. */
+void shmet_agg_sub(struct shmet_agg *acc, enum shmet_type type, uint32_t nbuckets, const struct shmet_values *v);
 /* Start an aggregate (nbuckets: the histogram's, else 0). */
 void shmet_agg_init(struct shmet_agg *acc, uint32_t nbuckets);
 /* Round the exact sums once: sets acc->value for counters, histograms and
@@ -355,6 +387,18 @@ int shmet_exemplar_read(const uint64_t *slot, struct shmet_exemplar *e);
 
 struct shmet_registry_entry {
 	struct shmet_family_view *fam; /* parsed (and copied) once; its own heap block */
+	uint64_t off;                  /* its FAMILY record's offset in the registry */
+};
+
+/* A REMOVE record, validated (REMOVAL in shmetrics_layout.h): the series
+ * key it names, or with whole the family's name and 0xff (a prefix of the
+ * key of every series of the family). */
+struct shmet_removal {
+	const struct shmet_family_view *fam; /* the registry's entry */
+	bool whole;
+	uint64_t end;                        /* registry offset just past the record */
+	char *key;
+	size_t key_len;
 };
 
 struct shmet_registry {
@@ -363,6 +407,8 @@ struct shmet_registry {
 	struct shmet_registry_entry *e;
 	uint32_t n, cap;
 	uint64_t end;                  /* registry bytes already read */
+	struct shmet_removal *rm;      /* REMOVE records, in registry order */
+	uint32_t nrm, caprm;
 	bool stopped;                  /* a damaged record ended the reading */
 	uint64_t corrupt;              /* records refused as damaged or clashing */
 	char err[SHMET_ERRBUF];        /* the first of them */

@@ -112,6 +112,7 @@ struct shmet_seg_config {
 	 * (the creator must be a member, or root) */
 	int set_group;
 	gid_t group;
+	uint32_t series_limit; /* sh_series_limit of a segment this call creates (0: 2000) */
 };
 
 enum shmet_attach_flags {
@@ -202,6 +203,22 @@ static inline int shmet_parse_uid(const char *s, uid_t *uid)
 #define SHMET_ENV_SEGMENT_GROUP "SHMETRICS_SEGMENT_GROUP"
 
 /* "0600", "600", "0640" or "0660" (octal; nothing for other users). */
+/* $SHMETRICS_SERIES_LIMIT, the default series limit of a segment its
+ * process creates: *out := 1..UINT32_MAX, or 0 when unset.  -1: invalid. */
+static inline int shmet_env_series_limit(uint32_t *out)
+{
+	const char *s = getenv(SHMET_ENV_SERIES_LIMIT);
+	char *end;
+	*out = 0;
+	if (!s || !*s)
+		return 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (*end || *s == '-' || v == 0 || v > UINT32_MAX)
+		return -1;
+	*out = (uint32_t)v;
+	return 0;
+}
+
 static inline int shmet_parse_mode(const char *s, unsigned *mode)
 {
 	unsigned v = 0;
@@ -359,6 +376,7 @@ static inline int shmet__init_segment(int fd, const struct shmet_seg_config *cfg
 	h->sh_created_ns = shmet__now_ns(CLOCK_REALTIME);
 	h->sh_creator_pid = (uint32_t)getpid();
 	h->sh_mode = mode;
+	h->sh_series_limit = cfg ? cfg->series_limit : 0;
 	{
 		/* the registry: a region-format area without cells */
 		struct shmet_region_header *rr = (struct shmet_region_header *)((unsigned char *)p + g.registry_off);

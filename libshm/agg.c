@@ -16,10 +16,47 @@ void shmet_agg_init(struct shmet_agg *acc, uint32_t nbuckets)
 	acc->whole_exact = 0;
 	shmet_xsum_init(&acc->xs);
 	memset(acc->buckets, 0, ((size_t)nbuckets + 1) * sizeof acc->buckets[0]);
+	acc->nbuckets = nbuckets;
+	acc->based = acc->gone = false;
+	acc->whole_neg = 0;
+	acc->count_neg = 0;
+	acc->base_value = 0;
+	acc->base_stamp = 0;
+	memset(acc->buckets_neg, 0, ((size_t)nbuckets + 1) * sizeof acc->buckets_neg[0]);
 }
+
+void shmet_agg_sub(struct shmet_agg *acc, enum shmet_type type, uint32_t nbuckets, const struct shmet_values *v)
+{
+	acc->based = true;
+	if (type == SHMET_GAUGE) {
+		acc->base_value = v->value;
+		acc->base_stamp = v->stamp_ns;
+		return;
+	}
+	if (type == SHMET_COUNTER)
+		acc->whole_neg += v->whole;
+	else
+		acc->count_neg = shmet_sat_add(acc->count_neg, v->whole);
+	for (uint32_t i = 0; type == SHMET_HISTOGRAM && i <= nbuckets; i++)
+		acc->buckets_neg[i] = shmet_sat_add(acc->buckets_neg[i], v->buckets[i]);
+	/* the expansion is exact: adding the negated components subtracts */
+	shmet_xsum_add_nz(&acc->xs, -v->value);
+	shmet_xsum_add_nz(&acc->xs, -v->value_lo[0]);
+	shmet_xsum_add_nz(&acc->xs, -v->value_lo[1]);
+}
+
+static uint64_t sat_sub(uint64_t a, uint64_t b) { return a > b ? a - b : 0; }
 
 void shmet_agg_finish(struct shmet_agg *acc, enum shmet_type type)
 {
+	if (acc->based && type != SHMET_GAUGE) {
+		/* every cell of the baseline is also in some cell summed here
+		 * (or its fold), so only damaged cells could make these go below */
+		acc->whole_exact = acc->whole_exact > acc->whole_neg ? acc->whole_exact - acc->whole_neg : 0;
+		acc->whole = sat_sub(acc->whole, type == SHMET_COUNTER ? (uint64_t)acc->whole_neg : acc->count_neg);
+		for (uint32_t i = 0; type == SHMET_HISTOGRAM && i <= acc->nbuckets && i <= SHMET_MAX_BUCKETS; i++)
+			acc->buckets[i] = sat_sub(acc->buckets[i], acc->buckets_neg[i]);
+	}
 	if (type == SHMET_COUNTER) {
 		/* four 32-bit pieces, each exact as a double */
 		uint64_t hi = (uint64_t)(acc->whole_exact >> 64), lo = (uint64_t)acc->whole_exact;
@@ -29,6 +66,19 @@ void shmet_agg_finish(struct shmet_agg *acc, enum shmet_type type)
 	}
 	if (type != SHMET_GAUGE)
 		acc->value = shmet_xsum_round(&acc->xs);
+	if (!acc->based)
+		return;
+	if (type == SHMET_COUNTER) {
+		if (acc->value < 0)
+			acc->value = 0; /* damaged cells: a counter is never below zero */
+		acc->gone = acc->value == 0;
+	} else if (type != SHMET_GAUGE) {
+		acc->gone = acc->whole == 0;
+	} else {
+		/* set since: another value, or (most recent) a later set */
+		acc->gone = acc->has && shmet__bits(acc->value) == shmet__bits(acc->base_value) &&
+			    acc->stamp_ns <= acc->base_stamp;
+	}
 }
 
 void shmet_agg_add(struct shmet_agg *acc, enum shmet_type type, enum shmet_gauge_mode mode, uint32_t nbuckets,
@@ -196,6 +246,7 @@ static struct shmet_snap_series *get_series(struct shmet_snapshot *s, struct sna
 	}
 	struct shmet_snap_series *ser = &f->series[f->nseries];
 	memset(ser, 0, sizeof *ser);
+	shmet_agg_init(&ser->agg, f->nbuckets);
 	ser->values = calloc(f->nlabels + 1, sizeof(char *));
 	ser->key = dupn(ix->key, n);
 	ser->key_len = n;
@@ -246,7 +297,10 @@ static void snap_area(struct shmet_snapshot *s, struct snap_index *ix, const str
 		if (ser) {
 			struct shmet_values v;
 			shmet_read_cells(a, &r.fam, &r.series, &v);
-			shmet_agg_add(&ser->agg, f->type, f->mode, f->nbuckets, &v, sa->live);
+			if (r.series.flags & SHMET_SER_BASELINE)
+				shmet_agg_sub(&ser->agg, f->type, f->nbuckets, &v);
+			else
+				shmet_agg_add(&ser->agg, f->type, f->mode, f->nbuckets, &v, sa->live);
 		}
 	}
 }
@@ -302,9 +356,18 @@ int shmet_snapshot_take(const struct shmet_segment *seg, struct shmet_snapshot *
 	keymap_free(&ix.fams);
 	shmet_registry_free(&ix.reg);
 	free(ix.key);
-	for (size_t i = 0; i < s->nfamilies; i++)
-		for (size_t j = 0; j < s->families[i].nseries; j++)
-			shmet_agg_finish(&s->families[i].series[j].agg, s->families[i].type);
+	for (size_t i = 0; i < s->nfamilies; i++) {
+		struct shmet_snap_family *f = &s->families[i];
+		size_t k = 0;
+		for (size_t j = 0; j < f->nseries; j++) {
+			shmet_agg_finish(&f->series[j].agg, f->type);
+			if (f->series[j].agg.gone) /* removed, nothing since: readers do not show it */
+				series_free(&f->series[j], f->nlabels);
+			else
+				f->series[k++] = f->series[j];
+		}
+		f->nseries = k;
+	}
 	/* qsort's array may not be NULL, even when empty (C11 7.22.5) */
 	if (s->nfamilies)
 		qsort(s->families, s->nfamilies, sizeof *s->families, fam_cmp);

@@ -172,6 +172,11 @@ static int parse_series(const struct shmet_area *a, uint64_t off, const struct s
 				   rec->fam.nlabels);
 	s->family_off = r.ser_family_off;
 	s->nvalues = r.ser_nvalues;
+	/* a baseline subtracts: only the folder writes one, into a retired
+	 * half; the same bit in a worker's region means nothing */
+	s->flags = a->retired ? r.ser_rec.rec_flags & (SHMET_SER_OVERFLOW | SHMET_SER_BASELINE)
+			      : r.ser_rec.rec_flags & SHMET_SER_OVERFLOW;
+	s->folded_s = a->retired ? r.ser_folded_s : 0;
 	s->cell_off = r.ser_cell_off;
 	s->cell_size = shmet_cell_size_ex(rec->fam.type, rec->fam.nbuckets, rec->fam.sk.count, rec->fam.exemplars, a->retired);
 	if (s->cell_off % 8 || s->cell_off < a->dir_end || s->cell_off > a->size || a->size - s->cell_off < s->cell_size)

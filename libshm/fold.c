@@ -19,7 +19,9 @@
 
 #include "keymap.h"
 
+#include <stddef.h>
 #include <stdlib.h>
+#include <time.h>
 
 #define KEY_CAP SHMET_SERIES_KEY_MAX
 
@@ -50,6 +52,23 @@ static uint64_t series_rec_size(const struct shmet_series_view *s)
 	return shmet_align8(n);
 }
 
+/* A record's key in the retired half: a baseline's (REMOVAL) is its
+ * series' key and 0xfe, which no UTF-8 key holds, so the two never meet. */
+static size_t record_key(const struct shmet_record *r, char *key)
+{
+	size_t n = shmet_series_key(r, key, KEY_CAP - 1);
+	if (n && (r->series.flags & SHMET_SER_BASELINE))
+		key[n++] = '\xfe';
+	return n;
+}
+
+/* ser_folded_s of the record at rec_off (RETENTION): plain store, the
+ * half is the inactive one. */
+static void stamp_folded(struct target *t, uint32_t rec_off, uint32_t now_s)
+{
+	memcpy(t->base + rec_off + offsetof(struct shmet_rec_series, ser_folded_s), &now_s, 4);
+}
+
 static unsigned char *append(struct target *t, uint64_t size)
 {
 	if (t->cell_low - t->dir_end < size)
@@ -75,63 +94,63 @@ static int add_exact(uint64_t *c, uint32_t k, double v)
 	return exact;
 }
 
-/* Add one dead series into the target; 0 ok, -1 no room. */
-static int fold_series(struct target *t, const struct shmet_area *src, const struct shmet_record *r,
-		       const struct shmet_family_view *rf, char *key, size_t klen, struct shmet_fold_result *res)
+/* Append a SERIES record (n values, flags) with cells of cs bytes; the
+ * cells' offset, or 0 when there is no room. */
+static uint32_t append_series(struct target *t, const char *const *values, const uint32_t *lens, uint32_t n,
+			      uint32_t fam_off, uint16_t flags, uint32_t cs, uint32_t folded_s, uint32_t *rec_off)
 {
-	if (shmet_test_fold_fail_at && --shmet_test_fold_fail_at == 0)
-		return -1;
-	struct kv *fam = keymap_find(&t->families, rf->name, rf->name_len);
-	uint32_t fam_off;
-	if (fam) {
-		fam_off = (uint32_t)fam->val; /* index_target checked its shape */
-	} else {
-		unsigned char *p = append(t, rf->rec_size);
-		if (!p)
-			return -1;
-		memcpy(p, rf->rec, rf->rec_size); /* the registry's validated private copy */
-		fam_off = (uint32_t)(p - t->base);
-		if (keymap_put(&t->families, rf->name, rf->name_len, fam_off) != 0)
-			return -1;
+	uint64_t rs = sizeof(struct shmet_rec_series);
+	for (uint32_t i = 0; i < n; i++)
+		rs += 2 + lens[i];
+	rs = shmet_align8(rs);
+	if (t->cell_low - t->dir_end < rs + cs)
+		return 0;
+	t->cell_low -= cs;
+	uint32_t cell_off = (uint32_t)t->cell_low;
+	unsigned char *p = append(t, rs);
+	*rec_off = (uint32_t)(p - t->base);
+	struct shmet_rec_series sr;
+	memset(&sr, 0, sizeof sr);
+	sr.ser_rec.rec_size = (uint32_t)rs;
+	sr.ser_rec.rec_kind = SHMET_REC_SERIES;
+	sr.ser_rec.rec_flags = flags;
+	sr.ser_family_off = fam_off;
+	sr.ser_cell_off = cell_off;
+	sr.ser_nvalues = (uint16_t)n;
+	sr.ser_folded_s = folded_s;
+	memset(p, 0, rs);
+	memcpy(p, &sr, sizeof sr);
+	unsigned char *q = p + sizeof sr;
+	for (uint32_t i = 0; i < n; i++) {
+		uint16_t l = (uint16_t)lens[i];
+		memcpy(q, &l, 2);
+		memcpy(q + 2, values[i], l);
+		q += 2 + l;
 	}
-	struct kv *ser = keymap_find(&t->series, key, klen);
-	uint32_t cell_off;
-	if (ser) {
-		/* checked when indexed (or made here): the half is shared memory a
-		 * worker can rewrite, so its records are never read again */
-		cell_off = (uint32_t)ser->val;
-	} else {
-		uint64_t rs = series_rec_size(&r->series);
-		uint32_t cs = shmet_cell_size_sk(rf->type, rf->nbuckets, rf->sk.count, 1);
-		if (t->cell_low - t->dir_end < rs + cs)
-			return -1;
-		t->cell_low -= cs;
-		cell_off = (uint32_t)t->cell_low;
-		memset(t->base + cell_off, 0, cs);
-		unsigned char *p = append(t, rs);
-		struct shmet_rec_series sr;
-		memset(&sr, 0, sizeof sr);
-		sr.ser_rec.rec_size = (uint32_t)rs;
-		sr.ser_rec.rec_kind = SHMET_REC_SERIES;
-		sr.ser_family_off = fam_off;
-		sr.ser_cell_off = cell_off;
-		sr.ser_nvalues = (uint16_t)r->series.nvalues;
-		memset(p, 0, rs);
-		memcpy(p, &sr, sizeof sr);
-		unsigned char *q = p + sizeof sr;
-		for (uint32_t i = 0; i < r->series.nvalues; i++) {
-			uint16_t l = (uint16_t)r->series.value_lens[i];
-			memcpy(q, &l, 2);
-			memcpy(q + 2, r->series.values[i], l);
-			q += 2 + l;
-		}
-		if (keymap_put(&t->series, key, klen, cell_off) != 0)
-			return -1;
-	}
+	return cell_off;
+}
+
+/* The family record of rf in the target (appended when new); 0: no room. */
+static uint32_t target_family(struct target *t, const struct shmet_family_view *rf)
+{
+	struct kv *kv = keymap_find(&t->families, rf->name, rf->name_len);
+	if (kv)
+		return (uint32_t)kv->val;
+	unsigned char *p = append(t, rf->rec_size);
+	if (!p)
+		return 0;
+	memcpy(p, rf->rec, rf->rec_size); /* the registry's validated private copy */
+	uint32_t off = (uint32_t)(p - t->base);
+	return keymap_put(&t->families, rf->name, rf->name_len, off) == 0 ? off : 0;
+}
+
+/* Add the cells of series r (in src) to retired-layout cells c, exactly. */
+static void add_cells(uint64_t *c, const struct shmet_area *src, const struct shmet_record *r,
+		      const struct shmet_family_view *rf, struct shmet_fold_result *res)
+{
 	struct shmet_values v;
 	shmet_read_cells(src, &r->fam, &r->series, &v);
 	/* Plain stores: nobody reads the inactive half until the flip. */
-	uint64_t *c = (uint64_t *)(void *)(t->base + cell_off);
 	uint32_t k = shmet_float_cell(rf->type, rf->nbuckets);
 	switch (rf->type) {
 	case SHMET_COUNTER: {
@@ -172,6 +191,40 @@ static int fold_series(struct target *t, const struct shmet_area *src, const str
 				      (const uint64_t *)(const void *)(src->base + r->series.cell_off) +
 					      shmet_sketch_cell(rf->type, rf->nbuckets, src->retired),
 				      rf->sk.count + 2);
+}
+
+/* Add one dead series into the target; 0 ok, -1 no room. */
+static int fold_series(struct target *t, const struct shmet_area *src, const struct shmet_record *r,
+		       const struct shmet_family_view *rf, char *key, size_t klen, uint32_t now_s,
+		       struct shmet_fold_result *res)
+{
+	if (shmet_test_fold_fail_at && --shmet_test_fold_fail_at == 0)
+		return -1;
+	uint32_t fam_off = target_family(t, rf); /* index_target checked the shape of one already there */
+	if (!fam_off)
+		return -1;
+	struct kv *ser = keymap_find(&t->series, key, klen);
+	uint32_t cell_off, rec_off;
+	uint64_t ser_val; /* record offset << 32 | cell offset */
+	if (ser) {
+		/* checked when indexed (or made here): the half is shared memory a
+		 * worker can rewrite, so its records are never read again */
+		ser_val = ser->val;
+		cell_off = (uint32_t)ser_val;
+	} else {
+		uint32_t cs = shmet_cell_size_sk(rf->type, rf->nbuckets, rf->sk.count, 1);
+		/* the overflow mark outlives its process: --check still names the family */
+		cell_off = append_series(t, r->series.values, r->series.value_lens, r->series.nvalues, fam_off,
+					 (uint16_t)(r->series.flags & SHMET_SER_OVERFLOW), cs, now_s, &rec_off);
+		if (!cell_off)
+			return -1;
+		memset(t->base + cell_off, 0, cs);
+		ser_val = (uint64_t)rec_off << 32 | cell_off;
+		if (keymap_put(&t->series, key, klen, (uintptr_t)ser_val) != 0)
+			return -1;
+	}
+	add_cells((uint64_t *)(void *)(t->base + cell_off), src, r, rf, res);
+	stamp_folded(t, (uint32_t)(ser_val >> 32), now_s);
 	return 0;
 }
 
@@ -231,15 +284,15 @@ static int index_target(struct target *t, const struct shmet_registry *reg, stru
 			if (keymap_put(&t->families, r.fam.name, r.fam.name_len, r.fam.off) != 0)
 				return -1;
 		} else {
-			size_t klen = shmet_series_key(&r, key, KEY_CAP);
+			size_t klen = record_key(&r, key);
 			struct kv *f = keymap_find(&t->families, r.fam.name, r.fam.name_len);
 			if (!klen || !f || f->val != r.fam.off || keymap_find(&t->series, key, klen)) {
 				res->corrupt++;
 				snprintf(res->err, sizeof res->err, "retired totals damaged: series at %u", r.series.off);
 				return 1;
 			}
-			/* the cell offset parse_series validated, in the private copy */
-			if (keymap_put(&t->series, key, klen, r.series.cell_off) != 0)
+			/* the offsets parse_series validated, in the private copy */
+			if (keymap_put(&t->series, key, klen, (uintptr_t)((uint64_t)r.series.off << 32 | r.series.cell_off)) != 0)
 				return -1;
 		}
 	}
@@ -261,6 +314,7 @@ int shmet_fold_dead(struct shmet_segment *seg, struct shmet_fold_result *res)
 
 int shmet_fold_dead_with(struct shmet_segment *seg, const struct shmet_registry *regp, struct shmet_fold_result *res)
 {
+	const uint32_t now_s = (uint32_t)time(NULL);
 	res->folded = res->to_free = res->skipped = 0;
 	res->flipped = res->blocked = false;
 	res->conflicts = res->corrupt = res->inexact = 0;
@@ -313,6 +367,8 @@ int shmet_fold_dead_with(struct shmet_segment *seg, const struct shmet_registry 
 	t.base = (unsigned char *)ri + seg->retired_hdr_size;
 	ri->rh_folds = ra->rh_folds;
 	ri->rh_dropped = ra->rh_dropped;
+	ri->rh_removals_end = ra->rh_removals_end;
+	ri->rh_expired = ra->rh_expired;
 	memcpy(ri->rh_folded_gen, ra->rh_folded_gen, 8ull * seg->regions);
 	memcpy(t.base + sizeof(struct shmet_region_header), src.base + sizeof(struct shmet_region_header),
 	       src.dir_end - sizeof(struct shmet_region_header));
@@ -367,7 +423,7 @@ int shmet_fold_dead_with(struct shmet_segment *seg, const struct shmet_registry 
 				res->conflicts++; /* never exposed by any reader: nothing to keep */
 				continue;
 			}
-			if (fold_series(&t, &da, &r, rf, key, klen, res) < 0) {
+			if (fold_series(&t, &da, &r, rf, key, klen, now_s, res) < 0) {
 				/* The room was counted beforehand, so only a region changed
 				 * under us gets here: give up without flipping. */
 				rc = shmet__fail(res->err, SHMET_E_REGION_FULL, "retired area full while folding region %u", d);
@@ -493,5 +549,242 @@ out:
 	free(key);
 	keymap_free(&t.families);
 	keymap_free(&t.series);
+	return rc;
+}
+
+/* ---- the retired totals rewritten: REMOVAL and RETENTION ---- */
+
+/* What a removal's baseline holds while it is summed: counters,
+ * histograms and summaries in retired-layout cells (add_cells), gauges as
+ * the aggregate a reader exposes. */
+struct base {
+	const struct shmet_family_view *rf;
+	uint64_t *cells;
+	struct shmet_agg gauge;
+};
+
+/* Does a pending removal name this series key (name 0xff values 0xff)? */
+static bool removed(const struct keymap *keys, const struct keymap *families, const char *key, size_t klen,
+		    size_t name_len)
+{
+	return keymap_find(keys, key, klen) || keymap_find(families, key, name_len + 1);
+}
+
+static void bases_free(struct keymap *m)
+{
+	for (size_t k = 0; m->slots && k <= m->mask; k++)
+		if (m->slots[k].key) {
+			struct base *b = (struct base *)m->slots[k].val;
+			free(b->cells);
+			free(b);
+		}
+	keymap_free(m);
+}
+
+int shmet_retired_rewrite(struct shmet_segment *seg, const struct shmet_registry *reg, uint32_t ttl_s,
+			  struct shmet_rewrite_result *res)
+{
+	memset(res, 0, sizeof *res);
+	if (seg->map.readonly)
+		return shmet__fail(res->err, SHMET_E_INVALID_ARG, "segment opened read-only");
+	const uint32_t now_s = (uint32_t)time(NULL);
+	unsigned active = shmet_retired_active(seg), inactive = active ^ 1;
+	const struct shmet_retired_header *ra = shmet_retired_header(seg, active);
+	struct shmet_retired_header *ri = (struct shmet_retired_header *)shmet_retired_header(seg, inactive);
+	uint64_t applied = __atomic_load_n(&ra->rh_removals_end, __ATOMIC_RELAXED);
+	uint32_t first = 0;
+	while (first < reg->nrm && reg->rm[first].end <= applied)
+		first++;
+	struct shmet_area src;
+	if (shmet_retired_area(seg, active, &src, res->err) != SHMET_OK)
+		return SHMET_E_CORRUPT; /* the fold reports it and stops; nothing to rewrite from */
+	struct shmet_dir_iter it;
+	struct shmet_record r;
+	int rc;
+	/* series that retention may drop: anything old enough? */
+	uint64_t candidates = 0;
+	if (ttl_s) {
+		shmet_dir_begin(&it, &src);
+		while ((rc = shmet_dir_next(&it, &r, NULL)) != 0)
+			if (rc > 0 && r.kind == SHMET_REC_SERIES && !(r.series.flags & SHMET_SER_BASELINE) &&
+			    r.series.folded_s && now_s - r.series.folded_s >= ttl_s && now_s >= r.series.folded_s)
+				candidates++;
+	}
+	if (first == reg->nrm && candidates == 0)
+		return SHMET_OK;
+
+	struct keymap rm_keys = {0}, rm_fams = {0}, held = {0}, bases = {0};
+	struct target t;
+	memset(&t, 0, sizeof t);
+	struct shmet_fold_result scratch;
+	memset(&scratch, 0, sizeof scratch);
+	char *key = malloc(KEY_CAP);
+	struct shmet_record *rp = malloc(sizeof *rp);
+	uint32_t rec_off;
+	rc = SHMET_OK;
+	if (!key || !rp)
+		goto oom;
+	for (uint32_t i = first; i < reg->nrm; i++) {
+		const struct shmet_removal *m = &reg->rm[i];
+		struct keymap *into = m->whole ? &rm_fams : &rm_keys;
+		if (!keymap_find(into, m->key, m->key_len) && keymap_put(into, m->key, m->key_len, 0) != 0)
+			goto oom;
+		res->removals++;
+	}
+	/* Every region that counts now: which series it holds (retention keeps
+	 * those), and the baselines of the removed ones (the same walk and
+	 * rules as every reader: shmet_scan, shmet_series_family). */
+	struct shmet_scan sc;
+	struct shmet_scan_area sa;
+	shmet_scan_begin(&sc, seg);
+	while (shmet_scan_next(&sc, &sa)) {
+		if (sa.region < 0 || !sa.counts || sa.rc != SHMET_OK)
+			continue;
+		shmet_dir_begin(&it, &sa.area);
+		while ((rc = shmet_dir_next(&it, rp, NULL)) != 0) {
+			if (rc < 0 || rp->kind != SHMET_REC_SERIES)
+				continue;
+			bool counts;
+			const struct shmet_family_view *rf = shmet_series_family(reg, rp, sa.live, &counts);
+			size_t klen = rf && counts ? shmet_series_key(rp, key, KEY_CAP) : 0;
+			if (!klen)
+				continue;
+			if (candidates && !keymap_find(&held, key, klen) && keymap_put(&held, key, klen, 0) != 0)
+				goto oom;
+			if (!removed(&rm_keys, &rm_fams, key, klen, rf->name_len))
+				continue;
+			struct kv *kv = keymap_find(&bases, key, klen);
+			struct base *b = kv ? (struct base *)kv->val : NULL;
+			if (!b) {
+				if (!(b = calloc(1, sizeof *b)))
+					goto oom;
+				b->rf = rf;
+				shmet_agg_init(&b->gauge, 0);
+				uint32_t cs = shmet_cell_size_sk(rf->type, rf->nbuckets, rf->sk.count, 1);
+				if (!(b->cells = calloc(1, cs)) || keymap_put(&bases, key, klen, (uintptr_t)b) != 0) {
+					free(b->cells);
+					free(b);
+					goto oom;
+				}
+			}
+			if (rf->type == SHMET_GAUGE) {
+				struct shmet_values v;
+				shmet_read_cells(&sa.area, &rp->fam, &rp->series, &v);
+				shmet_agg_add(&b->gauge, rf->type, rf->mode, 0, &v, sa.live);
+			} else {
+				add_cells(b->cells, &sa.area, rp, rf, &scratch);
+			}
+		}
+	}
+	/* the active half, checked as a fold checks it (read only) */
+	t.base = (unsigned char *)(uintptr_t)src.base;
+	t.size = src.size;
+	t.dir_end = src.dir_end;
+	t.cell_low = src.cell_low;
+	int ix = index_target(&t, reg, &scratch, key);
+	keymap_free(&t.families);
+	keymap_free(&t.series);
+	if (ix != 0) {
+		rc = ix < 0 ? SHMET_E_SYS : SHMET_E_CORRUPT;
+		snprintf(res->err, sizeof res->err, "%s", scratch.err[0] ? scratch.err : "out of memory");
+		goto out;
+	}
+	/* the new half: what stays, in the order it was, then the baselines */
+	memset(&t, 0, sizeof t);
+	t.base = (unsigned char *)ri + seg->retired_hdr_size;
+	t.size = src.size;
+	t.dir_end = sizeof(struct shmet_region_header);
+	t.cell_low = t.size;
+	shmet_dir_begin(&it, &src);
+	while ((rc = shmet_dir_next(&it, rp, NULL)) != 0) {
+		if (rc < 0)
+			continue; /* index_target found none: only a worker racing us made one */
+		if (rp->kind == SHMET_REC_FAMILY)
+			continue; /* added with its first series that stays */
+		const struct shmet_family_view *rf = shmet_registry_check(reg, &rp->fam);
+		size_t klen = rf ? shmet_series_key(rp, key, KEY_CAP) : 0;
+		if (!klen)
+			continue;
+		bool baseline = (rp->series.flags & SHMET_SER_BASELINE) != 0;
+		if (removed(&rm_keys, &rm_fams, key, klen, rf->name_len)) {
+			res->dropped_removed += !baseline;
+			continue; /* its totals and an older baseline give way to the new one */
+		}
+		if (!baseline && candidates && rp->series.folded_s && now_s >= rp->series.folded_s &&
+		    now_s - rp->series.folded_s >= ttl_s && !keymap_find(&held, key, klen)) {
+			res->expired++;
+			continue;
+		}
+		uint32_t fam_off = target_family(&t, rf);
+		uint32_t cs = rp->series.cell_size;
+		uint32_t cell_off = fam_off ? append_series(&t, rp->series.values, rp->series.value_lens,
+							   rp->series.nvalues, fam_off, (uint16_t)rp->series.flags, cs,
+							   rp->series.folded_s, &rec_off)
+					    : 0;
+		if (!cell_off) {
+			rc = shmet__fail(res->err, SHMET_E_REGION_FULL, "retired area full while rewriting it");
+			goto out;
+		}
+		memcpy(t.base + cell_off, src.base + rp->series.cell_off, cs);
+	}
+	rc = SHMET_OK;
+	for (size_t k = 0; bases.slots && k <= bases.mask; k++) {
+		if (!bases.slots[k].key)
+			continue;
+		struct base *b = (struct base *)bases.slots[k].val;
+		const struct shmet_family_view *rf = b->rf;
+		uint32_t cs = shmet_cell_size_sk(rf->type, rf->nbuckets, rf->sk.count, 1);
+		if (rf->type == SHMET_GAUGE) {
+			b->cells[0] = shmet__bits(b->gauge.value);
+			b->cells[1] = rf->mode == SHMET_GAUGE_MOSTRECENT ? b->gauge.stamp_ns : (uint64_t)b->gauge.has;
+		}
+		/* the label values, from the key: name 0xff value 0xff ... */
+		const char *values[SHMET_MAX_LABELS];
+		uint32_t lens[SHMET_MAX_LABELS], n = 0;
+		const char *p = bases.slots[k].key + rf->name_len + 1, *end = bases.slots[k].key + bases.slots[k].len;
+		while (p < end && n < SHMET_MAX_LABELS) {
+			const char *z = memchr(p, '\xff', (size_t)(end - p));
+			if (!z)
+				break;
+			values[n] = p;
+			lens[n++] = (uint32_t)(z - p);
+			p = z + 1;
+		}
+		uint32_t fam_off = target_family(&t, rf);
+		uint32_t cell_off =
+			fam_off ? append_series(&t, values, lens, n, fam_off, SHMET_SER_BASELINE, cs, now_s, &rec_off) : 0;
+		if (!cell_off) {
+			rc = shmet__fail(res->err, SHMET_E_REGION_FULL, "retired area full: no room for removal baselines");
+			goto out;
+		}
+		memcpy(t.base + cell_off, b->cells, cs);
+		res->baselines++;
+	}
+	ri->rh_folds = ra->rh_folds;
+	ri->rh_dropped = ra->rh_dropped;
+	ri->rh_removals_end = first < reg->nrm ? reg->rm[reg->nrm - 1].end : applied;
+	ri->rh_expired = ra->rh_expired + res->expired;
+	memcpy(ri->rh_folded_gen, ra->rh_folded_gen, 8ull * seg->regions);
+	struct shmet_region_header *trg = (struct shmet_region_header *)t.base;
+	memset(trg, 0, sizeof *trg);
+	trg->rg_cell_low = t.cell_low;
+	trg->rg_dir_end = t.dir_end;
+	res->inexact = scratch.inexact;
+	/* release: the whole inactive half before the flip that makes it the
+	 * one readers use (as a fold's) */
+	__atomic_store_n(&seg->map.hdr->sh_retired_active, (uint64_t)inactive, __ATOMIC_RELEASE);
+	res->flipped = true;
+	goto out;
+oom:
+	rc = shmet__fail(res->err, SHMET_E_SYS, "out of memory while rewriting the retired totals");
+out:
+	free(key);
+	free(rp);
+	keymap_free(&t.families);
+	keymap_free(&t.series);
+	keymap_free(&rm_keys);
+	keymap_free(&rm_fams);
+	keymap_free(&held);
+	bases_free(&bases);
 	return rc;
 }

@@ -12,7 +12,7 @@
 
 #include <stdlib.h>
 
-static int add_entry(struct shmet_registry *r, const unsigned char *rec, uint32_t size)
+static int add_entry(struct shmet_registry *r, const unsigned char *rec, uint32_t size, uint64_t off)
 {
 	const size_t hdr = sizeof(struct shmet_region_header);
 	unsigned char *copy = malloc(hdr + size);
@@ -69,7 +69,73 @@ static int add_entry(struct shmet_registry *r, const unsigned char *rec, uint32_
 		return SHMET_E_SYS;
 	}
 	r->e[r->n].fam = fam;
+	r->e[r->n].off = off;
 	r->n++;
+	return SHMET_OK;
+}
+
+static int refuse(struct shmet_registry *r, uint64_t off, const char *why)
+{
+	r->corrupt++;
+	if (!r->err[0])
+		snprintf(r->err, sizeof r->err, "family registry: removal at %llu %s; ignored", (unsigned long long)off, why);
+	return SHMET_OK;
+}
+
+/* A REMOVE record (its private copy rec): checked, then listed. */
+static int add_removal(struct shmet_registry *r, const unsigned char *rec, uint32_t size, uint64_t off)
+{
+	struct shmet_rec_remove rm;
+	memcpy(&rm, rec, sizeof rm);
+	bool whole = rm.rm_rec.rec_flags == SHMET_REMOVE_FAMILY;
+	if ((rm.rm_rec.rec_flags & ~SHMET_REMOVE_FAMILY) || rm.rm_zero16)
+		return refuse(r, off, "has unknown flags");
+	/* the family it names: an earlier record (entries are in offset order) */
+	uint32_t lo = 0, hi = r->n;
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (r->e[mid].off < rm.rm_family_off)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo == r->n || r->e[lo].off != rm.rm_family_off)
+		return refuse(r, off, "names no registered family");
+	const struct shmet_family_view *f = r->e[lo].fam;
+	if (f->type == SHMET_GAUGE && f->mode == SHMET_GAUGE_PER_WORKER)
+		return refuse(r, off, "names a per-worker gauge");
+	if (whole ? rm.rm_nvalues != 0 : rm.rm_nvalues != f->nlabels)
+		return refuse(r, off, "has the wrong number of label values");
+	char *key = malloc(SHMET_SERIES_KEY_MAX);
+	if (!key)
+		return SHMET_E_SYS;
+	size_t n = shmet_key_append(key, 0, SHMET_SERIES_KEY_MAX, f->name, f->name_len);
+	const unsigned char *p = rec + sizeof rm, *end = rec + size;
+	for (uint32_t i = 0; i < rm.rm_nvalues && n; i++) {
+		uint16_t l;
+		if (end - p < 2 || (memcpy(&l, p, 2), (size_t)(end - p - 2) < l) || l > SHMET_MAX_VALUE_LEN ||
+		    !shmet_valid_utf8((const char *)p + 2, l) || memchr(p + 2, 0, l)) {
+			free(key);
+			return refuse(r, off, "has a damaged label value");
+		}
+		n = shmet_key_append(key, n, SHMET_SERIES_KEY_MAX, (const char *)p + 2, l);
+		p += 2 + l;
+	}
+	if (!n) {
+		free(key);
+		return refuse(r, off, "is too long");
+	}
+	if (r->nrm == r->caprm) {
+		uint32_t cap = r->caprm ? 2 * r->caprm : 16;
+		struct shmet_removal *m = realloc(r->rm, cap * sizeof *m);
+		if (!m) {
+			free(key);
+			return SHMET_E_SYS;
+		}
+		r->rm = m;
+		r->caprm = cap;
+	}
+	r->rm[r->nrm++] = (struct shmet_removal){f, whole, off + size, key, n};
 	return SHMET_OK;
 }
 
@@ -92,7 +158,7 @@ int shmet_registry_update(const struct shmet_segment *seg, struct shmet_registry
 		return SHMET_OK; /* keep what was read: it cannot have changed */
 	}
 	/* records from r->end to the end acquired now; each bounded by it */
-	static _Thread_local unsigned char rec[SHMET_FAMILY_REC_MAX];
+	static _Thread_local unsigned char rec[SHMET_REGISTRY_REC_MAX];
 	while (r->end < a.dir_end) {
 		uint32_t size;
 		memcpy(&size, a.base + r->end, 4);
@@ -106,7 +172,9 @@ int shmet_registry_update(const struct shmet_segment *seg, struct shmet_registry
 			return SHMET_OK;
 		}
 		memcpy(rec, a.base + r->end, size);
-		int rc = add_entry(r, rec, size);
+		uint16_t kind;
+		memcpy(&kind, rec + 4, 2);
+		int rc = kind == SHMET_REC_REMOVE ? add_removal(r, rec, size, r->end) : add_entry(r, rec, size, r->end);
 		if (rc != SHMET_OK)
 			return rc;
 		r->end += size;
@@ -119,6 +187,9 @@ void shmet_registry_free(struct shmet_registry *r)
 	for (uint32_t i = 0; i < r->n; i++)
 		free(r->e[i].fam);
 	free(r->e);
+	for (uint32_t i = 0; i < r->nrm; i++)
+		free(r->rm[i].key);
+	free(r->rm);
 	if (r->names)
 		keymap_free(r->names);
 	if (r->samples)

@@ -225,6 +225,7 @@ static void j_double(FILE *o, double v)
 struct d_value {
 	int32_t area; /* region index or DUMP_RETIRED */
 	bool alive, folded;
+	bool baseline; /* a removal's baseline (REMOVAL): readers subtract it */
 	uint64_t whole, stamp_ns;
 	double value;
 	uint64_t *buckets; /* histograms: nbuckets + 1, non-cumulative */
@@ -259,6 +260,10 @@ struct d_family {
 	int32_t first_area, conflict_area;
 	struct d_series **series;
 	size_t nseries, cap;
+	/* what the family costs (SERIES LIMIT): records and cells in every
+	 * area, and whether a process met its limit (an overflow series) */
+	uint64_t bytes;
+	bool overflowed;
 };
 
 struct dump {
@@ -440,6 +445,7 @@ static void index_value(struct dump *d, struct d_family *f, const struct shmet_a
 	struct d_value *dv = &s->v[s->nv];
 	memset(dv, 0, sizeof *dv);
 	dv->area = area;
+	dv->baseline = (r->series.flags & SHMET_SER_BASELINE) != 0;
 	if (area >= 0) {
 		dv->alive = d->ri[area].alive;
 		dv->folded = d->folded[area];
@@ -579,7 +585,8 @@ static void walk_series(struct walk *w, const struct shmet_record *r)
 	const char *name = r->fam.name;
 	bool ok = true;
 	w->series++;
-	if (raw.ser_rec.rec_flags != 0 || raw.ser_zero16 != 0 || raw.ser_zero32 != 0)
+	uint16_t allowed = a->retired ? SHMET_SER_OVERFLOW | SHMET_SER_BASELINE : SHMET_SER_OVERFLOW;
+	if ((raw.ser_rec.rec_flags & ~allowed) != 0 || raw.ser_zero16 != 0 || (!a->retired && raw.ser_folded_s != 0))
 		walk_problem(w, "series at %u of %.*s: reserved fields are not zero", s->off, name_len, name);
 	if (!has_family_at(w, s->family_off)) {
 		walk_problem(w, "series at %u refers to offset %u, which is not the start of a family record", s->off,
@@ -593,20 +600,25 @@ static void walk_series(struct walk *w, const struct shmet_record *r)
 	}
 	if (dump_grow(&w->cells, &w->capc, w->ncells + 1, sizeof *w->cells) == 0)
 		w->cells[w->ncells++] = (struct walk_cell){s->cell_off, s->cell_size, s->off};
-	size_t klen = shmet_series_key(r, w->key, SERIES_KEY_CAP);
-	void *first = dmap_get(&w->seen_series, w->key, klen);
+	size_t klen = shmet_series_key(r, w->key, SERIES_KEY_CAP - 1);
+	/* a removal's baseline shares its series' label values, not its identity */
+	size_t dlen = klen && (s->flags & SHMET_SER_BASELINE) ? (w->key[klen] = '\xfe', klen + 1) : klen;
+	void *first = dmap_get(&w->seen_series, w->key, dlen);
 	if (first) {
 		walk_problem(w, "series at %u of %.*s duplicates the one at %u (same label values)", s->off, name_len,
 			     name, (uint32_t)(uintptr_t)first);
 		ok = false;
-	} else if (dmap_put(&w->seen_series, w->key, klen, (void *)(uintptr_t)s->off) != 0) {
+	} else if (dmap_put(&w->seen_series, w->key, dlen, (void *)(uintptr_t)s->off) != 0) {
 		w->d->oom = true;
 	}
 	if (!ok || w->area == DUMP_CHECK_ONLY || !wanted_family(w->d, name, r->fam.name_len))
 		return;
 	struct d_family *f = index_family(w->d, &r->fam, w->area);
-	if (f)
-		index_value(w->d, f, a, r, w->key, klen, w->area);
+	if (!f)
+		return;
+	f->bytes += s->rec_size + s->cell_size;
+	f->overflowed |= (raw.ser_rec.rec_flags & SHMET_SER_OVERFLOW) != 0;
+	index_value(w->d, f, a, r, w->key, klen, w->area);
 }
 
 /* Walk area a: check every record, index values unless DUMP_CHECK_ONLY.
@@ -667,6 +679,8 @@ static bool region_wanted(const struct dump *d, int32_t area)
 }
 
 /* Read the whole segment into d: snapshot, region table, walks, checks. */
+static double overflowed(const struct dump *d, const struct d_family *f);
+
 static void dump_read(struct dump *d, const struct shmet_segment *seg, const struct dump_opts *o)
 {
 	memset(d, 0, sizeof *d);
@@ -841,11 +855,35 @@ static void dump_read(struct dump *d, const struct shmet_segment *seg, const str
 			 "shmetricsd --retired-size",
 			 fr.skipped, fr.skipped == 1 ? "" : "s", fr.first, (unsigned long long)fr.first_need,
 			 (unsigned long long)fr.free);
+	for (size_t i = 0; i < d->nfams; i++)
+		if (d->fams[i]->overflowed)
+			msgs_add(&d->info,
+				 "family %s is at its series limit in a process: %.17g lookups of new label sets went to its "
+				 "overflow series (values \"" SHMET_OVERFLOW_VALUE "\"); raise its series_limit or drop the "
+				 "label whose values grow",
+				 d->fams[i]->name, overflowed(d, d->fams[i]));
 	if (d->oom)
 		msgs_add(&d->problems, "out of memory: the listing is incomplete");
 }
 
 /* ---- printing ---- */
+
+/* SHMET_OVERFLOW_FAMILY{family=f}: the lookups that went to f's overflow
+ * series, as the collector exposes it. */
+/* The segment's default series limit, as a writer takes it (0: 2000). */
+static uint32_t series_limit(const struct shmet_seg_header *h)
+{
+	uint32_t n = __atomic_load_n(&h->sh_series_limit, __ATOMIC_RELAXED);
+	return n ? n : SHMET_SERIES_LIMIT_DEFAULT;
+}
+
+static double overflowed(const struct dump *d, const struct d_family *f)
+{
+	const struct shmet_snap_family *of = shmet_snapshot_family(&d->snap, SHMET_OVERFLOW_FAMILY);
+	const char *v[1] = {f->name};
+	const struct shmet_snap_series *s = of && of->nlabels == 1 ? shmet_snapshot_series(of, v) : NULL;
+	return s ? shmet_agg_value(&s->agg, SHMET_COUNTER) : 0;
+}
 
 static int str_cmp(const char *a, size_t an, const char *b, size_t bn)
 {
@@ -1061,8 +1099,8 @@ static void print_text(FILE *o, const struct dump *d)
 		(unsigned long long)seg->region_size, (unsigned long long)seg->map.size);
 	fmt_time(t, sizeof t, h->sh_created_ns);
 	fprintf(o, "  created %s by pid %u, mode %04o\n", t, h->sh_creator_pid, h->sh_mode & 07777u);
-	fprintf(o, "  claim failures %llu, writes dropped without a region %llu\n",
-		(unsigned long long)h->sh_claim_failures, (unsigned long long)h->sh_dropped_orphan);
+	fprintf(o, "  claim failures %llu, writes dropped without a region %llu, series limit %u per family and process\n",
+		(unsigned long long)h->sh_claim_failures, (unsigned long long)h->sh_dropped_orphan, series_limit(h));
 	for (unsigned half = 0; half < 2; half++) {
 		const struct shmet_retired_header *rh = shmet_retired_header(seg, half);
 		struct shmet_area a;
@@ -1127,6 +1165,10 @@ static void print_text(FILE *o, const struct dump *d)
 			fputs(" +Inf", o);
 		}
 		fputc('\n', o);
+		fprintf(o, "  %zu series, %llu bytes", f->nseries, (unsigned long long)f->bytes);
+		if (f->overflowed)
+			fprintf(o, ", at its series limit: %.17g lookups went to its overflow series", overflowed(d, f));
+		fputc('\n', o);
 		if (f->help_len) {
 			fputs("  # ", o);
 			t_str(o, f->help, f->help_len);
@@ -1141,7 +1183,7 @@ static void print_text(FILE *o, const struct dump *d)
 				const struct d_value *v = &s->v[k];
 				char label[48];
 				if (v->area == DUMP_RETIRED)
-					snprintf(label, sizeof label, "retired");
+					snprintf(label, sizeof label, v->baseline ? "retired, removed (-)" : "retired");
 				else
 					snprintf(label, sizeof label, "region %d (%s)", (int)v->area,
 						 v->folded ? "folded" : v->alive ? "alive" : "dead");
@@ -1265,13 +1307,14 @@ static void print_json(FILE *o, const struct dump *d)
 		",\"header\":{\"version_major\":%u,\"version_minor\":%u,\"signature\":%u,\"region_count\":%u,"
 		"\"region_size\":%llu,\"region_table_off\":%llu,\"regions_off\":%llu,\"retired_off\":%llu,"
 		"\"retired_half_size\":%llu,\"total_size\":%llu,\"created_ns\":%llu,\"creator_pid\":%u,\"mode\":\"%04o\","
-		"\"claim_failures\":%llu,\"dropped_orphan\":%llu,\"retired_active\":%u}",
+		"\"claim_failures\":%llu,\"dropped_orphan\":%llu,\"retired_active\":%u,\"series_limit\":%u}",
 		h->sh_version_major, h->sh_version_minor, h->sh_signature, seg->regions,
 		(unsigned long long)seg->region_size, (unsigned long long)seg->table_off,
 		(unsigned long long)seg->regions_off, (unsigned long long)seg->retired_off,
 		(unsigned long long)seg->retired_half_size, (unsigned long long)seg->map.size,
 		(unsigned long long)h->sh_created_ns, h->sh_creator_pid, h->sh_mode & 07777u,
-		(unsigned long long)h->sh_claim_failures, (unsigned long long)h->sh_dropped_orphan, d->active);
+		(unsigned long long)h->sh_claim_failures, (unsigned long long)h->sh_dropped_orphan, d->active,
+		series_limit(h));
 	fputs(",\"retired\":[", o);
 	for (unsigned half = 0; half < 2; half++) {
 		const struct shmet_retired_header *rh = shmet_retired_header(seg, half);
@@ -1335,6 +1378,9 @@ static void print_json(FILE *o, const struct dump *d)
 			}
 			fputc(']', o);
 		}
+		fprintf(o, ",\"series_count\":%zu,\"bytes\":%llu,\"overflowed_lookups\":", f->nseries,
+			(unsigned long long)f->bytes);
+		j_double(o, f->overflowed ? overflowed(d, f) : 0);
 		fputs(",\"series\":[", o);
 		for (size_t j = 0; j < f->nseries; j++) {
 			const struct d_series *s = f->series[j];
@@ -1350,7 +1396,7 @@ static void print_json(FILE *o, const struct dump *d)
 			for (size_t k = 0; k < s->nv; k++) {
 				const struct d_value *v = &s->v[k];
 				if (v->area == DUMP_RETIRED)
-					fprintf(o, "%s{\"source\":\"retired\",", k ? "," : "");
+					fprintf(o, "%s{\"source\":\"%s\",", k ? "," : "", v->baseline ? "baseline" : "retired");
 				else
 					fprintf(o, "%s{\"source\":\"region\",\"region\":%d,\"alive\":%s,\"folded\":%s,",
 						k ? "," : "", (int)v->area, v->alive ? "true" : "false",
