@@ -564,6 +564,8 @@ static void test_incremental_view_current_tracks_segment(void **state)
 
 int main(void)
 {
+	/* tens of thousands of series in one family: no series limit */
+	setenv(SHMET_ENV_SERIES_LIMIT, "4294967295", 1);
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_incremental_series_between_scrapes_shown_rest_shared),
 		cmocka_unit_test(test_incremental_fold_while_rendering_counts_once),
