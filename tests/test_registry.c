@@ -456,6 +456,90 @@ static void test_registry_largest_series_key_served(void **state)
 	assert_true(found);
 }
 
+/* The REMOVE record at index k (0: the first) of the registry, writable:
+ * the test plays a worker that rewrites it after appending it. */
+static unsigned char *removal_record(const struct shmet_segment *s, int k)
+{
+	struct shmet_area a;
+	char err[SHMET_ERRBUF];
+	assert_int_equal(shmet_registry_area(s, &a, err), SHMET_OK);
+	for (uint64_t off = sizeof(struct shmet_region_header); off < a.dir_end;) {
+		uint32_t size;
+		uint16_t kind;
+		memcpy(&size, a.base + off, 4);
+		memcpy(&kind, a.base + off + 4, 2);
+		assert_true(size >= 8 && size % 8 == 0);
+		if (kind == SHMET_REC_REMOVE && k-- == 0)
+			return (unsigned char *)a.base + off;
+		off += size;
+	}
+	fail_msg("no removal record %d", k);
+	return NULL;
+}
+
+/* A worker can append any REMOVE record: each damaged one is refused and
+ * counted, the ones around it still apply, and none reads outside its copy. */
+static void test_registry_damaged_removals_refused(void **state)
+{
+	(void)state;
+	shmet_family *f, *pw;
+	const char *l[] = {"k"};
+	assert_int_equal(shmet_counter_register(&f, "rmh_total", "", 1, l), SHMET_OK);
+	assert_int_equal(shmet_gauge_register(&pw, "rmh_pw", "", SHMET_GAUGE_PER_WORKER, 1, l), SHMET_OK);
+	const char *va[] = {"aa"};
+	enum { DAMAGED = 7 };
+	for (int i = 0; i < DAMAGED + 2; i++)
+		assert_int_equal(shmet_series_remove(f, va), SHMET_OK);
+	/* the writer refuses to remove a per-worker gauge: forge one from a counter's */
+	struct shmet_segment s;
+	char err[SHMET_ERRBUF];
+	assert_int_equal(shmet_segment_open(seg, 0, NULL, &s, err), SHMET_OK);
+	struct shmet_rec_remove rm;
+	unsigned char *r[DAMAGED];
+	for (int i = 0; i < DAMAGED; i++)
+		r[i] = removal_record(&s, i + 1);
+	memcpy(&rm, r[0], sizeof rm);
+	uint32_t pw_off = 0;
+	{
+		struct shmet_registry reg;
+		memset(&reg, 0, sizeof reg);
+		assert_int_equal(shmet_registry_update(&s, &reg), SHMET_OK);
+		for (uint32_t i = 0; i < reg.n; i++)
+			if (reg.e[i].fam->name_len == 6 && memcmp(reg.e[i].fam->name, "rmh_pw", 6) == 0)
+				pw_off = (uint32_t)reg.e[i].off;
+		assert_int_equal(reg.nrm, DAMAGED + 2);
+		shmet_registry_free(&reg);
+	}
+	assert_true(pw_off != 0);
+	uint16_t flags = 0x40, two = 2, zero = 0, long_len = 60000;
+	uint32_t nowhere = rm.rm_family_off + 8;
+	memcpy(r[0] + offsetof(struct shmet_rec_remove, rm_rec.rec_flags), &flags, 2);
+	memcpy(r[1] + offsetof(struct shmet_rec_remove, rm_family_off), &nowhere, 4);
+	memcpy(r[2] + offsetof(struct shmet_rec_remove, rm_nvalues), &two, 2);
+	memcpy(r[3] + sizeof rm, &long_len, 2);         /* a value past its record */
+	memcpy(r[4] + sizeof rm + 2, "\xff", 1);        /* not UTF-8 */
+	memcpy(r[5] + offsetof(struct shmet_rec_remove, rm_family_off), &pw_off, 4);
+	memcpy(r[6] + offsetof(struct shmet_rec_remove, rm_nvalues), &zero, 2); /* a whole family's without its flag */
+	struct shmet_registry reg;
+	memset(&reg, 0, sizeof reg);
+	assert_int_equal(shmet_registry_update(&s, &reg), SHMET_OK);
+	assert_false(reg.stopped);
+	assert_int_equal(reg.corrupt, DAMAGED);
+	assert_int_equal(reg.nrm, 2); /* the first and the last */
+	assert_non_null(strstr(reg.err, "removal at"));
+	for (uint32_t i = 0; i < reg.nrm; i++) {
+		assert_memory_equal(reg.rm[i].fam->name, "rmh_total", 9);
+		assert_false(reg.rm[i].whole);
+	}
+	/* records after the damaged ones are still read */
+	shmet_family *g;
+	assert_int_equal(shmet_counter_register(&g, "rmh_after_total", "", 0, NULL), SHMET_OK);
+	assert_int_equal(shmet_registry_update(&s, &reg), SHMET_OK);
+	assert_non_null(shmet_registry_find(&reg, "rmh_after_total", strlen("rmh_after_total")));
+	shmet_registry_free(&reg);
+	shmet_segment_close(&s);
+}
+
 /* Last: it fills the registry. */
 static void test_registry_full_refused_and_counted(void **state)
 {
@@ -487,6 +571,7 @@ int main(void)
 		cmocka_unit_test(test_registry_blocked_fold_and_refusals_are_loud),
 		cmocka_unit_test(test_registry_failed_view_after_flip_counts_once),
 		cmocka_unit_test(test_registry_largest_series_key_served),
+		cmocka_unit_test(test_registry_damaged_removals_refused),
 		cmocka_unit_test(test_registry_full_refused_and_counted),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);
