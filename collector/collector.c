@@ -380,7 +380,11 @@ static void rewrite_retired(struct collector *c)
 	const struct shmet_registry *reg = &c->registry;
 	const struct shmet_retired_header *rh = shmet_retired_header(&c->seg, shmet_retired_active(&c->seg));
 	uint64_t applied = __atomic_load_n(&rh->rh_removals_end, __ATOMIC_RELAXED);
-	bool removals = reg->nrm && reg->rm[reg->nrm - 1].end > applied;
+	uint32_t pending = 0;
+	while (pending < reg->nrm && reg->rm[reg->nrm - 1 - pending].end > applied)
+		pending++;
+	__atomic_store_n(&c->removals_pending, pending, __ATOMIC_RELAXED);
+	bool removals = pending > 0;
 	uint64_t now = shmet__now_ns(CLOCK_MONOTONIC);
 	uint32_t ttl = 0;
 	if (c->cfg.retired_ttl > 0 && now >= c->rewrite_next_ns) {
@@ -405,6 +409,8 @@ static void rewrite_retired(struct collector *c)
 		return;
 	c->flip_unpublished = true;
 	__atomic_fetch_add(&c->removals_applied, res.removals, __ATOMIC_RELAXED);
+	__atomic_store_n(&c->removals_pending, pending - (res.removals < pending ? res.removals : pending),
+			 __ATOMIC_RELAXED);
 	if (res.inexact)
 		__atomic_fetch_add(&c->folds_inexact, res.inexact, __ATOMIC_RELAXED);
 	if (res.removals)

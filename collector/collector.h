@@ -174,6 +174,8 @@ struct collector {
 	uint64_t removals_applied; /* relaxed: REMOVE records applied by this process's rewrites */
 	uint64_t rewrite_next_ns;  /* updater only: the next retention check (CLOCK_MONOTONIC) */
 	bool rewrite_failed;       /* updater only: the last rewrite's failure was logged */
+	uint32_t removals_pending; /* relaxed: REMOVE records in the registry not applied yet (a
+				      rewrite that cannot run leaves them here, shown as a gauge) */
 	uint64_t writes_dropped;  /* relaxed: written by each scan, read by scrapes */
 	uint64_t registry_corrupt_logged;
 	struct vindex *building;  /* the index view_build is filling, for view_build_abandon */

@@ -227,6 +227,11 @@ if [ "$(val 'h_lat_count{k="a"}')" = absent ] && [ "$(val 'g_q{k="a"}')" = absen
 else
 	not_ok "after removal: h_lat_count $(val 'h_lat_count{k="a"}'), g_q $(val 'g_q{k="a"}'), b $(val 'c_jobs_total{k="b"}')"
 fi
+if [ "$(val shmetricsd_removals_applied_total)" = 3 ] && [ "$(val shmetricsd_removals_pending)" = 0 ]; then
+	ok "shmetricsd_removals_applied_total 3, shmetricsd_removals_pending 0"
+else
+	not_ok "removals applied $(val shmetricsd_removals_applied_total), pending $(val shmetricsd_removals_pending)"
+fi
 if grep -q 'applied 3 series removals' "$LOG"; then ok "the collector logs the removals it applied"; else
 	not_ok "no log line for the removals"
 fi
