@@ -25,7 +25,7 @@ static shmet_counter counter;
 /* Attach, register vis_<module>_total; 0 or a negative code. */
 int VIS_CAT(vis_init_, MODULE)(const char *path)
 {
-	struct shmet_options o = {path, 8, 1 << 16, 0, false, NULL};
+	struct shmet_options o = {.path = path, .regions = 8, .region_size = 1 << 16};
 	int rc = shmet_init(&o);
 	if (rc != SHMET_OK) {
 		fprintf(stderr, "module " VIS_STR(MODULE) ": shmet_init: %s\n", shmet_last_error());
