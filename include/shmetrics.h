@@ -2021,6 +2021,20 @@ static int shmet__is_overflow(const shmet_family *f, const char *const *values, 
 	return f->nlabels > 0;
 }
 
+/* The label values a record will hold: each short enough and UTF-8. */
+static int shmet__check_values(const shmet_family *f, const char *const *values, const size_t *lens, uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		if (lens[i] > SHMET_MAX_VALUE_LEN)
+			return shmet__err(SHMET_E_TOO_LONG, "\"%s\": label value longer than %u bytes", f->name,
+					  SHMET_MAX_VALUE_LEN);
+		if (!shmet_valid_utf8(values[i], lens[i]))
+			return shmet__err(SHMET_E_INVALID_UTF8, "\"%s\": value of label \"%s\" is not valid UTF-8", f->name,
+					  f->label_names[i]);
+	}
+	return SHMET_OK;
+}
+
 static int shmet__create_series_locked(shmet_family *f, uint64_t h, const char *const *values,
 				       const size_t *lens, uint32_t *off);
 
@@ -2076,14 +2090,9 @@ static int shmet__create_series_locked(shmet_family *f, uint64_t h, const char *
 		return SHMET_OK;
 	}
 	int overflow = shmet__is_overflow(f, values, lens);
-	for (uint32_t i = 0; i < f->nlabels; i++) {
-		if (lens[i] > SHMET_MAX_VALUE_LEN)
-			return shmet__err(SHMET_E_TOO_LONG, "\"%s\": label value longer than %u bytes", f->name,
-					  SHMET_MAX_VALUE_LEN);
-		if (!shmet_valid_utf8(values[i], lens[i]))
-			return shmet__err(SHMET_E_INVALID_UTF8, "\"%s\": value of label \"%s\" is not valid UTF-8", f->name,
-					  f->label_names[i]);
-	}
+	int rc = shmet__check_values(f, values, lens, f->nlabels);
+	if (rc != SHMET_OK)
+		return rc;
 	size_t size = shmet__series_rec_size(f->nlabels, lens);
 	if (shmet__st.region < 0 && shmet__init_locked(NULL) != SHMET_OK)
 		return SHMET_E_SEGMENT_FULL;
@@ -2229,14 +2238,11 @@ static int shmet__remove(shmet_family *f, const char *const *values, int whole)
 		if (!values || !values[i])
 			return shmet__err(SHMET_E_LABEL_COUNT, "\"%s\" needs %u label values", f->name, f->nlabels);
 		lens[i] = strlen(values[i]);
-		if (lens[i] > SHMET_MAX_VALUE_LEN)
-			return shmet__err(SHMET_E_TOO_LONG, "\"%s\": label value longer than %u bytes", f->name,
-					  SHMET_MAX_VALUE_LEN);
-		if (!shmet_valid_utf8(values[i], lens[i]))
-			return shmet__err(SHMET_E_INVALID_UTF8, "\"%s\": value of label \"%s\" is not valid UTF-8", f->name,
-					  f->label_names[i]);
 		size += 2 + lens[i];
 	}
+	int bad = shmet__check_values(f, values, lens, nv);
+	if (bad != SHMET_OK)
+		return bad;
 	size = (size_t)shmet_align8(size);
 	unsigned char *rec = (unsigned char *)calloc(1, size);
 	if (!rec)
