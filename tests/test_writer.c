@@ -410,6 +410,52 @@ static void test_writer_unset_min_gauge_takes_no_part(void **state)
 	tsupport_wait(pid);
 }
 
+/* A set to exactly +0.0 leaves a max or min gauge's value word as a
+ * never-set cell has it: it must still take part (above another process's
+ * -5 for max, below its 3 for min), read back as 0, not -0, and an add
+ * after it must work.  Guards any cheaper "set" mark in the value word. */
+static void test_writer_max_min_gauge_set_to_zero_takes_part(void **state)
+{
+	(void)state;
+	shmet_gauge hi = shmet_gauge_new("zero_depth_max", "Max over workers.", SHMET_GAUGE_MAX);
+	shmet_gauge lo = shmet_gauge_new("zero_depth_min", "Min over workers.", SHMET_GAUGE_MIN);
+	shmet_gauge only = shmet_gauge_new("zero_only_max", "Max, one setter.", SHMET_GAUGE_MAX);
+	shmet_gauge grow = shmet_gauge_new("zero_grow_max", "Max, set then added to.", SHMET_GAUGE_MAX);
+	int ready[2];
+	assert_int_equal(pipe(ready), 0);
+	pid_t pid = fork();
+	if (pid == 0) { /* below the parent's 0 for max, above it for min */
+		shmet_gauge_set(hi, -5);
+		shmet_gauge_set(lo, 3);
+		char one = 1;
+		if (write(ready[1], &one, 1) != 1)
+			_exit(1);
+		sleep(5);
+		_exit(0);
+	}
+	char one;
+	assert_int_equal(read(ready[0], &one, 1), 1);
+	shmet_gauge_set(hi, 0.0);
+	shmet_gauge_set(lo, 0.0);
+	shmet_gauge_set(only, 0.0);
+	shmet_gauge_set(grow, 0.0);
+	shmet_gauge_add(grow, 2.5);
+	double max = tsupport_value(seg, "zero_depth_max", NULL), min = tsupport_value(seg, "zero_depth_min", NULL);
+	double o = tsupport_value(seg, "zero_only_max", NULL);
+	assert_double_equal_exact(max, 0);
+	assert_false(signbit(max));
+	assert_double_equal_exact(min, 0);
+	assert_false(signbit(min));
+	assert_false(isnan(o));
+	assert_double_equal_exact(o, 0);
+	assert_false(signbit(o));
+	assert_double_equal_exact(tsupport_value(seg, "zero_grow_max", NULL), 2.5);
+	kill(pid, SIGKILL);
+	tsupport_wait(pid);
+	close(ready[0]);
+	close(ready[1]);
+}
+
 static void test_writer_second_segment_refused(void **state)
 {
 	(void)state;
@@ -435,6 +481,7 @@ int main(void)
 		cmocka_unit_test(test_writer_label_values_utf8),
 		cmocka_unit_test(test_writer_counter_name_gets_total),
 		cmocka_unit_test(test_writer_unset_min_gauge_takes_no_part),
+		cmocka_unit_test(test_writer_max_min_gauge_set_to_zero_takes_part),
 		cmocka_unit_test(test_writer_second_segment_refused),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);
