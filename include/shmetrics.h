@@ -480,10 +480,18 @@ static inline uint32_t shmet__stamp_kind(uint32_t mode)
 static inline void shmet__gauge_stamp(uint64_t *cell, uint32_t stamp)
 {
 	/* relaxed: the stamp may be seen a moment apart from the value, which
-	 * only shifts which process "wins" by that moment.  MAX and MIN store
-	 * their 1 every time: a store to the line just written costs less
-	 * than a load and a branch. */
+	 * only shifts which process "wins" by that moment. */
 	__atomic_store_n(cell + 1, stamp == SHMET__STAMP_TIME ? shmet__now_ns(CLOCK_REALTIME) : 1, __ATOMIC_RELAXED);
+}
+
+/* SET MARK (shmetrics_layout.h): the bits a MAX (MIN) gauge's cell holds
+ * from its creation until the process sets it, -Inf (+Inf), which take no
+ * part in a max (min); 0 for the other modes. */
+static inline uint64_t shmet__gauge_unset_bits(uint32_t mode)
+{
+	return mode == SHMET_GAUGE_MAX ? UINT64_C(0xfff0000000000000)
+	       : mode == SHMET_GAUGE_MIN ? UINT64_C(0x7ff0000000000000)
+					 : 0;
 }
 
 /* Add v (as shmet_counter_add) and make it the series' exemplar; the
@@ -512,11 +520,13 @@ static inline void shmet_gauge_set(shmet_gauge g, double v)
 	}
 	/* relaxed: as in shmet__cell */
 	unsigned char *b = __atomic_load_n(&shmet__base, __ATOMIC_RELAXED);
-	/* one test for the two rare cases: no region yet, or a stamp to write */
-	if (SHMET__UNLIKELY(!b || g.stamp)) {
+	/* one test for the two rare cases: no region yet, or a set time to
+	 * write.  A MAX or MIN cell was marked set when it was made (SET MARK
+	 * in shmetrics_layout.h): its set is one store, as a sum gauge's. */
+	if (SHMET__UNLIKELY(!b || g.stamp == SHMET__STAMP_TIME)) {
 		uint64_t *cell = shmet__cell(g.off);
 		__atomic_store_n(cell, shmet__bits(v), __ATOMIC_RELAXED);
-		if (g.stamp)
+		if (g.stamp == SHMET__STAMP_TIME)
 			shmet__gauge_stamp(cell, g.stamp);
 		return;
 	}
@@ -531,6 +541,14 @@ static inline void shmet_gauge_add(shmet_gauge g, double v)
 		return;
 	}
 	uint64_t *cell = shmet__cell(g.off);
+	if (SHMET__UNLIKELY(g.stamp == SHMET__STAMP_ONE)) {
+		/* a MAX or MIN gauge never set holds its unset bits: add to 0 */
+		uint64_t unset = shmet__gauge_unset_bits(g.mode), old = __atomic_load_n(cell, __ATOMIC_RELAXED);
+		while (!__atomic_compare_exchange_n(cell, &old, shmet__bits((old == unset ? 0.0 : shmet__double(old)) + v),
+						    1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+		}
+		return;
+	}
 	shmet__add_double(cell, v);
 	if (SHMET__UNLIKELY(g.stamp))
 		shmet__gauge_stamp(cell, g.stamp);
@@ -991,11 +1009,17 @@ static void shmet__mirror(unsigned char *to, const unsigned char *from, uint64_t
 
 /* Copy a directory (the parent's region, or the sink that kept it) into
  * the region just claimed and publish it. */
+static void shmet__mark_unset(const shmet_family *f, uint32_t cell_off);
+
 static void shmet__adopt_dir(const unsigned char *from, uint64_t dir_end, uint64_t cell_low, uint64_t series)
 {
 	shmet__st.dir_end = dir_end;
 	shmet__st.cell_low = cell_low;
 	shmet__st.series = series;
+	/* the cells are fresh: mark the MAX and MIN ones as a creation does */
+	for (size_t i = 0; shmet__st.table && i <= shmet__st.table_mask; i++)
+		for (const struct shmet__node *n = shmet__st.table[i]; n; n = n->next)
+			shmet__mark_unset(n->fam, n->off);
 	shmet__mirror(shmet__base, from, sizeof(struct shmet_region_header));
 }
 
@@ -2035,6 +2059,19 @@ static int shmet__check_values(const shmet_family *f, const char *const *values,
 	return SHMET_OK;
 }
 
+/* SET MARK (shmetrics_layout.h): a MAX or MIN gauge cell of the process's
+ * region starts as set to its unset bits, before the record (or directory)
+ * that names it is published. */
+static void shmet__mark_unset(const shmet_family *f, uint32_t cell_off)
+{
+	if (f->type != SHMET_GAUGE || (f->mode != SHMET_GAUGE_MAX && f->mode != SHMET_GAUGE_MIN))
+		return;
+	uint64_t *cell = (uint64_t *)(void *)(shmet__base + cell_off);
+	/* relaxed: the publication (a release store of rg_dir_end) orders both */
+	__atomic_store_n(cell, shmet__gauge_unset_bits((uint32_t)f->mode), __ATOMIC_RELAXED);
+	__atomic_store_n(cell + 1, 1, __ATOMIC_RELAXED);
+}
+
 static int shmet__create_series_locked(shmet_family *f, uint64_t h, const char *const *values,
 				       const size_t *lens, uint32_t *off);
 
@@ -2133,6 +2170,7 @@ static int shmet__create_series_locked(shmet_family *f, uint64_t h, const char *
 	unsigned char *p = rec + sizeof sr;
 	for (uint32_t i = 0; i < f->nlabels; i++)
 		p = shmet__put_str(p, values[i], lens[i], 1);
+	shmet__mark_unset(f, cell_off);
 	shmet__publish(size, 1);
 	if (!overflow)
 		f->nseries++;

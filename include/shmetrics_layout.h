@@ -234,8 +234,19 @@
  *             value = whole + fractional.
  *  gauge:     double value (relaxed store / CAS add) | u64 stamp: in
  *             SHMET_GAUGE_MOSTRECENT mode the set time in ns (CLOCK_REALTIME),
- *             in MAX and MIN mode 1 once set (an unset gauge takes no part),
- *             otherwise 0.
+ *             in MAX and MIN mode the SET MARK below, otherwise 0.
+ *  SET MARK (2.3): a MAX (MIN) gauge's cell in its process's region is
+ *             made with value -Inf (+Inf) and stamp 1, by the writer that
+ *             creates the series and by a fork child for every series of
+ *             the directory it copies, before the record (directory) is
+ *             published.  A set is then one store of the value, as for a
+ *             sum gauge.  A process takes part in the max (min) when its
+ *             stamp is 1 and its value is not -Inf (+Inf): a process that
+ *             never set it holds the one value a max (min) ignores anyway,
+ *             so a series every process left unset, or set to exactly that
+ *             value, is not shown.  An add to a cell still holding -Inf
+ *             (+Inf) adds to 0.  A stamp of 0 (a thread's region, a cell
+ *             before 2.3) takes no part, as before.
  *  histogram: u64 count per bucket, non-cumulative, nbuckets + 1 (+Inf last) |
  *             double sum (one writing thread, as a counter's).  _count is
  *             the sum of the buckets.  A native one (SKETCH block) then has,
@@ -358,7 +369,7 @@ extern "C" {
 
 #define SHMET_MAGIC          UINT64_C(0x43495254454d4853) /* "SHMETRIC" little-endian */
 #define SHMET_VERSION_MAJOR  2u
-#define SHMET_VERSION_MINOR  2u
+#define SHMET_VERSION_MINOR  3u
 #define SHMET_CACHELINE      64u
 #define SHMET_PAGE           4096u
 #define SHMET_NO_PARENT      UINT32_C(0xffffffff)

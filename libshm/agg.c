@@ -108,8 +108,12 @@ void shmet_agg_add(struct shmet_agg *acc, enum shmet_type type, enum shmet_gauge
 		acc->has = true;
 		return;
 	}
-	if (!live || ((mode == SHMET_GAUGE_MAX || mode == SHMET_GAUGE_MIN) && v->stamp_ns == 0))
-		return; /* dead, or a process that never set this max/min gauge */
+	/* dead, or a process that never set this max/min gauge: no mark, or
+	 * the mark with the unset value, -Inf (+Inf), that a max (min) ignores
+	 * anyway (SET MARK in shmetrics_layout.h) */
+	if (!live || ((mode == SHMET_GAUGE_MAX || mode == SHMET_GAUGE_MIN) &&
+		      (v->stamp_ns == 0 || v->value == (mode == SHMET_GAUGE_MAX ? -INFINITY : INFINITY))))
+		return;
 	if (mode == SHMET_GAUGE_MAX || mode == SHMET_GAUGE_MIN) {
 		/* NaN takes part only when every setter holds NaN (as PromQL's
 		 * max and min do), so the answer never depends on which

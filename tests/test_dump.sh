@@ -149,7 +149,7 @@ sum_before=$(md5sum <"$live")
 
 dump "$live"
 expect_rc 0 "text dump of a live segment"
-expect_in "$out" "layout 2.2" "the header is printed"
+expect_in "$out" "layout 2.3" "the header is printed"
 if grep -qE '^ +0 live +[0-9]+ alive' "$out"; then ok "region 0 is live, its owner alive"; else not_ok "region 0 is live, its owner alive"; fi
 if grep -qE '^ +1 dead +[0-9]+ dead' "$out"; then ok "region 1 is listed dead"; else not_ok "region 1 is listed dead"; fi
 expect_in "$out" 'requests_total{method="GET",code="200"}' "a labelled series is printed"

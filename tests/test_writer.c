@@ -413,7 +413,8 @@ static void test_writer_unset_min_gauge_takes_no_part(void **state)
 /* A set to exactly +0.0 leaves a max or min gauge's value word as a
  * never-set cell has it: it must still take part (above another process's
  * -5 for max, below its 3 for min), read back as 0, not -0, and an add
- * after it must work.  Guards any cheaper "set" mark in the value word. */
+ * after it must work (SET MARK in shmetrics_layout.h: a max or min cell
+ * starts at -Inf or +Inf, which a set overwrites with one store). */
 static void test_writer_max_min_gauge_set_to_zero_takes_part(void **state)
 {
 	(void)state;
@@ -421,6 +422,8 @@ static void test_writer_max_min_gauge_set_to_zero_takes_part(void **state)
 	shmet_gauge lo = shmet_gauge_new("zero_depth_min", "Min over workers.", SHMET_GAUGE_MIN);
 	shmet_gauge only = shmet_gauge_new("zero_only_max", "Max, one setter.", SHMET_GAUGE_MAX);
 	shmet_gauge grow = shmet_gauge_new("zero_grow_max", "Max, set then added to.", SHMET_GAUGE_MAX);
+	shmet_gauge added = shmet_gauge_new("zero_added_min", "Min, only added to.", SHMET_GAUGE_MIN);
+	shmet_gauge unset = shmet_gauge_new("zero_unset_max", "Max, never set.", SHMET_GAUGE_MAX);
 	int ready[2];
 	assert_int_equal(pipe(ready), 0);
 	pid_t pid = fork();
@@ -440,6 +443,7 @@ static void test_writer_max_min_gauge_set_to_zero_takes_part(void **state)
 	shmet_gauge_set(only, 0.0);
 	shmet_gauge_set(grow, 0.0);
 	shmet_gauge_add(grow, 2.5);
+	shmet_gauge_add(added, -1.5); /* from the unset +Inf: an add starts at 0 */
 	double max = tsupport_value(seg, "zero_depth_max", NULL), min = tsupport_value(seg, "zero_depth_min", NULL);
 	double o = tsupport_value(seg, "zero_only_max", NULL);
 	assert_double_equal_exact(max, 0);
@@ -450,6 +454,9 @@ static void test_writer_max_min_gauge_set_to_zero_takes_part(void **state)
 	assert_double_equal_exact(o, 0);
 	assert_false(signbit(o));
 	assert_double_equal_exact(tsupport_value(seg, "zero_grow_max", NULL), 2.5);
+	assert_double_equal_exact(tsupport_value(seg, "zero_added_min", NULL), -1.5);
+	(void)unset; /* made, never set: in no process */
+	assert_true(isnan(tsupport_value(seg, "zero_unset_max", NULL)) || tsupport_value(seg, "zero_unset_max", NULL) == 0);
 	kill(pid, SIGKILL);
 	tsupport_wait(pid);
 	close(ready[0]);
