@@ -248,6 +248,11 @@ struct forker {
 	pthread_barrier_t *go;
 	long n;
 	pid_t child;
+	/* every parent thread has claimed its region (its one allocation)
+	 * before the fork: a child may not call malloc when another thread
+	 * held an allocator lock at the fork, and ASan's allocator, unlike
+	 * glibc's, does not reset its locks in the child */
+	pthread_barrier_t *claimed;
 };
 
 static void *writer_thread(void *arg)
@@ -256,6 +261,8 @@ static void *writer_thread(void *arg)
 	for (long i = 0; i < f->n; i++) {
 		shmet_counter_inc(hits);
 		shmet_summary_observe(sizes, 2.0);
+		if (i == 0 && f->claimed)
+			pthread_barrier_wait(f->claimed);
 	}
 	pthread_barrier_wait(f->go);
 	return NULL;
@@ -266,6 +273,7 @@ static void *forking_thread(void *arg)
 	struct forker *f = arg;
 	for (long i = 0; i < f->n; i++)
 		shmet_counter_inc(hits); /* this thread has a region of its own */
+	pthread_barrier_wait(f->claimed);
 	int mine = own_region();
 	pid_t pid = fork();
 	if (pid == 0) {
@@ -305,8 +313,10 @@ static void test_threads_fork_from_threaded_process_totals_exact(void **state)
 	if (sc == UINT64_MAX)
 		sc = 0, ss = 0;
 	pthread_barrier_t go;
+	pthread_barrier_t claimed;
 	assert_int_equal(pthread_barrier_init(&go, NULL, 4), 0);
-	struct forker w[3] = {{&go, 100000, 0}, {&go, 50000, 0}, {&go, 20000, 0}};
+	assert_int_equal(pthread_barrier_init(&claimed, NULL, 3), 0);
+	struct forker w[3] = {{&go, 100000, 0, &claimed}, {&go, 50000, 0, &claimed}, {&go, 20000, 0, &claimed}};
 	pthread_t t[3];
 	assert_int_equal(pthread_create(&t[0], NULL, writer_thread, &w[0]), 0);
 	assert_int_equal(pthread_create(&t[1], NULL, writer_thread, &w[1]), 0);
@@ -315,6 +325,7 @@ static void test_threads_fork_from_threaded_process_totals_exact(void **state)
 	for (int i = 0; i < 3; i++)
 		pthread_join(t[i], NULL);
 	pthread_barrier_destroy(&go);
+	pthread_barrier_destroy(&claimed);
 	assert_int_equal(tsupport_wait(w[2].child), 0);
 	double want = before + 100000 + 50000 + 20000 + 7777 + CHILD_THREAD_INCS;
 	assert_double_equal_exact(tsupport_value(seg, "thread_hits_total", v), want);
