@@ -350,11 +350,13 @@ static inline void shmet__add_own_double(uint64_t *cell, double v)
 
 /* Add v to a double cell that every thread of this process may write (a
  * gauge): relaxed CAS loop, since a gauge is one value per process. */
-static inline void shmet__add_double(uint64_t *cell, double v)
+/* Add v to a gauge cell; a cell holding `unset` (SET MARK: a MAX or MIN
+ * gauge never set; 0, the bits of 0.0, for the other modes) adds to 0. */
+static inline void shmet__add_double(uint64_t *cell, double v, uint64_t unset)
 {
 	/* relaxed: readers need the value, not an order relative to other cells. */
 	uint64_t old = __atomic_load_n(cell, __ATOMIC_RELAXED);
-	while (!__atomic_compare_exchange_n(cell, &old, shmet__bits(shmet__double(old) + v), 1,
+	while (!__atomic_compare_exchange_n(cell, &old, shmet__bits((old == unset ? 0.0 : shmet__double(old)) + v), 1,
 					    __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
 	}
 }
@@ -541,17 +543,9 @@ static inline void shmet_gauge_add(shmet_gauge g, double v)
 		return;
 	}
 	uint64_t *cell = shmet__cell(g.off);
-	if (SHMET__UNLIKELY(g.stamp == SHMET__STAMP_ONE)) {
-		/* a MAX or MIN gauge never set holds its unset bits: add to 0 */
-		uint64_t unset = shmet__gauge_unset_bits(g.mode), old = __atomic_load_n(cell, __ATOMIC_RELAXED);
-		while (!__atomic_compare_exchange_n(cell, &old, shmet__bits((old == unset ? 0.0 : shmet__double(old)) + v),
-						    1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
-		}
-		return;
-	}
-	shmet__add_double(cell, v);
-	if (SHMET__UNLIKELY(g.stamp))
-		shmet__gauge_stamp(cell, g.stamp);
+	shmet__add_double(cell, v, shmet__gauge_unset_bits(g.mode));
+	if (SHMET__UNLIKELY(g.stamp == SHMET__STAMP_TIME))
+		shmet__gauge_stamp(cell, g.stamp); /* a MAX or MIN cell was marked when it was made */
 }
 
 static inline void shmet_gauge_inc(shmet_gauge g) { shmet_gauge_add(g, 1.0); }
@@ -2064,8 +2058,8 @@ static int shmet__check_values(const shmet_family *f, const char *const *values,
  * that names it is published. */
 static void shmet__mark_unset(const shmet_family *f, uint32_t cell_off)
 {
-	if (f->type != SHMET_GAUGE || (f->mode != SHMET_GAUGE_MAX && f->mode != SHMET_GAUGE_MIN))
-		return;
+	if (shmet__st.adopt_rec || f->type != SHMET_GAUGE || (f->mode != SHMET_GAUGE_MAX && f->mode != SHMET_GAUGE_MIN))
+		return; /* an adopted series' cells hold its values: adoption writes nothing */
 	uint64_t *cell = (uint64_t *)(void *)(shmet__base + cell_off);
 	/* relaxed: the publication (a release store of rg_dir_end) orders both */
 	__atomic_store_n(cell, shmet__gauge_unset_bits((uint32_t)f->mode), __ATOMIC_RELAXED);
